@@ -1,0 +1,109 @@
+"""The `amperity-proxy` command: argument parsing, logging set-up, subcommands.
+
+The only place that prints a config or start-up error and exits non-zero (2 for a bad config
+or bad arguments, 1 for a start-up failure such as a missing token or a busy port).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import os
+import sys
+from collections.abc import Sequence
+
+from proxy import __version__
+from proxy.app import StartupError, serve
+from proxy.config import Config, ConfigError, load_config, parse_listen
+from proxy.logs import setup_logging
+
+EXIT_STARTUP = 1
+EXIT_CONFIG = 2
+
+
+def _listen_arg(text: str) -> object:
+    try:
+        return parse_listen(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="amperity-proxy",
+        description="Local reverse proxy that adds Amperity API credentials to HTTP requests.",
+    )
+    parser.add_argument("--version", action="version", version=f"amperity-proxy {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    config_help = "config file (default: $AMPERITY_PROXY_CONFIG)"
+
+    run = sub.add_parser("run", help="run the proxy")
+    run.add_argument("--config", default=os.environ.get("AMPERITY_PROXY_CONFIG"), help=config_help)
+    run.add_argument("--listen", type=_listen_arg, metavar="HOST:PORT", help="proxy listener")
+    run.add_argument("--admin-listen", type=_listen_arg, metavar="HOST:PORT", help="admin listener")
+    run.add_argument(
+        "--log-format", choices=("json", "text"), help="default: json unless stderr is a terminal"
+    )
+    run.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        help="default: INFO",
+    )
+
+    check = sub.add_parser("check-config", help="validate a config file and list every problem")
+    check.add_argument(
+        "--config", default=os.environ.get("AMPERITY_PROXY_CONFIG"), help=config_help
+    )
+    return parser
+
+
+def _load(path: str | None) -> Config:
+    if not path:
+        raise ConfigError(
+            ["no config file: pass --config PATH or set AMPERITY_PROXY_CONFIG"], "amperity-proxy"
+        )
+    return load_config(path)
+
+
+def _run(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if args.listen:
+        config = dataclasses.replace(config, listen=args.listen)
+    if args.admin_listen:
+        config = dataclasses.replace(config, admin=args.admin_listen)
+    setup_logging(args.log_format or config.log.format, args.log_level or config.log.level)
+    try:
+        return asyncio.run(serve(config))
+    except StartupError as exc:
+        for line in exc.lines:
+            print(f"amperity-proxy: {line}", file=sys.stderr)
+        return EXIT_STARTUP
+
+
+def _check(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    for warning in config.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"{args.config}: ok ({len(config.routes)} route(s))")
+    for route in config.routes:
+        print(
+            f"  {route.prefix} -> {route.base_url} tenant={route.tenant} "
+            f"token={route.token.describe()}"
+        )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the process exit code."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "check-config":
+            return _check(args)
+        return _run(args)
+    except ConfigError as exc:
+        print(exc.render(), file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return 0

@@ -1,0 +1,512 @@
+"""The configuration: frozen dataclasses and the parser that builds them.
+
+Pure: no aiohttp, no token reads. `parse_config` collects every mistake, each with its path
+(`routes[1].token: expected exactly one of env, file, value`), and raises one `ConfigError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import difflib
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+
+DEFAULT_BASE_URL = "https://{tenant}.amperity.com/api"
+DEFAULT_API_VERSION = "2024-04-01"
+
+TokenKind = Literal["env", "file", "value"]
+LogFormat = Literal["auto", "json", "text"]
+
+_TENANT_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+# A prefix is made of plain segments: no percent-encoding, no dot segments, nothing to normalise.
+_PREFIX_SEGMENT_RE = re.compile(r"[A-Za-z0-9_~-][A-Za-z0-9._~-]*")
+_BASE_PATH_RE = re.compile(r"(/[A-Za-z0-9._~-]+)*")
+_HEADER_VALUE_RE = re.compile(r"[\x21-\x7e]+")
+_ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_ENV_REF_RE = re.compile(r"\$\$|\$\{([^}:]*)(?::-([^}]*))?\}")
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class ConfigError(Exception):
+    """Every problem found in a config, one `path: message` line each."""
+
+    def __init__(self, errors: list[str], source: str = "<config>") -> None:
+        self.errors = list(errors)
+        self.source = source
+        super().__init__(f"{source}: " + "; ".join(self.errors))
+
+    def render(self) -> str:
+        """The multi-line form printed by the CLI."""
+        lines = [f"{self.source}: {len(self.errors)} error(s)"]
+        lines += [f"  {e}" for e in self.errors]
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Listen:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    connect: float
+    read: float
+    total: float | None = None
+
+
+@dataclass(frozen=True)
+class TokenSource:
+    """Where a route's token comes from. An inline value never shows in `repr`."""
+
+    kind: TokenKind
+    location: str = ""  # the variable name (env) or the path (file)
+    value: str = field(default="", repr=False)  # SECURITY: inline token, kind == "value" only
+
+    def describe(self) -> str:
+        """Human description for logs and errors; never includes the token."""
+        if self.kind == "env":
+            return f"environment variable {self.location}"
+        if self.kind == "file":
+            return f"file {self.location}"
+        return "inline value"
+
+
+@dataclass(frozen=True)
+class BaseURL:
+    """A parsed upstream base URL, e.g. https://acme.amperity.com/api."""
+
+    scheme: str
+    host: str
+    port: int
+    path: str  # "" or "/api": never ends with "/"
+
+    @property
+    def default_port(self) -> bool:
+        return self.port == (443 if self.scheme == "https" else 80)
+
+    @property
+    def origin(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        netloc = host if self.default_port else f"{host}:{self.port}"
+        return f"{self.scheme}://{netloc}"
+
+    @property
+    def host_header(self) -> str:
+        return self.origin.split("://", 1)[1]
+
+    def __str__(self) -> str:
+        return self.origin + self.path
+
+
+@dataclass(frozen=True)
+class Route:
+    name: str
+    prefix: str
+    tenant: str
+    base_url: BaseURL
+    api_version: str | None
+    ca_file: str | None
+    timeouts: Timeouts
+    token: TokenSource
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    format: LogFormat = "auto"
+    level: str = "INFO"
+
+
+@dataclass(frozen=True)
+class Config:
+    listen: Listen
+    admin: Listen
+    shutdown_timeout: float
+    routes: tuple[Route, ...]
+    log: LogSettings = LogSettings()
+    warnings: tuple[str, ...] = ()  # non-fatal findings, logged at start-up
+
+
+class _Errors:
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+        self.warnings: list[str] = []
+
+    def add(self, path: str, message: str) -> None:
+        self.messages.append(f"{path}: {message}" if path else message)
+
+
+def _type_name(value: object) -> str:
+    if value is None:
+        return "null"
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean"}.get(
+        type(value), f"a {type(value).__name__}"
+    )
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _mapping(
+    raw: object, path: str, errs: _Errors, allowed: tuple[str, ...]
+) -> dict[str, Any] | None:
+    """Check `raw` is a mapping with only `allowed` keys; report unknown keys with a hint."""
+    if not isinstance(raw, dict):
+        errs.add(path, f"expected a mapping, got {_type_name(raw)}")
+        return None
+    for key in raw:
+        if key not in allowed:
+            hint = difflib.get_close_matches(str(key), allowed, n=1)
+            suffix = f" (did you mean {hint[0]!r}?)" if hint else f"; allowed: {', '.join(allowed)}"
+            errs.add(_join(path, str(key)), f"unknown key{suffix}")
+    return raw
+
+
+def _string(raw: object, path: str, errs: _Errors) -> str | None:
+    if isinstance(raw, datetime.date):  # YAML reads an unquoted 2024-04-01 as a date
+        return raw.isoformat()
+    if not isinstance(raw, str) or not raw.strip():
+        errs.add(
+            path,
+            f"expected a non-empty string, got {_type_name(raw) if raw != '' else 'an empty one'}",
+        )
+        return None
+    return raw.strip()
+
+
+def _number(raw: object, path: str, errs: _Errors, *, integer: bool = False) -> float | None:
+    value: object = raw
+    if isinstance(raw, str):  # values that came through ${VAR} expansion are strings
+        with contextlib.suppress(ValueError):
+            value = int(raw) if integer else float(raw)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        errs.add(path, f"expected {'an integer' if integer else 'a number'}, got {_type_name(raw)}")
+        return None
+    if integer and not float(value).is_integer():
+        errs.add(path, f"expected an integer, got {value}")
+        return None
+    return float(value)
+
+
+def _positive(raw: object, path: str, errs: _Errors) -> float | None:
+    value = _number(raw, path, errs)
+    if value is not None and value <= 0:
+        errs.add(path, f"must be greater than 0, got {raw}")
+        return None
+    return value
+
+
+def _listen(raw: object, path: str, errs: _Errors, default: Listen) -> Listen:
+    if raw is None:
+        return default
+    m = _mapping(raw, path, errs, ("host", "port"))
+    if m is None:
+        return default
+    host = _string(m["host"], _join(path, "host"), errs) if "host" in m else default.host
+    port = default.port
+    if "port" in m:
+        value = _number(m["port"], _join(path, "port"), errs, integer=True)
+        if value is not None and not 0 <= value <= 65535:
+            errs.add(_join(path, "port"), f"must be between 0 and 65535, got {int(value)}")
+        elif value is not None:
+            port = int(value)
+    return Listen(host or default.host, port)
+
+
+def parse_listen(text: str) -> Listen:
+    """Parse a `HOST:PORT` flag (`[::1]:8080` for IPv6); raise a readable ValueError."""
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected HOST:PORT (for example 127.0.0.1:8080), got {text!r}")
+    return Listen(host, int(port))
+
+
+def _timeouts(raw: object, path: str, errs: _Errors, base: Timeouts) -> Timeouts:
+    if raw is None:
+        return base
+    m = _mapping(raw, path, errs, ("connect", "read", "total"))
+    if m is None:
+        return base
+    connect, read, total = base.connect, base.read, base.total
+    if "connect" in m:
+        connect = _positive(m["connect"], _join(path, "connect"), errs) or connect
+    if "read" in m:
+        read = _positive(m["read"], _join(path, "read"), errs) or read
+    if "total" in m:
+        total = None if m["total"] is None else _positive(m["total"], _join(path, "total"), errs)
+    return Timeouts(connect, read, total)
+
+
+def _token(raw: object, path: str, errs: _Errors) -> TokenSource | None:
+    kinds = ("env", "file", "value")
+    m = _mapping(raw, path, errs, kinds)
+    if m is None:
+        return None
+    present = [k for k in kinds if k in m]
+    if len(present) != 1:
+        errs.add(path, "expected exactly one of env, file, value")
+        return None
+    kind = present[0]
+    value = _string(m[kind], _join(path, kind), errs)
+    if value is None:
+        return None
+    if kind == "env":
+        if not _ENV_NAME_RE.fullmatch(value):
+            errs.add(_join(path, "env"), f"not a valid environment variable name: {value!r}")
+            return None
+        return TokenSource("env", location=value)
+    if kind == "file":
+        return TokenSource("file", location=value)
+    errs.warnings.append(f"{path}: inline token value in the config file; prefer env or file")
+    return TokenSource("value", value=value)
+
+
+def _base_url(template: str, tenant: str, path: str, errs: _Errors) -> BaseURL | None:
+    unknown = set(re.findall(r"\{([^}]*)\}", template)) - {"tenant"}
+    if unknown:
+        errs.add(path, f"unknown placeholder {{{sorted(unknown)[0]}}}; only {{tenant}} is expanded")
+        return None
+    text = template.replace("{tenant}", tenant)
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError as exc:
+        errs.add(path, f"not a valid URL ({exc}): {text!r}")
+        return None
+    problems = []
+    if parts.scheme not in ("https", "http"):
+        problems.append("scheme must be https")
+    if not parts.hostname:
+        problems.append("host is missing")
+    if parts.username is not None or parts.password is not None:
+        problems.append("user info is not allowed")
+    if parts.query or parts.fragment or text.endswith(("?", "#")):
+        problems.append("query and fragment are not allowed")
+    url_path = parts.path.rstrip("/")
+    if not _BASE_PATH_RE.fullmatch(url_path) or any(s in (".", "..") for s in url_path.split("/")):
+        problems.append("path may hold only plain segments (letters, digits, ._~-)")
+    if problems:
+        errs.add(path, f"{'; '.join(problems)}: {text!r}")
+        return None
+    scheme = parts.scheme
+    if scheme == "http":
+        errs.warnings.append(f"{path}: plain http upstream {text!r}; use only for local testing")
+    assert parts.hostname is not None
+    host = parts.hostname.lower().rstrip(".")
+    return BaseURL(scheme, host, port or (443 if scheme == "https" else 80), url_path)
+
+
+@dataclass(frozen=True)
+class _Defaults:
+    base_url: str = DEFAULT_BASE_URL
+    api_version: str | None = DEFAULT_API_VERSION
+    ca_file: str | None = None
+    timeouts: Timeouts = Timeouts(connect=10.0, read=300.0)
+
+
+_OVERRIDABLE = ("base_url", "api_version", "ca_file", "timeouts")
+
+
+def _overrides(m: Mapping[str, Any], path: str, errs: _Errors, base: _Defaults) -> _Defaults:
+    """Apply the keys a route shares with `defaults:` on top of `base`."""
+    base_url, api_version, ca_file = base.base_url, base.api_version, base.ca_file
+    if "base_url" in m:
+        base_url = _string(m["base_url"], _join(path, "base_url"), errs) or base_url
+    if "api_version" in m:
+        api_version = None
+        if m["api_version"] is not None:
+            api_version = _string(m["api_version"], _join(path, "api_version"), errs)
+            if api_version is not None and not _HEADER_VALUE_RE.fullmatch(api_version):
+                errs.add(_join(path, "api_version"), f"not a valid header value: {api_version!r}")
+    if "ca_file" in m:
+        ca_file = None
+        if m["ca_file"] is not None:
+            ca_file = _string(m["ca_file"], _join(path, "ca_file"), errs)
+            if ca_file is not None and not os.path.isfile(ca_file):
+                errs.add(_join(path, "ca_file"), f"no such file: {ca_file}")
+    timeouts = _timeouts(m.get("timeouts"), _join(path, "timeouts"), errs, base.timeouts)
+    return _Defaults(base_url, api_version, ca_file, timeouts)
+
+
+def _prefix(raw: object, path: str, errs: _Errors) -> str | None:
+    prefix = _string(raw, path, errs)
+    if prefix is None:
+        return None
+    if not prefix.startswith("/"):
+        errs.add(path, f"must start with '/', got {prefix!r}")
+    elif prefix.endswith("/"):
+        errs.add(path, f"must not end with '/', got {prefix!r}")
+    elif not all(_PREFIX_SEGMENT_RE.fullmatch(s) for s in prefix[1:].split("/")):
+        errs.add(
+            path,
+            f"segments may hold only letters, digits and ._~- (no dot segments), got {prefix!r}",
+        )
+    else:
+        return prefix
+    return None
+
+
+_ROUTE_KEYS = ("name", "prefix", "tenant", "token", *_OVERRIDABLE)
+
+
+def _route(raw: object, path: str, errs: _Errors, defaults: _Defaults) -> Route | None:
+    m = _mapping(raw, path, errs, _ROUTE_KEYS)
+    if m is None:
+        return None
+    for key in ("prefix", "tenant", "token"):
+        if key not in m:
+            errs.add(_join(path, key), "is required")
+    prefix = _prefix(m["prefix"], _join(path, "prefix"), errs) if "prefix" in m else None
+    tenant = _string(m["tenant"], _join(path, "tenant"), errs) if "tenant" in m else None
+    if tenant is not None and not _TENANT_RE.fullmatch(tenant):
+        errs.add(
+            _join(path, "tenant"),
+            f"expected a DNS-label-like tenant id (a-z, 0-9, -), got {tenant!r}",
+        )
+        tenant = None
+    token = _token(m["token"], _join(path, "token"), errs) if "token" in m else None
+    name = prefix.strip("/").replace("/", "-") if prefix else None
+    if "name" in m:
+        name = _string(m["name"], _join(path, "name"), errs)
+        if name is not None and not _NAME_RE.fullmatch(name):
+            errs.add(
+                _join(path, "name"), f"expected letters, digits and _.- (max 63), got {name!r}"
+            )
+            name = None
+    own = _overrides(m, path, errs, defaults)
+    base_url = _base_url(own.base_url, tenant, _join(path, "base_url"), errs) if tenant else None
+    if None in (name, prefix, tenant, token, base_url):
+        return None
+    assert name and prefix and tenant and token and base_url
+    return Route(name, prefix, tenant, base_url, own.api_version, own.ca_file, own.timeouts, token)
+
+
+def _routes(raw: object, errs: _Errors, defaults: _Defaults) -> tuple[Route, ...]:
+    if not isinstance(raw, list) or not raw:
+        errs.add("routes", f"expected a non-empty list of routes, got {_type_name(raw)}")
+        return ()
+    routes = [_route(item, f"routes[{i}]", errs, defaults) for i, item in enumerate(raw)]
+    for attr in ("prefix", "name"):
+        seen: dict[str, int] = {}
+        for i, r in enumerate(routes):
+            if r is None:
+                continue
+            value = getattr(r, attr)
+            if value in seen:
+                errs.add(
+                    f"routes[{i}].{attr}",
+                    f"duplicate {attr} {value!r} (also routes[{seen[value]}])",
+                )
+            seen.setdefault(value, i)
+    return tuple(r for r in routes if r is not None)
+
+
+def _log(raw: object, errs: _Errors) -> LogSettings:
+    if raw is None:
+        return LogSettings()
+    m = _mapping(raw, "log", errs, ("format", "level"))
+    if m is None:
+        return LogSettings()
+    fmt: str = m.get("format", "auto")
+    if fmt not in ("auto", "json", "text"):
+        errs.add("log.format", f"expected auto, json or text, got {fmt!r}")
+        fmt = "auto"
+    level = str(m.get("level", "INFO")).upper()
+    if level not in _LOG_LEVELS:
+        errs.add("log.level", f"expected one of {', '.join(_LOG_LEVELS)}, got {m.get('level')!r}")
+        level = "INFO"
+    return LogSettings(fmt, level)  # type: ignore[arg-type]
+
+
+def _expand_env(raw: object, path: str, errs: _Errors, env: Mapping[str, str]) -> object:
+    """Expand `${VAR}` and `${VAR:-default}` in every string value (`$$` is a literal `$`)."""
+    if isinstance(raw, dict):
+        return {k: _expand_env(v, _join(path, str(k)), errs, env) for k, v in raw.items()}
+    if isinstance(raw, list):
+        return [_expand_env(v, f"{path}[{i}]", errs, env) for i, v in enumerate(raw)]
+    if not isinstance(raw, str) or "$" not in raw:
+        return raw
+
+    def replace(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name, default = match.group(1), match.group(2)
+        if not _ENV_NAME_RE.fullmatch(name):
+            errs.add(path, f"invalid variable reference {match.group(0)!r}")
+            return ""
+        value = env.get(name)
+        if value:
+            return value
+        if default is not None:
+            return default
+        errs.add(
+            path,
+            f"environment variable {name} is not set (write ${{{name}:-default}} for a default)",
+        )
+        return ""
+
+    return _ENV_REF_RE.sub(replace, raw)
+
+
+_TOP_KEYS = ("listen", "admin", "defaults", "shutdown_timeout", "routes", "log")
+
+
+def parse_config(
+    raw: object, source: str = "<config>", env: Mapping[str, str] | None = None
+) -> Config:
+    """Validate a loaded YAML document; raise one ConfigError listing every problem."""
+    errs = _Errors()
+    raw = _expand_env(raw, "", errs, os.environ if env is None else env)
+    m = _mapping(raw, "", errs, _TOP_KEYS) if raw is not None else None
+    if m is None:
+        if raw is None:
+            errs.add("", "the config is empty; it needs at least a routes: list")
+        raise ConfigError(errs.messages, source)
+    listen = _listen(m.get("listen"), "listen", errs, Listen("127.0.0.1", 8080))
+    admin = _listen(m.get("admin"), "admin", errs, Listen("127.0.0.1", 9090))
+    defaults = _Defaults()
+    if m.get("defaults") is not None:
+        d = _mapping(m["defaults"], "defaults", errs, _OVERRIDABLE)
+        if d is not None:
+            defaults = _overrides(d, "defaults", errs, defaults)
+    shutdown_timeout = 15.0
+    if "shutdown_timeout" in m:
+        shutdown_timeout = _positive(m["shutdown_timeout"], "shutdown_timeout", errs) or 15.0
+    routes = _routes(m.get("routes"), errs, defaults)
+    log = _log(m.get("log"), errs)
+    if errs.messages:
+        raise ConfigError(errs.messages, source)
+    return Config(listen, admin, shutdown_timeout, routes, log, tuple(errs.warnings))
+
+
+def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
+    """Read and parse a YAML config file; file and YAML errors become a ConfigError too."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"cannot read config file: {exc.strerror or exc}"], source) from None
+    except UnicodeDecodeError:
+        raise ConfigError(["config file is not valid UTF-8"], source) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError([f"{where}{problem}"], source) from None
+    return parse_config(raw, source, env)

@@ -1,0 +1,24 @@
+"""Errors the proxy itself answers with, in Amperity's JSON envelope.
+
+`{"status": 502, "message": "...", "request_id": "..."}`. Messages tell the user what to do;
+they never carry exception text, tokens or upstream internals (those go to the log).
+"""
+
+from __future__ import annotations
+
+import json
+
+from aiohttp import web
+
+
+def envelope(
+    status: int, message: str, request_id: str, headers: dict[str, str] | None = None
+) -> web.Response:
+    """A JSON error response in Amperity's envelope, carrying the request id."""
+    body = json.dumps({"status": status, "message": message, "request_id": request_id})
+    response = web.Response(
+        status=status, text=body, content_type="application/json", headers=headers
+    )
+    response.headers["X-Request-ID"] = request_id
+    response.headers["Cache-Control"] = "no-store"
+    return response

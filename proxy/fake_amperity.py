@@ -1,0 +1,264 @@
+"""A fake Amperity API for tests, `make demo` and users' own tests. Never for production.
+
+It checks what Amperity checks (a HS256 JWT signed with `TEST_SECRET`, an `Amperity-Tenant`
+header equal to the token's `tenant` claim, an `api-version` header) and answers 401 in
+Amperity's envelope otherwise. It records every request it receives (method, raw path,
+headers, body length and sha256, status) and, by default, reflects it back as JSON.
+
+Special paths (under any base path, e.g. `/api/_fake/bytes/1024`):
+- `_fake/bytes/N`     N deterministic bytes (see `pattern`), with Content-Length
+- `_fake/gzip`        a gzip-encoded JSON body with `Content-Encoding: gzip`
+- `_fake/redirect`    302 to the `to` query parameter
+- `_fake/cookies`     two `Set-Cookie` headers
+- `_fake/status/N`    an empty answer with status N
+- `_fake/hold`        waits until `FakeAmperity.release` is set (for drain and timeout tests)
+- `_fake/cut/N`       announces 2N bytes, sends N, then drops the connection
+- `_fake/hop`         answers with hop-by-hop headers a proxy must remove
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import hashlib
+import json
+import socket
+import ssl
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+from aiohttp import web
+from aiohttp.abc import AbstractResolver, ResolveResult
+
+TEST_SECRET = "fake-amperity-test-secret-not-for-production"  # noqa: S105 (test-only)
+TENANT_CLAIM = "tenant"
+_BLOCK = 64 * 1024
+
+
+def make_token(
+    tenant: str,
+    *,
+    secret: str = TEST_SECRET,
+    ttl: float | None = 3600,
+    issued_at: float | None = None,
+    subject: str = "fake-api-key",
+) -> str:
+    """A JWT the fake accepts for `tenant` (HS256, `tenant`/`iat`/`exp`/`sub` claims)."""
+    iat = time.time() if issued_at is None else issued_at
+    claims: dict[str, Any] = {TENANT_CLAIM: tenant, "iat": int(iat), "sub": subject}
+    if ttl is not None:
+        claims["exp"] = int(iat + ttl)
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+def pattern(n: int) -> Iterator[bytes]:
+    """N deterministic bytes in 64 KiB blocks; each block starts with its index."""
+    sent = 0
+    index = 0
+    base = bytes(range(256)) * (_BLOCK // 256)
+    while sent < n:
+        block = index.to_bytes(8, "big") + base[8:]
+        size = min(_BLOCK, n - sent)
+        yield block[:size]
+        sent += size
+        index += 1
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """What the fake received."""
+
+    method: str
+    raw_path: str
+    headers: tuple[tuple[str, str], ...]
+    body_length: int
+    body_sha256: str
+    status: int
+
+    def header(self, name: str) -> str | None:
+        values = self.header_all(name)
+        return values[0] if values else None
+
+    def header_all(self, name: str) -> list[str]:
+        return [v for k, v in self.headers if k.lower() == name.lower()]
+
+
+class FakeAmperity:
+    """The fake upstream application and what it has recorded."""
+
+    def __init__(self, secret: str = TEST_SECRET) -> None:
+        self.secret = secret
+        self.requests: list[RecordedRequest] = []
+        self.release = asyncio.Event()
+        self.held = asyncio.Event()  # set when a request reaches `_fake/hold`
+        self.app = web.Application()
+        self.app.router.add_route("*", "/{tail:.*}", self._handle)
+
+    def _check(self, request: web.Request) -> str | None:
+        auth = request.headers.getall("Authorization", [])
+        if len(auth) != 1 or not auth[0].startswith("Bearer "):
+            return "missing or malformed Authorization header"
+        try:
+            claims = jwt.decode(auth[0][7:], self.secret, algorithms=["HS256"])
+        except jwt.PyJWTError as exc:
+            return f"invalid token: {type(exc).__name__}"
+        tenants = request.headers.getall("Amperity-Tenant", [])
+        if tenants != [claims.get(TENANT_CLAIM)]:
+            return "Amperity-Tenant does not match the token's tenant"
+        if "api-version" not in request.headers and "api-version" not in request.query:
+            return "missing api-version"
+        return None
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        digest = hashlib.sha256()
+        length = 0
+        async for chunk in request.content.iter_any():
+            digest.update(chunk)
+            length += len(chunk)
+        problem = self._check(request)
+        response = await self._respond(request, problem, length, digest.hexdigest())
+        self.requests.append(
+            RecordedRequest(
+                request.method,
+                request.raw_path,
+                tuple(request.headers.items()),
+                length,
+                digest.hexdigest(),
+                response.status,
+            )
+        )
+        return response
+
+    async def _respond(
+        self, request: web.Request, problem: str | None, length: int, digest: str
+    ) -> web.StreamResponse:
+        if problem is not None:
+            body = {"status": 401, "message": problem, "request_id": "fake"}
+            return web.json_response(body, status=401)
+        _, _, special = request.raw_path.partition("/_fake/")
+        special = special.split("?", 1)[0]
+        kind, _, arg = special.partition("/")
+        if kind == "bytes":
+            return await self._stream(request, int(arg))
+        if kind == "gzip":
+            payload = gzip.compress(json.dumps({"compressed": True}).encode())
+            return web.Response(
+                body=payload,
+                headers={"Content-Encoding": "gzip", "Content-Type": "application/json"},
+            )
+        if kind == "redirect":
+            return web.Response(status=302, headers={"Location": request.query["to"]})
+        if kind == "cookies":
+            response = web.Response(text="cookies")
+            response.headers.add("Set-Cookie", "a=1; Path=/")
+            response.headers.add("Set-Cookie", "b=2; Path=/")
+            return response
+        if kind == "status":
+            return web.Response(status=int(arg))
+        if kind == "hold":
+            self.held.set()
+            await self.release.wait()
+            return web.json_response({"held": True})
+        if kind == "cut":
+            return await self._cut(request, int(arg))
+        if kind == "hop":
+            return web.Response(
+                text="hop",
+                headers={
+                    "Connection": "X-Hop-Secret",
+                    "X-Hop-Secret": "1",
+                    "Keep-Alive": "timeout=5",
+                    "X-End": "1",
+                },
+            )
+        return web.json_response(
+            {
+                "method": request.method,
+                "path": request.raw_path,
+                "headers": [[k, v] for k, v in request.headers.items()],
+                "body_length": length,
+                "body_sha256": digest,
+            }
+        )
+
+    async def _stream(self, request: web.Request, n: int) -> web.StreamResponse:
+        response = web.StreamResponse()
+        response.content_length = n
+        response.content_type = "application/octet-stream"
+        await response.prepare(request)
+        for block in pattern(n):
+            await response.write(block)
+        await response.write_eof()
+        return response
+
+    async def _cut(self, request: web.Request, n: int) -> web.StreamResponse:
+        response = web.StreamResponse()
+        response.content_length = 2 * n
+        await response.prepare(request)
+        for block in pattern(n):
+            await response.write(block)
+        assert request.transport is not None
+        request.transport.close()
+        return response
+
+
+class FakeResolver(AbstractResolver):
+    """Resolves the given host names to loopback and refuses every other name."""
+
+    def __init__(self, hosts: dict[str, str]) -> None:
+        self.hosts = {h.lower(): ip for h, ip in hosts.items()}
+        self.lookups: list[str] = []
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        self.lookups.append(host)
+        ip = self.hosts.get(host.lower().rstrip("."))
+        if ip is None:
+            raise OSError(socket.EAI_NONAME, f"fake resolver: unknown host {host}")
+        fam = socket.AF_INET6 if ":" in ip else socket.AF_INET
+        return [
+            ResolveResult(
+                hostname=host, host=ip, port=port, family=fam, proto=0, flags=socket.AI_NUMERICHOST
+            )
+        ]
+
+    async def close(self) -> None:
+        return None
+
+
+@dataclass
+class TestTLS:
+    """A throwaway CA (trustme) and the contexts that go with it."""
+
+    ca_pem: bytes
+    server: ssl.SSLContext
+    client: ssl.SSLContext
+
+
+def make_tls(*hostnames: str) -> TestTLS:
+    """Build a CA and a server certificate for `hostnames` (requires the dev extra trustme)."""
+    import trustme  # dev dependency: only the fake needs it
+
+    ca = trustme.CA()
+    cert = ca.issue_cert(*hostnames)
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(server)
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    return TestTLS(ca.cert_pem.bytes(), server, client)
+
+
+async def start_fake(
+    fake: FakeAmperity, ssl_context: ssl.SSLContext | None, host: str = "127.0.0.1", port: int = 0
+) -> tuple[web.AppRunner, int]:
+    """Serve `fake` on host:port (0 = any free port); return the runner and the bound port."""
+    runner = web.AppRunner(fake.app, access_log=None, shutdown_timeout=1)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
+    await site.start()
+    sockets = getattr(site._server, "sockets", [])
+    return runner, int(sockets[0].getsockname()[1])

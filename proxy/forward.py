@@ -1,0 +1,198 @@
+"""One upstream exchange: build the URL and headers, stream the body up, stream the answer down.
+
+Failure → status mapping (the only place it is decided):
+
+| what happened                                   | client gets          | `reason` |
+|-------------------------------------------------|----------------------|----------|
+| DNS failure, connection refused/unreachable     | 502 envelope         | connect  |
+| TLS handshake or certificate failure            | 502 envelope         | tls      |
+| no connection within `timeouts.connect`         | 504 envelope         | timeout  |
+| no byte from upstream within `timeouts.read`    | 504 envelope         | timeout  |
+| `timeouts.total` exceeded                       | 504 envelope         | timeout  |
+| connection reset / closed / malformed response  | 502 envelope         | reset    |
+| any of the above after the response has started | connection cut off   | as above |
+
+A response cut off mid-stream is passed on as a cut-off connection (no terminating chunk, short
+`Content-Length`), never as a clean end. Nothing is retried. Envelope messages are generic;
+the log carries the detail (with the token scrubbed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+from yarl import URL
+
+from proxy.config import Route
+from proxy.errors import envelope
+from proxy.headers import response_headers, rewrite_location, upstream_headers
+
+log = logging.getLogger("amperity_proxy.forward")
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """A route's upstream, computed once at load time."""
+
+    route: Route
+    url_prefix: str  # origin + base path, e.g. "https://acme.amperity.com/api"
+    host_header: str
+    ssl_context: ssl.SSLContext
+    timeout: aiohttp.ClientTimeout
+
+    @classmethod
+    def from_route(cls, route: Route, ssl_context: ssl.SSLContext) -> Upstream:
+        t = route.timeouts
+        timeout = aiohttp.ClientTimeout(
+            total=t.total, connect=t.connect, sock_connect=t.connect, sock_read=t.read
+        )
+        return cls(route, str(route.base_url), route.base_url.host_header, ssl_context, timeout)
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What happened during one exchange, for the access log and metrics."""
+
+    upstream_status: int | None = None
+    error: str | None = None  # one of connect, tls, timeout, reset
+    detail: str = ""  # for the log only
+    bytes_in: int = 0
+    bytes_out: int = 0
+    client_gone: bool = False
+
+
+def classify(exc: BaseException) -> tuple[str, int]:
+    """Map an upstream failure to (reason, status)."""
+    if isinstance(exc, (aiohttp.ClientSSLError, ssl.SSLError)):
+        return "tls", 502
+    if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
+        return "timeout", 504
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return "connect", 502
+    return "reset", 502
+
+
+def _message(reason: str, upstream: Upstream) -> str:
+    route = upstream.route
+    where = f"{upstream.url_prefix} (route {route.name})"
+    if reason == "connect":
+        return f"could not connect to the Amperity API at {where}; check the network and base_url"
+    if reason == "tls":
+        return (
+            f"TLS verification failed for {where}; if a corporate proxy re-signs traffic, "
+            "set ca_file to its CA bundle"
+        )
+    if reason == "timeout":
+        return (
+            f"the Amperity API at {where} did not answer in time "
+            f"(timeouts: connect {route.timeouts.connect}s, read {route.timeouts.read}s)"
+        )
+    return f"the Amperity API at {where} closed the connection before a complete answer; retry"
+
+
+def scrub(text: str, secret: str) -> str:
+    """SECURITY: remove a secret from text that is about to be logged."""
+    return text.replace(secret, "<redacted>") if secret else text
+
+
+async def _counted(stream: aiohttp.StreamReader, outcome: Outcome) -> AsyncIterator[bytes]:
+    async for chunk in stream.iter_any():
+        outcome.bytes_in += len(chunk)
+        yield chunk
+
+
+async def forward(
+    session: aiohttp.ClientSession,
+    request: web.Request,
+    upstream: Upstream,
+    rest: str,
+    query: str,
+    authorization: str,
+    request_id: str,
+    outcome: Outcome,
+    query_has_api_version: bool = False,
+) -> web.StreamResponse:
+    """Send `request` to `upstream` with the credential and stream the response back."""
+    route = upstream.route
+    # The path keeps the client's percent-encoding: encoded=True stops yarl from re-quoting or
+    # removing dot segments (the path was checked before routing).
+    url = URL(upstream.url_prefix + rest + query, encoded=True)
+    headers = upstream_headers(
+        request.headers,
+        authorization=authorization,
+        tenant=route.tenant,
+        host=upstream.host_header,
+        api_version=route.api_version,
+        request_id=request_id,
+        query_has_api_version=query_has_api_version,
+    )
+    body = _counted(request.content, outcome) if request.body_exists else None
+    response: web.StreamResponse | None = None
+    try:
+        async with session.request(
+            request.method,
+            url,
+            headers=headers,
+            data=body,
+            allow_redirects=False,  # SECURITY: never follow; the client decides
+            ssl=upstream.ssl_context,
+            timeout=upstream.timeout,
+        ) as upstream_response:
+            outcome.upstream_status = upstream_response.status
+            response = web.StreamResponse(
+                status=upstream_response.status, reason=upstream_response.reason
+            )
+            response.headers.extend(response_headers(upstream_response.headers.items()))
+            if "Location" in response.headers:
+                response.headers["Location"] = rewrite_location(
+                    response.headers["Location"],
+                    request_url=str(url),
+                    base_scheme=route.base_url.scheme,
+                    base_host=route.base_url.host,
+                    base_port=route.base_url.port,
+                    base_path=route.base_url.path,
+                    client_host=request.host,
+                    prefix=route.prefix,
+                )
+            response.headers["X-Request-ID"] = request_id
+            await response.prepare(request)
+            async for chunk in upstream_response.content.iter_any():
+                await response.write(chunk)
+                outcome.bytes_out += len(chunk)
+            await response.write_eof()
+            return response
+    except (ConnectionResetError, aiohttp.ClientConnectionResetError) as exc:
+        if request.transport is None or request.transport.is_closing():
+            outcome.client_gone = True  # the client went away; not an upstream failure
+            if response is None:
+                response = web.StreamResponse(status=499)
+            return response
+        return _failed(exc, request, upstream, authorization, request_id, outcome, response)
+    except (TimeoutError, aiohttp.ClientError, ssl.SSLError, OSError) as exc:
+        return _failed(exc, request, upstream, authorization, request_id, outcome, response)
+
+
+def _failed(
+    exc: BaseException,
+    request: web.Request,
+    upstream: Upstream,
+    authorization: str,
+    request_id: str,
+    outcome: Outcome,
+    response: web.StreamResponse | None,
+) -> web.StreamResponse:
+    reason, status = classify(exc)
+    outcome.error = reason
+    token = authorization.removeprefix("Bearer ")
+    outcome.detail = scrub(f"{type(exc).__name__}: {exc}", token)
+    if response is not None and response.prepared:
+        # The status line is gone already: the only honest signal left is a cut connection.
+        request.protocol.force_close()
+        return response
+    return envelope(status, _message(reason, upstream), request_id)

@@ -1,0 +1,160 @@
+"""The header policy: what goes upstream, what comes back, and how `Location` is rewritten.
+
+Pure functions over multidicts; nothing here knows about routes or tokens beyond the strings it
+is handed.
+
+RFC 9110 §7.6.1 (Connection): "Intermediaries MUST parse a received Connection header field
+before a message is forwarded and, for each connection-option in this field, remove any header
+or trailer field(s) from the message with the same name as the connection-option, and then
+remove the Connection header field itself". It also names Proxy-Connection, Keep-Alive, TE,
+Transfer-Encoding and Upgrade as fields an intermediary must not forward. RFC 9110 §11.7.1/§11.7.2
+make Proxy-Authenticate/Proxy-Authorization hop-by-hop; §6.6.2 does the same for Trailer.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterable
+from urllib.parse import unquote, urljoin, urlsplit
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+
+# SECURITY: a client never chooses the credential or the tenant; every copy is removed, whatever
+# its case or whether it is spelt with `_` (some servers read `Amperity_Tenant` as
+# `Amperity-Tenant`).
+CREDENTIAL = frozenset({"authorization", "amperity-tenant", "x-amperity-tenant"})
+
+# Set by the proxy itself. `Expect` is answered by the proxy's own server (100-continue), so
+# forwarding it would make the upstream exchange wait for a second 100.
+_REPLACED = frozenset({"host", "x-request-id", "expect", "api-version"})
+
+_DROP_UPSTREAM = HOP_BY_HOP | CREDENTIAL | _REPLACED
+
+_REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def normalize(name: str) -> str:
+    """Header names compare case-insensitively and with `_` read as `-`."""
+    return name.lower().replace("_", "-")
+
+
+def _connection_listed(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> frozenset[str]:
+    """Names listed in every `Connection` header (RFC 9110 §7.6.1), normalized."""
+    listed: set[str] = set()
+    for key, value in headers.items():
+        if normalize(key) == "connection":
+            listed.update(normalize(v.strip()) for v in value.split(",") if v.strip())
+    return frozenset(listed)
+
+
+def request_id(client_value: str | None) -> str:
+    """The client's X-Request-ID when well-formed (1-128 of `A-Za-z0-9._:-`), else a new one."""
+    if client_value is not None and _REQUEST_ID_RE.fullmatch(client_value):
+        return client_value
+    return uuid.uuid4().hex
+
+
+def query_has_api_version(query: str) -> bool:
+    """Whether a raw query string carries an `api-version` parameter."""
+    if "api" not in query.lower():  # fast path: almost every query lacks it
+        return False
+    for pair in query.split("&"):
+        key = pair.split("=", 1)[0]
+        if normalize(unquote(key.replace("+", " "))) == "api-version":
+            return True
+    return False
+
+
+def upstream_headers(
+    client: CIMultiDictProxy[str],
+    *,
+    authorization: str,
+    tenant: str,
+    host: str,
+    api_version: str | None,
+    request_id: str,
+    query_has_api_version: bool,
+) -> CIMultiDict[str]:
+    """Upstream headers: the client's minus hop-by-hop and credential headers, plus ours."""
+    listed = _connection_listed(client)
+    out: CIMultiDict[str] = CIMultiDict()
+    client_api_version: list[str] = []
+    for key, value in client.items():
+        name = normalize(key)
+        if name == "api-version":
+            client_api_version.append(value)
+        elif name not in _DROP_UPSTREAM and name not in listed:
+            out.add(key, value)
+    out["Host"] = host
+    out["Authorization"] = authorization
+    out["Amperity-Tenant"] = tenant
+    # Re-spelt canonically: a server such as nginx drops `api_version` by default.
+    for value in client_api_version:
+        out.add("api-version", value)
+    if not client_api_version and not query_has_api_version and api_version is not None:
+        out["api-version"] = api_version
+    out["X-Request-ID"] = request_id
+    return out
+
+
+def response_headers(upstream: Iterable[tuple[str, str]]) -> CIMultiDict[str]:
+    """The upstream's response headers minus hop-by-hop ones; repeated headers survive."""
+    items = list(upstream)
+    listed = _connection_listed(CIMultiDict(items))
+    out: CIMultiDict[str] = CIMultiDict()
+    for key, value in items:
+        name = normalize(key)
+        if name not in HOP_BY_HOP and name not in listed:
+            out.add(key, value)
+    return out
+
+
+def _port(scheme: str, port: int | None) -> int:
+    return port if port is not None else (443 if scheme == "https" else 80)
+
+
+def rewrite_location(
+    location: str,
+    *,
+    request_url: str,
+    base_scheme: str,
+    base_host: str,
+    base_port: int,
+    base_path: str,
+    client_host: str,
+    prefix: str,
+) -> str:
+    """Map a Location inside the route's base URL back to the proxy; leave any other unchanged."""
+    try:
+        target = urlsplit(urljoin(request_url, location))
+        port = _port(target.scheme, target.port)
+    except ValueError:
+        return location
+    inside = (
+        target.scheme == base_scheme
+        and (target.hostname or "").rstrip(".") == base_host
+        and port == base_port
+        and not target.username
+        and (target.path == base_path or target.path.startswith(base_path + "/"))
+    )
+    if not inside:
+        return location
+    rest = target.path[len(base_path) :]
+    query = f"?{target.query}" if target.query else ""
+    fragment = f"#{target.fragment}" if target.fragment else ""
+    return f"http://{client_host}{prefix}{rest}{query}{fragment}"
