@@ -101,7 +101,7 @@ def create_app(
     app[REGISTRY] = registry
     app[LIFECYCLE] = Lifecycle()
     app[HANDLER] = handler
-    app.router.add_route("*", "/{tail:.*}", handler)
+    app.router.add_route("*", "/{tail:.*}", handler.handle)
 
     async def session_ctx(app: web.Application) -> AsyncIterator[None]:
         connector = aiohttp.TCPConnector(resolver=resolver, limit=100, enable_cleanup_closed=True)

@@ -13,6 +13,7 @@ Special paths (under any base path, e.g. `/api/_fake/bytes/1024`):
 - `_fake/status/N`    an empty answer with status N
 - `_fake/hold`        waits until `FakeAmperity.release` is set (for drain and timeout tests)
 - `_fake/cut/N`       announces 2N bytes, sends N, then drops the connection
+                      (`?chunked`: chunked encoding, dropped before the last chunk)
 - `_fake/hop`         answers with hop-by-hop headers a proxy must remove
 """
 
@@ -21,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import gzip
 import hashlib
-import json
 import socket
 import ssl
 import time
@@ -36,6 +36,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 TEST_SECRET = "fake-amperity-test-secret-not-for-production"  # noqa: S105 (test-only)
 TENANT_CLAIM = "tenant"
 _BLOCK = 64 * 1024
+GZIP_JSON = b'{"compressed": true}'
 
 
 def make_token(
@@ -144,7 +145,7 @@ class FakeAmperity:
         if kind == "bytes":
             return await self._stream(request, int(arg))
         if kind == "gzip":
-            payload = gzip.compress(json.dumps({"compressed": True}).encode())
+            payload = gzip.compress(GZIP_JSON, mtime=0)
             return web.Response(
                 body=payload,
                 headers={"Content-Encoding": "gzip", "Content-Type": "application/json"},
@@ -189,14 +190,16 @@ class FakeAmperity:
         response.content_length = n
         response.content_type = "application/octet-stream"
         await response.prepare(request)
-        for block in pattern(n):
-            await response.write(block)
+        if request.method != "HEAD":
+            for block in pattern(n):
+                await response.write(block)
         await response.write_eof()
         return response
 
     async def _cut(self, request: web.Request, n: int) -> web.StreamResponse:
         response = web.StreamResponse()
-        response.content_length = 2 * n
+        if "chunked" not in request.query:
+            response.content_length = 2 * n
         await response.prepare(request)
         for block in pattern(n):
             await response.write(block)
@@ -231,7 +234,7 @@ class FakeResolver(AbstractResolver):
 
 
 @dataclass
-class TestTLS:
+class FakeTLS:
     """A throwaway CA (trustme) and the contexts that go with it."""
 
     ca_pem: bytes
@@ -239,7 +242,7 @@ class TestTLS:
     client: ssl.SSLContext
 
 
-def make_tls(*hostnames: str) -> TestTLS:
+def make_tls(*hostnames: str) -> FakeTLS:
     """Build a CA and a server certificate for `hostnames` (requires the dev extra trustme)."""
     import trustme  # dev dependency: only the fake needs it
 
@@ -249,7 +252,7 @@ def make_tls(*hostnames: str) -> TestTLS:
     cert.configure_cert(server)
     client = ssl.create_default_context()
     ca.configure_trust(client)
-    return TestTLS(ca.cert_pem.bytes(), server, client)
+    return FakeTLS(ca.cert_pem.bytes(), server, client)
 
 
 async def start_fake(

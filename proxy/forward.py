@@ -35,6 +35,8 @@ from proxy.headers import response_headers, rewrite_location, upstream_headers
 
 log = logging.getLogger("amperity_proxy.forward")
 
+_MAX_DETAIL = 300
+
 
 @dataclass(frozen=True, slots=True)
 class Upstream:
@@ -190,7 +192,8 @@ def _failed(
     reason, status = classify(exc)
     outcome.error = reason
     token = authorization.removeprefix("Bearer ")
-    outcome.detail = scrub(f"{type(exc).__name__}: {exc}", token)
+    # Exception text can quote what the upstream sent (a bad status line): keep it short.
+    outcome.detail = scrub(f"{type(exc).__name__}: {exc}", token)[:_MAX_DETAIL]
     if response is not None and response.prepared:
         # The status line is gone already: the only honest signal left is a cut connection.
         request.protocol.force_close()

@@ -59,7 +59,7 @@ class ProxyHandler:
         self.session: aiohttp.ClientSession | None = None  # set by the app's cleanup context
         self._prefixes = ", ".join(table.prefixes)
 
-    async def __call__(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: web.Request) -> web.StreamResponse:
         started = asyncio.get_running_loop().time()
         rid = request_id(request.headers.get("X-Request-ID"))
         raw = request.raw_path

@@ -1,0 +1,174 @@
+"""Shared fixtures: a trustme CA, the fake Amperity upstream over TLS, and a proxy factory.
+
+Everything listens on 127.0.0.1; realistic host names (acme.amperity.com) reach the fake
+through a fake resolver, with TLS verification on against the test CA.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from prometheus_client import CollectorRegistry
+
+from proxy.app import HANDLER, LIFECYCLE, STORE, create_admin_app, create_app
+from proxy.config import Config, parse_config
+from proxy.fake_amperity import (
+    FakeAmperity,
+    FakeResolver,
+    FakeTLS,
+    make_tls,
+    make_token,
+    start_fake,
+)
+from proxy.tokens import TokenStore
+
+HOSTS = ("acme.amperity.com", "acme-sb.amperity.com", "app.amperity.com", "other.amperity.com")
+ACME_TOKEN = make_token("acme")
+
+AiohttpClient = Callable[..., Awaitable[TestClient[Any, Any]]]
+
+
+@pytest.fixture(scope="session")
+def tls() -> FakeTLS:
+    return make_tls(*HOSTS, "localhost")
+
+
+@dataclass
+class Upstream:
+    fake: FakeAmperity
+    port: int
+
+    def url(self, host: str = "acme.amperity.com", path: str = "/api") -> str:
+        return f"https://{host}:{self.port}{path}"
+
+    @property
+    def requests(self) -> list[Any]:
+        return self.fake.requests
+
+
+@pytest.fixture
+async def upstream(tls: FakeTLS) -> AsyncIterator[Upstream]:
+    fake = FakeAmperity()
+    runner, port = await start_fake(fake, tls.server)
+    yield Upstream(fake, port)
+    fake.release.set()
+    await runner.cleanup()
+
+
+@dataclass
+class Proxy:
+    client: TestClient[Any, Any]
+    admin: TestClient[Any, Any]
+    app: web.Application
+    config: Config
+    registry: CollectorRegistry
+    resolver: FakeResolver
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def port(self) -> int:
+        port = self.client.server.port
+        assert port is not None
+        return port
+
+    @property
+    def store(self) -> TokenStore:
+        return self.app[STORE]
+
+    def draining(self, value: bool) -> None:
+        self.app[LIFECYCLE].draining = value
+
+    async def metrics_text(self) -> str:
+        response = await self.admin.get("/metrics")
+        assert response.status == 200
+        return await response.text()
+
+
+ProxyFactory = Callable[..., Awaitable[Proxy]]
+
+
+def acme_route(upstream: Upstream, **overrides: Any) -> dict[str, Any]:
+    route: dict[str, Any] = {
+        "prefix": "/acme",
+        "tenant": "acme",
+        "base_url": upstream.url(),
+        "token": {"env": "ACME_TOKEN"},
+    }
+    route.update(overrides)
+    return route
+
+
+@pytest.fixture
+def make_proxy(aiohttp_client: AiohttpClient, upstream: Upstream, tls: FakeTLS) -> ProxyFactory:
+    async def factory(
+        routes: list[dict[str, Any]] | None = None,
+        *,
+        env: dict[str, str] | None = None,
+        upstream_ssl: ssl.SSLContext | None = None,
+        config_tls: bool = False,
+        extra: dict[str, Any] | None = None,
+        token_poll_interval: float = 3600,
+    ) -> Proxy:
+        raw: dict[str, Any] = {"routes": routes or [acme_route(upstream)]}
+        raw.update(extra or {})
+        config = parse_config(raw, source="test")
+        environment = {"ACME_TOKEN": ACME_TOKEN, **(env or {})}
+        registry = CollectorRegistry()
+        resolver = FakeResolver(dict.fromkeys(HOSTS, "127.0.0.1"))
+        app = create_app(
+            config,
+            # config_tls: use the contexts built from the config (system CAs + ca_file).
+            upstream_ssl=None if config_tls else (upstream_ssl or tls.client),
+            resolver=resolver,
+            registry=registry,
+            env=environment,
+            token_poll_interval=token_poll_interval,
+        )
+        client = await aiohttp_client(app)
+        admin = await aiohttp_client(create_admin_app(app))
+        assert app[HANDLER].session is not None
+        return Proxy(client, admin, app, config, registry, resolver, environment)
+
+    return factory
+
+
+@dataclass
+class RawResponse:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        for key, value in self.headers:
+            if key.lower() == name.lower():
+                return value
+        return None
+
+
+async def raw_request(port: int, data: bytes, wait: float = 10) -> RawResponse:
+    """Send raw bytes, read until the server closes; parse one response (no chunked decoding)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        raw = await asyncio.wait_for(reader.read(), wait)
+    finally:
+        writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ")[1])
+    headers = [tuple(x.strip() for x in line.split(":", 1)) for line in lines[1:] if ":" in line]
+    return RawResponse(status, [(h[0], h[1]) for h in headers], body)
+
+
+def get(path: str, *headers: str) -> bytes:
+    """A raw GET request that asks the server to close the connection afterwards."""
+    lines = [f"GET {path} HTTP/1.1", "Host: 127.0.0.1", *headers, "Connection: close", "", ""]
+    return "\r\n".join(lines).encode("latin-1")
