@@ -1,0 +1,322 @@
+"""Config parsing: defaults, inheritance, env expansion, and exact error messages with paths."""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from proxy.config import (
+    BaseURL,
+    ConfigError,
+    Listen,
+    Timeouts,
+    TokenSource,
+    load_config,
+    parse_config,
+    parse_listen,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def route(**overrides: Any) -> dict[str, Any]:
+    r: dict[str, Any] = {"prefix": "/acme", "tenant": "acme", "token": {"env": "T"}}
+    r.update(overrides)
+    return r
+
+
+def errors_of(raw: object, env: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw, env=env or {})
+    return info.value.errors
+
+
+def test_minimal_config_gets_the_documented_defaults() -> None:
+    config = parse_config({"routes": [route()]}, env={})
+    assert config.listen == Listen("127.0.0.1", 8080)
+    assert config.admin == Listen("127.0.0.1", 9090)
+    assert config.shutdown_timeout == 15
+    [r] = config.routes
+    assert r.name == "acme"
+    assert r.base_url == BaseURL("https", "acme.amperity.com", 443, "/api")
+    assert str(r.base_url) == "https://acme.amperity.com/api"
+    assert r.api_version == "2024-04-01"
+    assert r.ca_file is None
+    assert r.timeouts == Timeouts(connect=10, read=300, total=None)
+    assert r.token == TokenSource("env", location="T")
+
+
+def test_routes_inherit_defaults_and_may_override_each_key() -> None:
+    config = parse_config(
+        {
+            "defaults": {
+                "base_url": "https://app.amperity.com/api",
+                "api_version": "2025-01-01",
+                "timeouts": {"connect": 3, "read": 30},
+            },
+            "routes": [
+                route(),
+                route(
+                    prefix="/sb",
+                    tenant="acme-sb-12345",
+                    base_url="https://acme.amperity.com/api/",
+                    api_version=None,
+                    timeouts={"read": 5},
+                ),
+            ],
+        },
+        env={},
+    )
+    first, second = config.routes
+    assert str(first.base_url) == "https://app.amperity.com/api"
+    assert first.api_version == "2025-01-01"
+    assert first.timeouts == Timeouts(3, 30)
+    assert str(second.base_url) == "https://acme.amperity.com/api"  # trailing slash dropped
+    assert second.api_version is None
+    assert second.timeouts == Timeouts(3, 5)
+    assert second.name == "sb"
+
+
+def test_yaml_date_api_version_is_accepted() -> None:
+    config = parse_config({"routes": [route(api_version=datetime.date(2024, 4, 1))]}, env={})
+    assert config.routes[0].api_version == "2024-04-01"
+
+
+def test_env_expansion_with_and_without_default() -> None:
+    raw = {
+        "listen": {"port": "${PORT:-8181}"},
+        "routes": [route(tenant="${TENANT}", prefix="/${PREFIX:-acme}", name="cost$$")],
+    }
+    errors = errors_of(raw, env={"TENANT": "acme"})
+    assert errors == ["routes[0].name: expected letters, digits and _.- (max 63), got 'cost$'"]
+    raw["routes"][0].pop("name")
+    config = parse_config(raw, env={"TENANT": "acme"})
+    assert config.listen.port == 8181
+    assert config.routes[0].tenant == "acme"
+    assert config.routes[0].prefix == "/acme"
+
+
+def test_unset_variable_without_default_is_an_error() -> None:
+    assert errors_of({"routes": [route(tenant="${AMPERITY_TENANT}")]}) == [
+        "routes[0].tenant: environment variable AMPERITY_TENANT is not set "
+        "(write ${AMPERITY_TENANT:-default} for a default)",
+        "routes[0].tenant: expected a non-empty string, got an empty one",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (None, ["the config is empty; it needs at least a routes: list"]),
+        ([], ["expected a mapping, got a list"]),
+        ({}, ["routes: expected a non-empty list of routes, got null"]),
+        ({"routes": []}, ["routes: expected a non-empty list of routes, got a list"]),
+        (
+            {"rotues": [route()]},
+            [
+                "rotues: unknown key (did you mean 'routes'?)",
+                "routes: expected a non-empty list of routes, got null",
+            ],
+        ),
+        (
+            {"routes": [route(tokn={"env": "T"})]},
+            ["routes[0].tokn: unknown key (did you mean 'token'?)"],
+        ),
+        (
+            {"routes": [route(token={"env": "T", "file": "/x"})]},
+            ["routes[0].token: expected exactly one of env, file, value"],
+        ),
+        (
+            {"routes": [route(token={})]},
+            ["routes[0].token: expected exactly one of env, file, value"],
+        ),
+        ({"routes": [route(token="abc")]}, ["routes[0].token: expected a mapping, got a string"]),
+        (
+            {"routes": [route(token={"env": "1BAD"})]},
+            ["routes[0].token.env: not a valid environment variable name: '1BAD'"],
+        ),
+        (
+            {"routes": [route(token={"path": "/x"})]},
+            [
+                "routes[0].token.path: unknown key; allowed: env, file, value",
+                "routes[0].token: expected exactly one of env, file, value",
+            ],
+        ),
+        ({"routes": [route(prefix="acme")]}, ["routes[0].prefix: must start with '/', got 'acme'"]),
+        (
+            {"routes": [route(prefix="/acme/")]},
+            ["routes[0].prefix: must not end with '/', got '/acme/'"],
+        ),
+        ({"routes": [route(prefix="/")]}, ["routes[0].prefix: must not end with '/', got '/'"]),
+        (
+            {"routes": [route(prefix="/a/../b")]},
+            [
+                "routes[0].prefix: segments may hold only letters, digits and ._~- (no dot segments), got '/a/../b'"
+            ],
+        ),
+        (
+            {"routes": [route(prefix="/a%2fb")]},
+            [
+                "routes[0].prefix: segments may hold only letters, digits and ._~- (no dot segments), got '/a%2fb'"
+            ],
+        ),
+        (
+            {"routes": [route(tenant="Acme_1")]},
+            ["routes[0].tenant: expected a DNS-label-like tenant id (a-z, 0-9, -), got 'Acme_1'"],
+        ),
+        (
+            {"routes": [route(tenant="-acme")]},
+            ["routes[0].tenant: expected a DNS-label-like tenant id (a-z, 0-9, -), got '-acme'"],
+        ),
+        (
+            {"routes": [route(base_url="ftp://x.example/api")]},
+            ["routes[0].base_url: scheme must be https: 'ftp://x.example/api'"],
+        ),
+        (
+            {"routes": [route(base_url="https://u:p@x.example/api")]},
+            ["routes[0].base_url: user info is not allowed: 'https://u:p@x.example/api'"],
+        ),
+        (
+            {"routes": [route(base_url="https://x.example/api?x=1")]},
+            ["routes[0].base_url: query and fragment are not allowed: 'https://x.example/api?x=1'"],
+        ),
+        (
+            {"routes": [route(base_url="https://{region}.example/api")]},
+            ["routes[0].base_url: unknown placeholder {region}; only {tenant} is expanded"],
+        ),
+        (
+            {"routes": [route(base_url="https://x.example:99999/api")]},
+            [
+                "routes[0].base_url: not a valid URL (Port out of range 0-65535): 'https://x.example:99999/api'"
+            ],
+        ),
+        (
+            {"routes": [route(timeouts={"read": 0})]},
+            ["routes[0].timeouts.read: must be greater than 0, got 0"],
+        ),
+        (
+            {"routes": [route(timeouts={"connect": "soon"})]},
+            ["routes[0].timeouts.connect: expected a number, got a string"],
+        ),
+        (
+            {"routes": [route(ca_file="/nonexistent/ca.pem")]},
+            ["routes[0].ca_file: no such file: /nonexistent/ca.pem"],
+        ),
+        (
+            {"listen": {"port": 70000}, "routes": [route()]},
+            ["listen.port: must be between 0 and 65535, got 70000"],
+        ),
+        (
+            {"admin": {"port": True}, "routes": [route()]},
+            ["admin.port: expected an integer, got a boolean"],
+        ),
+        (
+            {"listen": {"host": "x", "prot": 1}, "routes": [route()]},
+            ["listen.prot: unknown key (did you mean 'port'?)"],
+        ),
+        (
+            {"shutdown_timeout": -1, "routes": [route()]},
+            ["shutdown_timeout: must be greater than 0, got -1"],
+        ),
+        (
+            {"log": {"format": "xml"}, "routes": [route()]},
+            ["log.format: expected auto, json or text, got 'xml'"],
+        ),
+        (
+            {"routes": [route(), route()]},
+            [
+                "routes[1].prefix: duplicate prefix '/acme' (also routes[0])",
+                "routes[1].name: duplicate name 'acme' (also routes[0])",
+            ],
+        ),
+        (
+            {"routes": [route(), route(prefix="/b", name="acme")]},
+            ["routes[1].name: duplicate name 'acme' (also routes[0])"],
+        ),
+        (
+            {"routes": [{"prefix": "/acme"}]},
+            ["routes[0].tenant: is required", "routes[0].token: is required"],
+        ),
+        ({"routes": ["acme"]}, ["routes[0]: expected a mapping, got a string"]),
+    ],
+)
+def test_config_errors_are_exact_and_carry_their_path(raw: object, expected: list[str]) -> None:
+    assert errors_of(raw) == expected
+
+
+def test_every_error_is_reported_together() -> None:
+    raw = {
+        "listen": {"port": "http"},
+        "routes": [
+            route(prefix="acme"),
+            route(prefix="/b", tenant="B!", token={"env": "X", "value": "y"}),
+        ],
+    }
+    assert errors_of(raw) == [
+        "listen.port: expected an integer, got a string",
+        "routes[0].prefix: must start with '/', got 'acme'",
+        "routes[1].tenant: expected a DNS-label-like tenant id (a-z, 0-9, -), got 'B!'",
+        "routes[1].token: expected exactly one of env, file, value",
+    ]
+
+
+def test_inline_token_and_plain_http_are_warned_about() -> None:
+    config = parse_config(
+        {"routes": [route(token={"value": "abc"}, base_url="http://localhost:8000/api")]}, env={}
+    )
+    assert config.warnings == (
+        "routes[0].token: inline token value in the config file; prefer env or file",
+        "routes[0].base_url: plain http upstream 'http://localhost:8000/api'; use only for local testing",
+    )
+    assert "abc" not in repr(config)  # SECURITY: an inline token never shows in a repr
+
+
+def test_config_error_renders_every_line() -> None:
+    error = ConfigError(["a: x", "b: y"], "conf.yaml")
+    assert error.render() == "conf.yaml: 2 error(s)\n  a: x\n  b: y"
+
+
+def test_load_config_reports_file_and_yaml_problems(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as missing:
+        load_config(tmp_path / "nope.yaml")
+    assert missing.value.errors == ["cannot read config file: No such file or directory"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("routes:\n  - prefix: /a\n   tenant: x\n")
+    with pytest.raises(ConfigError) as invalid:
+        load_config(bad)
+    assert invalid.value.errors[0].startswith("line 3, column 4: ")
+
+
+@pytest.mark.parametrize(
+    ("env", "tenant"), [({}, "example"), ({"AMPERITY_TENANT": "acme"}, "acme")]
+)
+def test_example_config_parses(env: dict[str, str], tenant: str) -> None:
+    config = load_config(ROOT / "config.example.yaml", env=env)
+    assert config.listen == Listen("127.0.0.1", 8080)
+    assert config.admin == Listen("127.0.0.1", 9090)
+    [r] = config.routes
+    assert (r.name, r.prefix, r.tenant) == ("amperity", "/amperity", tenant)
+    assert str(r.base_url) == f"https://{tenant}.amperity.com/api"
+    assert r.token == TokenSource("env", location="AMPERITY_TOKEN")
+    assert config.warnings == ()
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("127.0.0.1:8080", Listen("127.0.0.1", 8080)),
+        ("[::1]:0", Listen("::1", 0)),
+        ("0.0.0.0:9", Listen("0.0.0.0", 9)),
+    ],  # noqa: S104
+)
+def test_parse_listen(text: str, expected: Listen) -> None:
+    assert parse_listen(text) == expected
+
+
+@pytest.mark.parametrize("text", ["8080", ":8080", "host:", "host:x", "host:70000"])
+def test_parse_listen_rejects(text: str) -> None:
+    with pytest.raises(ValueError, match="expected HOST:PORT"):
+        parse_listen(text)
