@@ -86,13 +86,11 @@ def test_yaml_date_api_version_is_accepted() -> None:
 
 
 def test_env_expansion_with_and_without_default() -> None:
-    raw = {
-        "listen": {"port": "${PORT:-8181}"},
-        "routes": [route(tenant="${TENANT}", prefix="/${PREFIX:-acme}", name="cost$$")],
-    }
+    acme = route(tenant="${TENANT}", prefix="/${PREFIX:-acme}", name="cost$$")
+    raw = {"listen": {"port": "${PORT:-8181}"}, "routes": [acme]}
     errors = errors_of(raw, env={"TENANT": "acme"})
     assert errors == ["routes[0].name: expected letters, digits and _.- (max 63), got 'cost$'"]
-    raw["routes"][0].pop("name")
+    acme.pop("name")
     config = parse_config(raw, env={"TENANT": "acme"})
     assert config.listen.port == 8181
     assert config.routes[0].tenant == "acme"
@@ -309,8 +307,8 @@ def test_example_config_parses(env: dict[str, str], tenant: str) -> None:
     [
         ("127.0.0.1:8080", Listen("127.0.0.1", 8080)),
         ("[::1]:0", Listen("::1", 0)),
-        ("0.0.0.0:9", Listen("0.0.0.0", 9)),
-    ],  # noqa: S104
+        ("0.0.0.0:9", Listen("0.0.0.0", 9)),  # noqa: S104
+    ],
 )
 def test_parse_listen(text: str, expected: Listen) -> None:
     assert parse_listen(text) == expected

@@ -1,0 +1,208 @@
+"""The command line, run as a real process: check-config, start-up failures, SIGTERM drain."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+
+from proxy import __version__
+from proxy.cli import main
+from proxy.fake_amperity import FakeAmperity, FakeTLS, make_token, start_fake
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("AMPERITY_")}
+    environment.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "proxy", *args],
+        capture_output=True,
+        text=True,
+        env=environment,
+        cwd=ROOT,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_version() -> None:
+    result = run_cli("--version")
+    assert (result.returncode, result.stdout.strip()) == (0, f"amperity-proxy {__version__}")
+
+
+def test_check_config_accepts_the_example() -> None:
+    result = run_cli("check-config", "--config", "config.example.yaml")
+    assert result.returncode == 0, result.stderr
+    assert "config.example.yaml: ok (1 route(s))" in result.stdout
+
+
+def test_check_config_lists_every_error_with_its_path(tmp_path: Path) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "listen": {"prot": 1},
+                "routes": [
+                    {"prefix": "/a", "tenant": "a", "token": {"env": "A"}},
+                    {"prefix": "b", "tenant": "b", "token": {"env": "B", "file": "/x"}},
+                ],
+            }
+        )
+    )
+    result = run_cli("check-config", "--config", str(config))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"{config}: 3 error(s)",
+        "  listen.prot: unknown key (did you mean 'port'?)",
+        "  routes[1].prefix: must start with '/', got 'b'",
+        "  routes[1].token: expected exactly one of env, file, value",
+    ]
+    assert result.stdout == ""
+
+
+def test_config_path_defaults_to_the_environment_variable(tmp_path: Path) -> None:
+    result = run_cli("check-config", env={"AMPERITY_PROXY_CONFIG": "config.example.yaml"})
+    assert result.returncode == 0
+    missing = run_cli("check-config")
+    assert missing.returncode == 2
+    assert "pass --config PATH or set AMPERITY_PROXY_CONFIG" in missing.stderr
+
+
+def test_run_without_a_token_names_the_variable_and_exits_nonzero() -> None:
+    result = run_cli("run", "--config", "config.example.yaml", "--listen", "127.0.0.1:0")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "amperity-proxy: route amperity: environment variable AMPERITY_TOKEN is not set"
+    )
+    assert "Traceback" not in result.stderr
+
+
+def test_run_on_a_busy_port_fails_cleanly() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        result = run_cli(
+            "run",
+            "--config",
+            "config.example.yaml",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--admin-listen",
+            "127.0.0.1:0",
+            env={"AMPERITY_TOKEN": "opaque"},
+        )
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port} (proxy)" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "opaque" not in result.stderr
+
+
+def test_bad_listen_flag_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["run", "--config", "config.example.yaml", "--listen", "nope"])
+    assert info.value.code == 2
+    assert "expected HOST:PORT" in capsys.readouterr().err
+
+
+async def _read_until_listening(stream: asyncio.StreamReader) -> dict[str, Any]:
+    while True:
+        line = await asyncio.wait_for(stream.readline(), 30)
+        assert line, "the proxy exited before listening"
+        record = json.loads(line)
+        if "listen" in record:
+            return record
+
+
+@pytest.fixture
+async def process_upstream(tls: FakeTLS) -> AsyncIterator[tuple[FakeAmperity, int]]:
+    fake = FakeAmperity()
+    runner, port = await start_fake(fake, tls.server)
+    yield fake, port
+    fake.release.set()
+    await runner.cleanup()
+
+
+async def test_sigterm_drains_in_flight_requests_then_exits_zero(
+    tmp_path: Path, tls: FakeTLS, process_upstream: tuple[FakeAmperity, int]
+) -> None:
+    fake, port = process_upstream
+    (tmp_path / "ca.pem").write_bytes(tls.ca_pem)
+    config = {
+        "listen": {"port": 0},
+        "admin": {"port": 0},
+        "shutdown_timeout": 20,
+        "routes": [
+            {
+                "prefix": "/acme",
+                "tenant": "acme",
+                "base_url": f"https://localhost:{port}/api",
+                "ca_file": str(tmp_path / "ca.pem"),
+                "token": {"env": "ACME_TOKEN"},
+            }
+        ],
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AMPERITY_")}
+    env["ACME_TOKEN"] = make_token("acme")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "proxy",
+        "run",
+        "--config",
+        str(tmp_path / "config.yaml"),
+        "--log-format",
+        "json",
+        env=env,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stderr is not None
+        listening = await _read_until_listening(proc.stderr)
+        proxy_addr, admin_addr = listening["listen"][0], listening["admin"][0]
+        proxy_port = int(proxy_addr.rsplit(":", 1)[1])
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+            assert (await session.get(f"http://{admin_addr}/readyz")).status == 200
+            in_flight = asyncio.create_task(session.get(f"http://{proxy_addr}/acme/_fake/hold"))
+            await asyncio.wait_for(fake.held.wait(), 30)
+
+            proc.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + 30
+            while (await session.get(f"http://{admin_addr}/readyz")).status != 503:
+                assert time.monotonic() < deadline, "/readyz never turned 503"
+                await asyncio.sleep(0.02)
+            while True:  # the listener stops accepting new connections
+                try:
+                    _, writer = await asyncio.open_connection("127.0.0.1", proxy_port)
+                    writer.close()
+                except ConnectionRefusedError:
+                    break
+                assert time.monotonic() < deadline, "the proxy kept accepting connections"
+                await asyncio.sleep(0.02)
+            assert not in_flight.done()
+
+            fake.release.set()
+            response = await in_flight
+            assert response.status == 200
+            assert await response.json() == {"held": True}
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert [r.raw_path for r in fake.requests] == ["/api/_fake/hold"]

@@ -1,0 +1,171 @@
+"""Logs: one access line per request, a useful 401 warning, and never a token anywhere."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from proxy.fake_amperity import make_tls, make_token
+from proxy.logs import JsonFormatter, TextFormatter, setup_logging
+from proxy.tokens import fingerprint
+from tests.conftest import ACME_TOKEN, ProxyFactory, Upstream, acme_route, get, raw_request
+
+
+class Capture:
+    def __init__(self) -> None:
+        self.json = io.StringIO()
+        self.text = io.StringIO()
+
+    def lines(self) -> list[dict[str, object]]:
+        return [json.loads(line) for line in self.json.getvalue().splitlines()]
+
+    def everything(self) -> str:
+        return self.json.getvalue() + self.text.getvalue()
+
+
+@pytest.fixture
+def logs() -> Iterator[Capture]:
+    capture = Capture()
+    handlers = []
+    for stream, formatter in ((capture.json, JsonFormatter()), (capture.text, TextFormatter())):
+        handler = logging.StreamHandler(stream)
+        handler.setFormatter(formatter)
+        handlers.append(handler)
+    root = logging.getLogger()
+    old_level = root.level
+    root.setLevel(logging.DEBUG)
+    for handler in handlers:
+        root.addHandler(handler)
+    yield capture
+    for handler in handlers:
+        root.removeHandler(handler)
+    root.setLevel(old_level)
+
+
+async def test_one_access_line_per_request_with_the_documented_fields(
+    make_proxy: ProxyFactory, upstream: Upstream, logs: Capture
+) -> None:
+    proxy = await make_proxy()
+    await proxy.client.post(
+        "/acme/segments?limit=2&secret=x", data=b"12345", headers={"X-Request-ID": "r-1"}
+    )
+    await proxy.client.get("/nope")
+    access = [line for line in logs.lines() if line["logger"] == "amperity_proxy.access"]
+    assert len(access) == 2
+    first, second = access
+    assert {
+        k: first[k]
+        for k in (
+            "request_id",
+            "method",
+            "route",
+            "tenant",
+            "path",
+            "status",
+            "upstream_status",
+            "bytes_in",
+        )
+    } == {
+        "request_id": "r-1",
+        "method": "POST",
+        "route": "acme",
+        "tenant": "acme",
+        "path": "/acme/segments",
+        "status": 200,
+        "upstream_status": 200,
+        "bytes_in": 5,
+    }
+    assert first["client"] == "127.0.0.1"
+    assert isinstance(first["bytes_out"], int) and first["bytes_out"] > 0
+    assert isinstance(first["duration_ms"], float)
+    assert str(first["time"]).endswith("Z")
+    assert "secret" not in json.dumps(first)  # the query string is never logged
+    assert (second["status"], second["route"], second["upstream_status"]) == (404, None, None)
+
+
+async def test_upstream_401_is_explained_in_a_warning(
+    make_proxy: ProxyFactory, upstream: Upstream, logs: Capture
+) -> None:
+    wrong_tenant = make_token("someone-else")
+    proxy = await make_proxy(env={"ACME_TOKEN": wrong_tenant})
+    assert (await proxy.client.get("/acme/x")).status == 401
+    [warning] = [line for line in logs.lines() if "answered 401" in str(line["message"])]
+    assert warning["level"] == "warning"
+    assert (warning["route"], warning["tenant"]) == ("acme", "acme")
+    assert warning["fingerprint"] == fingerprint(wrong_tenant)
+    assert "Settings > Security > API keys" in str(warning["message"])
+    assert "expires in" in str(warning["message"])
+    assert isinstance(warning["token_expires_at"], float)
+
+
+async def test_no_token_in_logs_bodies_or_metrics(
+    make_proxy: ProxyFactory, upstream: Upstream, logs: Capture, tmp_path: Path
+) -> None:
+    file_token = make_token("acme", subject="file")
+    token_file = tmp_path / "token"
+    token_file.write_text(file_token)
+    routes = [
+        acme_route(upstream),
+        acme_route(upstream, prefix="/f", token={"file": str(token_file)}),
+        acme_route(upstream, prefix="/bad", tenant="bad"),  # upstream 401
+        acme_route(upstream, prefix="/down", base_url="https://acme.amperity.com:1/api"),
+        acme_route(upstream, prefix="/dns", base_url="https://unknown.invalid/api"),
+    ]
+    proxy = await make_proxy(routes)
+    bodies = []
+    # (`_fake/status/200`, not a reflecting path: the fake's echo would contain the token.)
+    ok = "/_fake/status/200"
+    for path in (
+        f"/acme{ok}",
+        f"/f{ok}",
+        "/bad/x",
+        "/down/x",
+        "/dns/x",
+        "/nope",
+        "/acme/_fake/cut/1000",
+    ):
+        response = await raw_request(proxy.port, get(path))
+        bodies.append(response.body)
+    token_file.unlink()
+    await proxy.store.reload_files()
+    token_file.write_text(make_token("acme", subject="rotated"))
+    await proxy.store.reload_files()
+    metrics = await proxy.metrics_text()
+    readyz = await (await proxy.admin.get("/readyz")).text()
+    haystack = (
+        logs.everything() + metrics + readyz + repr(proxy.config) + repr(proxy.store.snapshot())
+    )
+    haystack += b"".join(bodies).decode("latin-1")
+    for token in (ACME_TOKEN, file_token):
+        assert token not in haystack
+        assert token.split(".")[2] not in haystack  # not even the signature part
+    assert "unknown.invalid" in logs.everything()  # the errors were logged, just without tokens
+
+
+async def test_tls_failure_log_has_no_token(
+    make_proxy: ProxyFactory, upstream: Upstream, logs: Capture
+) -> None:
+    proxy = await make_proxy(upstream_ssl=make_tls("unrelated.example").client)
+    assert (await proxy.client.get("/acme/x")).status == 502
+    assert "upstream tls error" in logs.everything()
+    assert ACME_TOKEN not in logs.everything()
+
+
+def test_setup_logging_chooses_the_format() -> None:
+    stream = io.StringIO()
+    setup_logging("auto", "info", stream)  # not a terminal: JSON
+    logging.getLogger("amperity_proxy.test").info("hello", extra={"fields": {"k": 1}})
+    line = json.loads(stream.getvalue())
+    assert (line["message"], line["k"], line["level"]) == ("hello", 1, "info")
+    text_stream = io.StringIO()
+    setup_logging("text", "warning", text_stream)
+    logging.getLogger("amperity_proxy.test").info("hidden")
+    logging.getLogger("amperity_proxy.test").warning("shown", extra={"fields": {"k": 2}})
+    assert text_stream.getvalue().rstrip().endswith("WARNING test shown k=2")
+    for handler in list(logging.getLogger().handlers):
+        logging.getLogger().removeHandler(handler)
