@@ -123,7 +123,7 @@ async def _read_until_listening(stream: asyncio.StreamReader) -> dict[str, Any]:
     while True:
         line = await asyncio.wait_for(stream.readline(), 30)
         assert line, "the proxy exited before listening"
-        record = json.loads(line)
+        record: dict[str, Any] = json.loads(line)
         if "listen" in record:
             return record
 
