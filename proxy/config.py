@@ -6,9 +6,6 @@ Pure: no aiohttp, no token reads. `parse_config` collects every mistake, each wi
 
 from __future__ import annotations
 
-import contextlib
-import datetime
-import difflib
 import os
 import re
 from collections.abc import Mapping
@@ -18,6 +15,18 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
+
+from proxy.validation import (
+    ENV_NAME_RE,
+    Errors,
+    expand_env,
+    join,
+    mapping,
+    number,
+    positive,
+    string,
+    type_name,
+)
 
 DEFAULT_BASE_URL = "https://{tenant}.amperity.com/api"
 DEFAULT_API_VERSION = "2024-04-01"
@@ -31,8 +40,6 @@ _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 _PREFIX_SEGMENT_RE = re.compile(r"[A-Za-z0-9_~-][A-Za-z0-9._~-]*")
 _BASE_PATH_RE = re.compile(r"(/[A-Za-z0-9._~-]+)*")
 _HEADER_VALUE_RE = re.compile(r"[\x21-\x7e]+")
-_ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_ENV_REF_RE = re.compile(r"\$\$|\$\{([^}:]*)(?::-([^}]*))?\}")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -139,88 +146,18 @@ class Config:
     warnings: tuple[str, ...] = ()  # non-fatal findings, logged at start-up
 
 
-class _Errors:
-    def __init__(self) -> None:
-        self.messages: list[str] = []
-        self.warnings: list[str] = []
-
-    def add(self, path: str, message: str) -> None:
-        self.messages.append(f"{path}: {message}" if path else message)
-
-
-def _type_name(value: object) -> str:
-    if value is None:
-        return "null"
-    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean"}.get(
-        type(value), f"a {type(value).__name__}"
-    )
-
-
-def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
-
-
-def _mapping(
-    raw: object, path: str, errs: _Errors, allowed: tuple[str, ...]
-) -> dict[str, Any] | None:
-    """Check `raw` is a mapping with only `allowed` keys; report unknown keys with a hint."""
-    if not isinstance(raw, dict):
-        errs.add(path, f"expected a mapping, got {_type_name(raw)}")
-        return None
-    for key in raw:
-        if key not in allowed:
-            hint = difflib.get_close_matches(str(key), allowed, n=1)
-            suffix = f" (did you mean {hint[0]!r}?)" if hint else f"; allowed: {', '.join(allowed)}"
-            errs.add(_join(path, str(key)), f"unknown key{suffix}")
-    return raw
-
-
-def _string(raw: object, path: str, errs: _Errors) -> str | None:
-    if isinstance(raw, datetime.date):  # YAML reads an unquoted 2024-04-01 as a date
-        return raw.isoformat()
-    if not isinstance(raw, str) or not raw.strip():
-        errs.add(
-            path,
-            f"expected a non-empty string, got {_type_name(raw) if raw != '' else 'an empty one'}",
-        )
-        return None
-    return raw.strip()
-
-
-def _number(raw: object, path: str, errs: _Errors, *, integer: bool = False) -> float | None:
-    value: object = raw
-    if isinstance(raw, str):  # values that came through ${VAR} expansion are strings
-        with contextlib.suppress(ValueError):
-            value = int(raw) if integer else float(raw)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        errs.add(path, f"expected {'an integer' if integer else 'a number'}, got {_type_name(raw)}")
-        return None
-    if integer and not float(value).is_integer():
-        errs.add(path, f"expected an integer, got {value}")
-        return None
-    return float(value)
-
-
-def _positive(raw: object, path: str, errs: _Errors) -> float | None:
-    value = _number(raw, path, errs)
-    if value is not None and value <= 0:
-        errs.add(path, f"must be greater than 0, got {raw}")
-        return None
-    return value
-
-
-def _listen(raw: object, path: str, errs: _Errors, default: Listen) -> Listen:
+def _listen(raw: object, path: str, errs: Errors, default: Listen) -> Listen:
     if raw is None:
         return default
-    m = _mapping(raw, path, errs, ("host", "port"))
+    m = mapping(raw, path, errs, ("host", "port"))
     if m is None:
         return default
-    host = _string(m["host"], _join(path, "host"), errs) if "host" in m else default.host
+    host = string(m["host"], join(path, "host"), errs) if "host" in m else default.host
     port = default.port
     if "port" in m:
-        value = _number(m["port"], _join(path, "port"), errs, integer=True)
+        value = number(m["port"], join(path, "port"), errs, integer=True)
         if value is not None and not 0 <= value <= 65535:
-            errs.add(_join(path, "port"), f"must be between 0 and 65535, got {int(value)}")
+            errs.add(join(path, "port"), f"must be between 0 and 65535, got {int(value)}")
         elif value is not None:
             port = int(value)
     return Listen(host or default.host, port)
@@ -235,25 +172,25 @@ def parse_listen(text: str) -> Listen:
     return Listen(host, int(port))
 
 
-def _timeouts(raw: object, path: str, errs: _Errors, base: Timeouts) -> Timeouts:
+def _timeouts(raw: object, path: str, errs: Errors, base: Timeouts) -> Timeouts:
     if raw is None:
         return base
-    m = _mapping(raw, path, errs, ("connect", "read", "total"))
+    m = mapping(raw, path, errs, ("connect", "read", "total"))
     if m is None:
         return base
     connect, read, total = base.connect, base.read, base.total
     if "connect" in m:
-        connect = _positive(m["connect"], _join(path, "connect"), errs) or connect
+        connect = positive(m["connect"], join(path, "connect"), errs) or connect
     if "read" in m:
-        read = _positive(m["read"], _join(path, "read"), errs) or read
+        read = positive(m["read"], join(path, "read"), errs) or read
     if "total" in m:
-        total = None if m["total"] is None else _positive(m["total"], _join(path, "total"), errs)
+        total = None if m["total"] is None else positive(m["total"], join(path, "total"), errs)
     return Timeouts(connect, read, total)
 
 
-def _token(raw: object, path: str, errs: _Errors) -> TokenSource | None:
+def _token(raw: object, path: str, errs: Errors) -> TokenSource | None:
     kinds = ("env", "file", "value")
-    m = _mapping(raw, path, errs, kinds)
+    m = mapping(raw, path, errs, kinds)
     if m is None:
         return None
     present = [k for k in kinds if k in m]
@@ -261,12 +198,12 @@ def _token(raw: object, path: str, errs: _Errors) -> TokenSource | None:
         errs.add(path, "expected exactly one of env, file, value")
         return None
     kind = present[0]
-    value = _string(m[kind], _join(path, kind), errs)
+    value = string(m[kind], join(path, kind), errs)
     if value is None:
         return None
     if kind == "env":
-        if not _ENV_NAME_RE.fullmatch(value):
-            errs.add(_join(path, "env"), f"not a valid environment variable name: {value!r}")
+        if not ENV_NAME_RE.fullmatch(value):
+            errs.add(join(path, "env"), f"not a valid environment variable name: {value!r}")
             return None
         return TokenSource("env", location=value)
     if kind == "file":
@@ -275,7 +212,7 @@ def _token(raw: object, path: str, errs: _Errors) -> TokenSource | None:
     return TokenSource("value", value=value)
 
 
-def _base_url(template: str, tenant: str, path: str, errs: _Errors) -> BaseURL | None:
+def _base_url(template: str, tenant: str, path: str, errs: Errors) -> BaseURL | None:
     unknown = set(re.findall(r"\{([^}]*)\}", template)) - {"tenant"}
     if unknown:
         errs.add(path, f"unknown placeholder {{{sorted(unknown)[0]}}}; only {{tenant}} is expanded")
@@ -321,29 +258,29 @@ class _Defaults:
 _OVERRIDABLE = ("base_url", "api_version", "ca_file", "timeouts")
 
 
-def _overrides(m: Mapping[str, Any], path: str, errs: _Errors, base: _Defaults) -> _Defaults:
+def _overrides(m: Mapping[str, Any], path: str, errs: Errors, base: _Defaults) -> _Defaults:
     """Apply the keys a route shares with `defaults:` on top of `base`."""
     base_url, api_version, ca_file = base.base_url, base.api_version, base.ca_file
     if "base_url" in m:
-        base_url = _string(m["base_url"], _join(path, "base_url"), errs) or base_url
+        base_url = string(m["base_url"], join(path, "base_url"), errs) or base_url
     if "api_version" in m:
         api_version = None
         if m["api_version"] is not None:
-            api_version = _string(m["api_version"], _join(path, "api_version"), errs)
+            api_version = string(m["api_version"], join(path, "api_version"), errs)
             if api_version is not None and not _HEADER_VALUE_RE.fullmatch(api_version):
-                errs.add(_join(path, "api_version"), f"not a valid header value: {api_version!r}")
+                errs.add(join(path, "api_version"), f"not a valid header value: {api_version!r}")
     if "ca_file" in m:
         ca_file = None
         if m["ca_file"] is not None:
-            ca_file = _string(m["ca_file"], _join(path, "ca_file"), errs)
+            ca_file = string(m["ca_file"], join(path, "ca_file"), errs)
             if ca_file is not None and not os.path.isfile(ca_file):
-                errs.add(_join(path, "ca_file"), f"no such file: {ca_file}")
-    timeouts = _timeouts(m.get("timeouts"), _join(path, "timeouts"), errs, base.timeouts)
+                errs.add(join(path, "ca_file"), f"no such file: {ca_file}")
+    timeouts = _timeouts(m.get("timeouts"), join(path, "timeouts"), errs, base.timeouts)
     return _Defaults(base_url, api_version, ca_file, timeouts)
 
 
-def _prefix(raw: object, path: str, errs: _Errors) -> str | None:
-    prefix = _string(raw, path, errs)
+def _prefix(raw: object, path: str, errs: Errors) -> str | None:
+    prefix = string(raw, path, errs)
     if prefix is None:
         return None
     if not prefix.startswith("/"):
@@ -363,41 +300,39 @@ def _prefix(raw: object, path: str, errs: _Errors) -> str | None:
 _ROUTE_KEYS = ("name", "prefix", "tenant", "token", *_OVERRIDABLE)
 
 
-def _route(raw: object, path: str, errs: _Errors, defaults: _Defaults) -> Route | None:
-    m = _mapping(raw, path, errs, _ROUTE_KEYS)
+def _route(raw: object, path: str, errs: Errors, defaults: _Defaults) -> Route | None:
+    m = mapping(raw, path, errs, _ROUTE_KEYS)
     if m is None:
         return None
     for key in ("prefix", "tenant", "token"):
         if key not in m:
-            errs.add(_join(path, key), "is required")
-    prefix = _prefix(m["prefix"], _join(path, "prefix"), errs) if "prefix" in m else None
-    tenant = _string(m["tenant"], _join(path, "tenant"), errs) if "tenant" in m else None
+            errs.add(join(path, key), "is required")
+    prefix = _prefix(m["prefix"], join(path, "prefix"), errs) if "prefix" in m else None
+    tenant = string(m["tenant"], join(path, "tenant"), errs) if "tenant" in m else None
     if tenant is not None and not _TENANT_RE.fullmatch(tenant):
         errs.add(
-            _join(path, "tenant"),
+            join(path, "tenant"),
             f"expected a DNS-label-like tenant id (a-z, 0-9, -), got {tenant!r}",
         )
         tenant = None
-    token = _token(m["token"], _join(path, "token"), errs) if "token" in m else None
+    token = _token(m["token"], join(path, "token"), errs) if "token" in m else None
     name = prefix.strip("/").replace("/", "-") if prefix else None
     if "name" in m:
-        name = _string(m["name"], _join(path, "name"), errs)
+        name = string(m["name"], join(path, "name"), errs)
         if name is not None and not _NAME_RE.fullmatch(name):
-            errs.add(
-                _join(path, "name"), f"expected letters, digits and _.- (max 63), got {name!r}"
-            )
+            errs.add(join(path, "name"), f"expected letters, digits and _.- (max 63), got {name!r}")
             name = None
     own = _overrides(m, path, errs, defaults)
-    base_url = _base_url(own.base_url, tenant, _join(path, "base_url"), errs) if tenant else None
+    base_url = _base_url(own.base_url, tenant, join(path, "base_url"), errs) if tenant else None
     if None in (name, prefix, tenant, token, base_url):
         return None
     assert name and prefix and tenant and token and base_url
     return Route(name, prefix, tenant, base_url, own.api_version, own.ca_file, own.timeouts, token)
 
 
-def _routes(raw: object, errs: _Errors, defaults: _Defaults) -> tuple[Route, ...]:
+def _routes(raw: object, errs: Errors, defaults: _Defaults) -> tuple[Route, ...]:
     if not isinstance(raw, list) or not raw:
-        errs.add("routes", f"expected a non-empty list of routes, got {_type_name(raw)}")
+        errs.add("routes", f"expected a non-empty list of routes, got {type_name(raw)}")
         return ()
     routes = [_route(item, f"routes[{i}]", errs, defaults) for i, item in enumerate(raw)]
     for attr in ("prefix", "name"):
@@ -415,10 +350,10 @@ def _routes(raw: object, errs: _Errors, defaults: _Defaults) -> tuple[Route, ...
     return tuple(r for r in routes if r is not None)
 
 
-def _log(raw: object, errs: _Errors) -> LogSettings:
+def _log(raw: object, errs: Errors) -> LogSettings:
     if raw is None:
         return LogSettings()
-    m = _mapping(raw, "log", errs, ("format", "level"))
+    m = mapping(raw, "log", errs, ("format", "level"))
     if m is None:
         return LogSettings()
     fmt: str = m.get("format", "auto")
@@ -432,36 +367,6 @@ def _log(raw: object, errs: _Errors) -> LogSettings:
     return LogSettings(fmt, level)  # type: ignore[arg-type]
 
 
-def _expand_env(raw: object, path: str, errs: _Errors, env: Mapping[str, str]) -> object:
-    """Expand `${VAR}` and `${VAR:-default}` in every string value (`$$` is a literal `$`)."""
-    if isinstance(raw, dict):
-        return {k: _expand_env(v, _join(path, str(k)), errs, env) for k, v in raw.items()}
-    if isinstance(raw, list):
-        return [_expand_env(v, f"{path}[{i}]", errs, env) for i, v in enumerate(raw)]
-    if not isinstance(raw, str) or "$" not in raw:
-        return raw
-
-    def replace(match: re.Match[str]) -> str:
-        if match.group(0) == "$$":
-            return "$"
-        name, default = match.group(1), match.group(2)
-        if not _ENV_NAME_RE.fullmatch(name):
-            errs.add(path, f"invalid variable reference {match.group(0)!r}")
-            return ""
-        value = env.get(name)
-        if value:
-            return value
-        if default is not None:
-            return default
-        errs.add(
-            path,
-            f"environment variable {name} is not set (write ${{{name}:-default}} for a default)",
-        )
-        return ""
-
-    return _ENV_REF_RE.sub(replace, raw)
-
-
 _TOP_KEYS = ("listen", "admin", "defaults", "shutdown_timeout", "routes", "log")
 
 
@@ -469,9 +374,9 @@ def parse_config(
     raw: object, source: str = "<config>", env: Mapping[str, str] | None = None
 ) -> Config:
     """Validate a loaded YAML document; raise one ConfigError listing every problem."""
-    errs = _Errors()
-    raw = _expand_env(raw, "", errs, os.environ if env is None else env)
-    m = _mapping(raw, "", errs, _TOP_KEYS) if raw is not None else None
+    errs = Errors()
+    raw = expand_env(raw, "", errs, os.environ if env is None else env)
+    m = mapping(raw, "", errs, _TOP_KEYS) if raw is not None else None
     if m is None:
         if raw is None:
             errs.add("", "the config is empty; it needs at least a routes: list")
@@ -480,12 +385,12 @@ def parse_config(
     admin = _listen(m.get("admin"), "admin", errs, Listen("127.0.0.1", 9090))
     defaults = _Defaults()
     if m.get("defaults") is not None:
-        d = _mapping(m["defaults"], "defaults", errs, _OVERRIDABLE)
+        d = mapping(m["defaults"], "defaults", errs, _OVERRIDABLE)
         if d is not None:
             defaults = _overrides(d, "defaults", errs, defaults)
     shutdown_timeout = 15.0
     if "shutdown_timeout" in m:
-        shutdown_timeout = _positive(m["shutdown_timeout"], "shutdown_timeout", errs) or 15.0
+        shutdown_timeout = positive(m["shutdown_timeout"], "shutdown_timeout", errs) or 15.0
     routes = _routes(m.get("routes"), errs, defaults)
     log = _log(m.get("log"), errs)
     if errs.messages:

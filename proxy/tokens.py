@@ -31,6 +31,7 @@ _TOKEN_RE = re.compile(r"[\x21-\x7e]+")
 MAX_TOKEN_BYTES = 64 * 1024  # a JWT is a few KB; a larger file is not a token
 
 LOAD_ERROR_REASONS = ("missing", "empty", "unreadable", "invalid")
+EXPIRY_WARNING = 7 * 86400  # a token loaded with less than this left is warned about
 
 
 class TokenError(Exception):
@@ -176,7 +177,13 @@ class TokenStore:
         """Load every route's token once; return one error line per route that has none."""
         errors = []
         for state in self._states.values():
-            self._apply(state, self._read(state.source))
+            result = self._read(state.source)
+            if isinstance(result, TokenError):  # reported by the caller, one line per route
+                state.load_errors[result.reason] += 1
+                state.last_error = str(result)
+                state.failing = True
+            else:
+                self._apply(state, result)
             if state.credential is None:
                 errors.append(f"route {state.route}: {state.last_error}")
         return errors
@@ -254,11 +261,12 @@ class TokenStore:
             "previous_fingerprint": previous.fingerprint if previous else None,
         }
         log.info("token %s", "rotated" if previous else "loaded", extra={"fields": fields})
+        remedy = "generate a new one in Settings > Security > API keys"
         if credential.expired(now):
-            log.warning(
-                "token is already expired; generate a new one in Settings > Security > API keys",
-                extra={"fields": fields},
-            )
+            log.warning("token is already expired; %s", remedy, extra={"fields": fields})
+        elif credential.expires_at is not None and credential.expires_at - now < EXPIRY_WARNING:
+            days = (credential.expires_at - now) / 86400
+            log.warning("token expires in %.1f days; %s", days, remedy, extra={"fields": fields})
 
     @staticmethod
     def _recovered(state: TokenState, fields: dict[str, object]) -> None:

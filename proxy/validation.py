@@ -1,0 +1,124 @@
+"""Readers for untrusted config data that collect path-qualified errors, and `${VAR}` expansion.
+
+Each reader checks one value, records `path: message` in an `Errors` on failure and returns
+None, so a parser can go on and report every mistake at once. A leaf module: no proxy imports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import difflib
+import re
+from collections.abc import Mapping
+from typing import Any
+
+ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_ENV_REF_RE = re.compile(r"\$\$|\$\{([^}:]*)(?::-([^}]*))?\}")
+
+
+class Errors:
+    """Collected `path: message` errors and non-fatal warnings."""
+
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+        self.warnings: list[str] = []
+
+    def add(self, path: str, message: str) -> None:
+        self.messages.append(f"{path}: {message}" if path else message)
+
+
+def type_name(value: object) -> str:
+    """How a value's type reads in an error message (`a mapping`, `null`)."""
+    if value is None:
+        return "null"
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean"}.get(
+        type(value), f"a {type(value).__name__}"
+    )
+
+
+def join(path: str, key: str) -> str:
+    """`listen` + `port` -> `listen.port`."""
+    return f"{path}.{key}" if path else key
+
+
+def mapping(
+    raw: object, path: str, errs: Errors, allowed: tuple[str, ...]
+) -> dict[str, Any] | None:
+    """Check `raw` is a mapping with only `allowed` keys; report unknown keys with a hint."""
+    if not isinstance(raw, dict):
+        errs.add(path, f"expected a mapping, got {type_name(raw)}")
+        return None
+    for key in raw:
+        if key not in allowed:
+            hint = difflib.get_close_matches(str(key), allowed, n=1)
+            suffix = f" (did you mean {hint[0]!r}?)" if hint else f"; allowed: {', '.join(allowed)}"
+            errs.add(join(path, str(key)), f"unknown key{suffix}")
+    return raw
+
+
+def string(raw: object, path: str, errs: Errors) -> str | None:
+    """A non-empty, stripped string (a YAML date becomes its ISO form)."""
+    if isinstance(raw, datetime.date):  # YAML reads an unquoted 2024-04-01 as a date
+        return raw.isoformat()
+    if not isinstance(raw, str) or not raw.strip():
+        errs.add(
+            path,
+            f"expected a non-empty string, got {type_name(raw) if raw != '' else 'an empty one'}",
+        )
+        return None
+    return raw.strip()
+
+
+def number(raw: object, path: str, errs: Errors, *, integer: bool = False) -> float | None:
+    """An int or float (or a numeric string from `${VAR}` expansion)."""
+    value: object = raw
+    if isinstance(raw, str):  # values that came through ${VAR} expansion are strings
+        with contextlib.suppress(ValueError):
+            value = int(raw) if integer else float(raw)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        errs.add(path, f"expected {'an integer' if integer else 'a number'}, got {type_name(raw)}")
+        return None
+    if integer and not float(value).is_integer():
+        errs.add(path, f"expected an integer, got {value}")
+        return None
+    return float(value)
+
+
+def positive(raw: object, path: str, errs: Errors) -> float | None:
+    """A number greater than 0."""
+    value = number(raw, path, errs)
+    if value is not None and value <= 0:
+        errs.add(path, f"must be greater than 0, got {raw}")
+        return None
+    return value
+
+
+def expand_env(raw: object, path: str, errs: Errors, env: Mapping[str, str]) -> object:
+    """Expand `${VAR}` and `${VAR:-default}` in every string value (`$$` is a literal `$`)."""
+    if isinstance(raw, dict):
+        return {k: expand_env(v, join(path, str(k)), errs, env) for k, v in raw.items()}
+    if isinstance(raw, list):
+        return [expand_env(v, f"{path}[{i}]", errs, env) for i, v in enumerate(raw)]
+    if not isinstance(raw, str) or "$" not in raw:
+        return raw
+
+    def replace(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name, default = match.group(1), match.group(2)
+        if not ENV_NAME_RE.fullmatch(name):
+            errs.add(path, f"invalid variable reference {match.group(0)!r}")
+            return ""
+        value = env.get(name)
+        if value:
+            return value
+        if default is not None:
+            return default
+        errs.add(
+            path,
+            f"environment variable {name} is not set (write ${{{name}:-default}} for a default)",
+        )
+        return ""
+
+    return _ENV_REF_RE.sub(replace, raw)
