@@ -175,3 +175,16 @@ def test_inline_value_source() -> None:
     store = TokenStore(config.routes, env={})
     assert store.load_initial() == []
     assert store.credential("a").authorization == "Bearer inline"  # type: ignore[union-attr]
+
+
+def test_token_close_to_expiry_is_warned_about_at_load(caplog: pytest.LogCaptureFixture) -> None:
+    soon = make_token("acme", ttl=2 * 86400)
+    config = parse_config(
+        {"routes": [{"prefix": "/a", "tenant": "acme", "token": {"env": "T"}}]}, env={}
+    )
+    caplog.set_level(logging.INFO, "amperity_proxy.tokens")
+    assert TokenStore(config.routes, env={"T": soon}).load_initial() == []
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [
+        "token expires in 2.0 days; generate a new one in Settings > Security > API keys"
+    ]
