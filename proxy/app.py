@@ -11,9 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import socket
 import ssl
-from collections.abc import AsyncIterator, Mapping
+import stat
+from collections.abc import Mapping
+from pathlib import Path
 
 import aiohttp
 from aiohttp import web
@@ -21,20 +25,17 @@ from aiohttp.abc import AbstractResolver
 from prometheus_client import CollectorRegistry
 
 from proxy import __version__
-from proxy.config import Config, Listen
+from proxy.access import Gate
+from proxy.admit import Admission
+from proxy.config import Config, Listen, UnixListen
 from proxy.forward import Upstream
 from proxy.handlers import AdminHandlers, Lifecycle, ProxyHandler, Target
 from proxy.metrics import ProxyMetrics, TokenCollector
-from proxy.routing import RouteTable
-from proxy.tokens import TokenStore
+from proxy.routing import HostEntry, HostTable, RouteTable
+from proxy.tokens import TokenError, TokenStore, read_source
 
 log = logging.getLogger("amperity_proxy")
 
-STORE = web.AppKey("store", TokenStore)
-REGISTRY = web.AppKey("registry", CollectorRegistry)
-LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
-HANDLER = web.AppKey("handler", ProxyHandler)
-POLLER = web.AppKey("poller", asyncio.Task[None])
 
 TOKEN_POLL_INTERVAL = 5.0  # seconds between re-reads of file tokens
 
@@ -67,6 +68,67 @@ def _ssl_contexts(config: Config) -> dict[str | None, ssl.SSLContext]:
     return contexts
 
 
+class ProxyApp:
+    """The proxy's parts, built by `create_app`. `startup`/`cleanup` own the upstream
+    ClientSession and the token poller; `handle` serves every request (via `web.Server`)."""
+
+    def __init__(
+        self,
+        config: Config,
+        handler: ProxyHandler,
+        store: TokenStore,
+        registry: CollectorRegistry,
+        resolver: AbstractResolver | None,
+        token_poll_interval: float,
+    ) -> None:
+        self.config = config
+        self.handler = handler
+        self.store = store
+        self.registry = registry
+        self.lifecycle = Lifecycle()
+        self._resolver = resolver
+        self._poll_interval = token_poll_interval
+        self._session: aiohttp.ClientSession | None = None
+        self._poller: asyncio.Task[None] | None = None
+
+    async def startup(self) -> None:
+        """Open the upstream session and start re-reading token files."""
+        connector = aiohttp.TCPConnector(
+            resolver=self._resolver, limit=100, enable_cleanup_closed=True
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            cookie_jar=aiohttp.DummyCookieJar(),  # never store or replay upstream cookies
+            auto_decompress=False,  # compressed bodies pass through byte for byte
+            trust_env=False,  # SECURITY: the proxy's own HTTP_PROXY must not redirect tokens
+            timeout=aiohttp.ClientTimeout(total=None),  # per-route timeouts are set per request
+            # Send only what the client sent: no default Accept/Accept-Encoding/User-Agent.
+            skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
+        )
+        self.handler.session = self._session
+        self._poller = asyncio.create_task(self.store.run(self._poll_interval), name="token-poller")
+
+    async def cleanup(self) -> None:
+        """Stop the poller and close the session (after in-flight requests finished)."""
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+            self._poller = None
+        if self._session is not None:
+            self.handler.session = None
+            await self._session.close()
+            self._session = None
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        return await self.handler.handle(request)
+
+    def server(self) -> web.Server:
+        """A low-level server for every request. Not an Application: the proxy must see
+        CONNECT and `OPTIONS *`, which aiohttp's router would answer itself with a plain 404."""
+        return web.Server(self.handle, access_log=None)
+
+
 def create_app(
     config: Config,
     *,
@@ -75,65 +137,48 @@ def create_app(
     registry: CollectorRegistry | None = None,
     env: Mapping[str, str] | None = None,
     token_poll_interval: float = TOKEN_POLL_INTERVAL,
-) -> web.Application:
-    """Build the proxy application; raise StartupError when a route has no loadable token."""
+) -> ProxyApp:
+    """Build the proxy; raise StartupError when a route or the client token can't be loaded."""
     for warning in config.warnings:
         log.warning("config: %s", warning)
-    store = TokenStore(config.routes, env=env)
+    environment = os.environ if env is None else env
+    store = TokenStore(config.routes, env=environment)
     errors = store.load_initial()
+    client_token = None
+    if config.listen.client_token is not None:
+        try:
+            client_token = read_source(config.listen.client_token, environment).strip()
+        except TokenError as exc:
+            errors.append(f"listen.client_token: {exc}")
     if errors:
         raise StartupError(errors)
     contexts = _ssl_contexts(config) if upstream_ssl is None else {}
     registry = registry if registry is not None else CollectorRegistry()
     metrics = ProxyMetrics(registry, __version__)
     registry.register(TokenCollector(store.snapshot))
-    targets = []
+    prefixes, hosts = [], []
     for route in config.routes:
         context = upstream_ssl if upstream_ssl is not None else contexts[route.ca_file]
-        upstream = Upstream.from_route(route, context)
-        targets.append(
-            (route.prefix, Target(upstream, metrics.for_route(route.name, route.tenant)))
+        base = route.base_url
+        target = Target(
+            Upstream.from_route(route, context),
+            metrics.for_route(route.name, route.tenant),
+            # A forward-mode client writes http:// with the base URL's host (and its port
+            # when it is not the default): that is where rewritten Locations point.
+            forward_base=f"http://{base.host_header}{base.path}",
         )
-    handler = ProxyHandler(RouteTable(targets), store, metrics)
-
-    app = web.Application()
-    app[STORE] = store
-    app[REGISTRY] = registry
-    app[LIFECYCLE] = Lifecycle()
-    app[HANDLER] = handler
-    app.router.add_route("*", "/{tail:.*}", handler.handle)
-
-    async def session_ctx(app: web.Application) -> AsyncIterator[None]:
-        connector = aiohttp.TCPConnector(resolver=resolver, limit=100, enable_cleanup_closed=True)
-        async with aiohttp.ClientSession(
-            connector=connector,
-            cookie_jar=aiohttp.DummyCookieJar(),  # never store or replay upstream cookies
-            auto_decompress=False,  # compressed bodies pass through byte for byte
-            trust_env=False,  # SECURITY: the proxy's own HTTP_PROXY must not redirect tokens
-            timeout=aiohttp.ClientTimeout(total=None),  # per-route timeouts are set per request
-            # Send only what the client sent: no default Accept/Accept-Encoding/User-Agent.
-            skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
-        ) as session:
-            handler.session = session
-            yield
-            handler.session = None
-
-    async def poller_ctx(app: web.Application) -> AsyncIterator[None]:
-        task = asyncio.create_task(store.run(token_poll_interval), name="token-poller")
-        app[POLLER] = task
-        yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-    app.cleanup_ctx.append(session_ctx)
-    app.cleanup_ctx.append(poller_ctx)
-    return app
+        prefixes.append((route.prefix, target))
+        hosts.append(
+            HostEntry(base.host, base.port, base.default_port, base.path, route.tenant, target)
+        )
+    admission = Admission(Gate(config.listen, client_token), RouteTable(prefixes), HostTable(hosts))
+    handler = ProxyHandler(admission, store, metrics)
+    return ProxyApp(config, handler, store, registry, resolver, token_poll_interval)
 
 
-def create_admin_app(proxy_app: web.Application) -> web.Application:
-    """The admin application (/healthz, /livez, /readyz, /metrics) for a proxy app."""
-    handlers = AdminHandlers(proxy_app[STORE], proxy_app[REGISTRY], proxy_app[LIFECYCLE])
+def create_admin_app(proxy: ProxyApp) -> web.Application:
+    """The admin application (/healthz, /livez, /readyz, /metrics) for a proxy."""
+    handlers = AdminHandlers(proxy.store, proxy.registry, proxy.lifecycle)
     admin = web.Application()
     admin.router.add_get("/healthz", handlers.healthz)
     admin.router.add_get("/livez", handlers.healthz)
@@ -142,17 +187,43 @@ def create_admin_app(proxy_app: web.Application) -> web.Application:
     return admin
 
 
-async def _start_site(runner: web.AppRunner, listen: Listen, what: str) -> list[str]:
+def _unix_socket(unix: UnixListen) -> socket.socket:
+    """A listening Unix socket whose file has exactly `unix.mode` permissions."""
+    path = Path(unix.path)
+    if path.exists() or path.is_symlink():
+        if not stat.S_ISSOCK(path.lstat().st_mode):
+            raise StartupError([f"listen.unix.path: {path} exists and is not a socket"])
+        path.unlink()  # a stale socket from an earlier run
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    # SECURITY: bind with owner-only permissions, then widen to the configured mode, so the
+    # socket is never reachable by more users than the config allows.
+    old_umask = os.umask(0o177)
+    try:
+        sock.bind(str(path))
+    except OSError as exc:
+        sock.close()
+        raise StartupError([f"cannot listen on unix:{path}: {exc.strerror or exc}"]) from None
+    finally:
+        os.umask(old_umask)
+    os.chmod(path, unix.mode)
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+async def _start_site(runner: web.BaseRunner, listen: Listen, what: str) -> list[str]:
+    if listen.unix is not None:
+        await web.SockSite(runner, _unix_socket(listen.unix)).start()
+        return [f"unix:{listen.unix.path}"]
     site = web.TCPSite(runner, listen.host, listen.port, reuse_address=True)
     try:
         await site.start()
     except OSError as exc:
         raise StartupError([f"cannot listen on {listen} ({what}): {exc.strerror or exc}"]) from None
-    server = site._server
-    sockets = getattr(server, "sockets", None) or []
+    sockets = getattr(site._server, "sockets", None) or []
     return [
         f"[{s.getsockname()[0]}]:{s.getsockname()[1]}"
-        if s.family.name == "AF_INET6"
+        if s.family == socket.AF_INET6
         else f"{s.getsockname()[0]}:{s.getsockname()[1]}"
         for s in sockets
     ]
@@ -162,8 +233,11 @@ async def serve(config: Config, *, env: Mapping[str, str] | None = None) -> int:
     """Run until SIGTERM/SIGINT, then drain in-flight requests; return the exit code."""
     app = create_app(config, env=env)
     admin = create_admin_app(app)
-    runner = web.AppRunner(
-        app, access_log=None, handle_signals=False, shutdown_timeout=config.shutdown_timeout
+    await app.startup()
+    runner = web.ServerRunner(
+        app.server(),
+        handle_signals=False,
+        shutdown_timeout=config.shutdown_timeout,
     )
     admin_runner = web.AppRunner(admin, access_log=None, handle_signals=False, shutdown_timeout=1)
     await runner.setup()
@@ -184,7 +258,7 @@ async def serve(config: Config, *, env: Mapping[str, str] | None = None) -> int:
             extra={"fields": {"listen": proxy_addrs, "admin": admin_addrs}},
         )
         await stop.wait()
-        app[LIFECYCLE].draining = True
+        app.lifecycle.draining = True
         log.info(
             "shutting down: /readyz is 503, finishing in-flight requests (up to %ss)",
             config.shutdown_timeout,
@@ -192,8 +266,12 @@ async def serve(config: Config, *, env: Mapping[str, str] | None = None) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
     finally:
-        # Stops accepting, waits for in-flight requests up to shutdown_timeout, closes the session.
+        # Stops accepting, waits for in-flight requests up to shutdown_timeout.
         await runner.cleanup()
+        await app.cleanup()
         await admin_runner.cleanup()
+        if config.listen.unix is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(config.listen.unix.path)
     log.info("stopped")
     return 0

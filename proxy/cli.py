@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from proxy import __version__
 from proxy.app import StartupError, serve
-from proxy.config import Config, ConfigError, load_config, parse_listen
+from proxy.config import Config, ConfigError, listen_problems, load_config, parse_listen
 from proxy.logs import setup_logging
 
 EXIT_STARTUP = 1
@@ -69,10 +69,14 @@ def _load(path: str | None) -> Config:
 
 def _run(args: argparse.Namespace) -> int:
     config = _load(args.config)
-    if args.listen:
-        config = dataclasses.replace(config, listen=args.listen)
+    if args.listen:  # the flag changes the address only; the access settings stay
+        listen = dataclasses.replace(config.listen, host=args.listen.host, port=args.listen.port)
+        config = dataclasses.replace(config, listen=listen)
     if args.admin_listen:
         config = dataclasses.replace(config, admin=args.admin_listen)
+    problems = listen_problems(config.listen)
+    if problems:
+        raise ConfigError(problems, "--listen")
     setup_logging(args.log_format or config.log.format, args.log_level or config.log.level)
     try:
         return asyncio.run(serve(config))

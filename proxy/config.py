@@ -6,6 +6,8 @@ Pure: no aiohttp, no token reads. `parse_config` collects every mistake, each wi
 
 from __future__ import annotations
 
+import dataclasses
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -59,22 +61,6 @@ class ConfigError(Exception):
 
 
 @dataclass(frozen=True)
-class Listen:
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-
-
-@dataclass(frozen=True)
-class Timeouts:
-    connect: float
-    read: float
-    total: float | None = None
-
-
-@dataclass(frozen=True)
 class TokenSource:
     """Where a route's token comes from. An inline value never shows in `repr`."""
 
@@ -89,6 +75,65 @@ class TokenSource:
         if self.kind == "file":
             return f"file {self.location}"
         return "inline value"
+
+
+LOOPBACK_CLIENTS = ("127.0.0.0/8", "::1/128")
+
+
+@dataclass(frozen=True)
+class UnixListen:
+    path: str
+    mode: int  # file permission bits of the socket, e.g. 0o660
+
+
+@dataclass(frozen=True)
+class Listen:
+    """A listener. The access-control fields are used by the proxy listener only."""
+
+    host: str
+    port: int
+    allowed_hosts: tuple[str, ...] = ()  # extra Host names accepted in reverse mode
+    allowed_origins: tuple[str, ...] = ()  # browser origins that may use the proxy
+    allow_clients: tuple[str, ...] | None = None  # CIDRs; None = loopback only (not explicit)
+    unix: UnixListen | None = None  # serve on a Unix socket instead of host:port
+    client_token: TokenSource | None = None  # a token every client must present
+
+    @property
+    def client_networks(self) -> tuple[str, ...]:
+        return LOOPBACK_CLIENTS if self.allow_clients is None else self.allow_clients
+
+    def __str__(self) -> str:
+        if self.unix is not None:
+            return f"unix:{self.unix.path}"
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a listen host only accepts connections from this machine."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def listen_problems(listen: Listen) -> list[str]:
+    """SECURITY: refuse to expose the token beyond loopback unless clients are listed explicitly."""
+    if listen.unix is not None or listen.allow_clients is not None or is_loopback(listen.host):
+        return []
+    return [
+        f"listen.host: {listen.host} is not a loopback address, so every machine that can reach "
+        "it could send requests with the Amperity token; set listen.allow_clients to the networks "
+        "that may use the proxy (for example [10.1.2.0/24]), or listen on 127.0.0.1"
+    ]
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    connect: float
+    read: float
+    total: float | None = None
 
 
 @dataclass(frozen=True)
@@ -128,6 +173,10 @@ class Route:
     ca_file: str | None
     timeouts: Timeouts
     token: TokenSource
+    # Per-route policy; None = no restriction. Paths are matched (fullmatch) against the raw
+    # path after the prefix, e.g. "/segments/123".
+    methods: frozenset[str] | None = None
+    paths: tuple[re.Pattern[str], ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -146,10 +195,12 @@ class Config:
     warnings: tuple[str, ...] = ()  # non-fatal findings, logged at start-up
 
 
-def _listen(raw: object, path: str, errs: Errors, default: Listen) -> Listen:
+def _listen(
+    raw: object, path: str, errs: Errors, default: Listen, keys: tuple[str, ...] = ("host", "port")
+) -> Listen:
     if raw is None:
         return default
-    m = mapping(raw, path, errs, ("host", "port"))
+    m = mapping(raw, path, errs, keys)
     if m is None:
         return default
     host = string(m["host"], join(path, "host"), errs) if "host" in m else default.host
@@ -161,6 +212,113 @@ def _listen(raw: object, path: str, errs: Errors, default: Listen) -> Listen:
         elif value is not None:
             port = int(value)
     return Listen(host or default.host, port)
+
+
+_PROXY_LISTEN_KEYS = (
+    "host",
+    "port",
+    "allowed_hosts",
+    "allowed_origins",
+    "allow_clients",
+    "unix",
+    "client_token",
+)
+_HOST_NAME_RE = re.compile(r"[a-z0-9_](?:[a-z0-9_.-]*[a-z0-9_])?")
+_ORIGIN_RE = re.compile(r"(https?)://([a-z0-9.-]+|\[[0-9a-f:.]+\])(:\d{1,5})?")
+
+
+def _string_list(raw: object, path: str, errs: Errors) -> list[tuple[str, str]]:
+    """(path, value) for each string of a list."""
+    if not isinstance(raw, list):
+        errs.add(path, f"expected a list, got {type_name(raw)}")
+        return []
+    out = []
+    for i, item in enumerate(raw):
+        value = string(item, f"{path}[{i}]", errs)
+        if value is not None:
+            out.append((f"{path}[{i}]", value))
+    return out
+
+
+def _allowed_hosts(raw: object, errs: Errors) -> tuple[str, ...]:
+    hosts = []
+    for path, value in _string_list(raw, "listen.allowed_hosts", errs):
+        host = value.lower().rstrip(".").strip("[]")
+        if not _HOST_NAME_RE.fullmatch(host) and not _is_ip(host):
+            errs.add(path, f"expected a host name or IP address without a port, got {value!r}")
+        else:
+            hosts.append(host)
+    return tuple(hosts)
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _allowed_origins(raw: object, errs: Errors) -> tuple[str, ...]:
+    origins = []
+    for path, value in _string_list(raw, "listen.allowed_origins", errs):
+        origin = value.lower().rstrip("/")
+        if not _ORIGIN_RE.fullmatch(origin):
+            errs.add(
+                path, f"expected an origin like https://tool.example.com[:port], got {value!r}"
+            )
+        else:
+            origins.append(origin)
+    return tuple(origins)
+
+
+def _allow_clients(raw: object, errs: Errors) -> tuple[str, ...]:
+    networks = []
+    for path, value in _string_list(raw, "listen.allow_clients", errs):
+        try:
+            networks.append(str(ipaddress.ip_network(value, strict=False)))
+        except ValueError:
+            errs.add(path, f"expected a CIDR network like 10.0.0.0/8 or ::1/128, got {value!r}")
+    return tuple(networks)
+
+
+def _unix(raw: object, errs: Errors) -> UnixListen | None:
+    m = mapping(raw, "listen.unix", errs, ("path", "mode"))
+    if m is None:
+        return None
+    if "path" not in m:
+        errs.add("listen.unix.path", "is required")
+        return None
+    path = string(m["path"], "listen.unix.path", errs)
+    raw_mode = m.get("mode", "0660")
+    mode = -1
+    if isinstance(raw_mode, int) and not isinstance(raw_mode, bool):
+        mode = raw_mode  # YAML 1.1 reads an unquoted 0660 as octal already
+    elif isinstance(raw_mode, str) and re.fullmatch(r"0?[0-7]{3}", raw_mode):
+        mode = int(raw_mode, 8)
+    if not 0 <= mode <= 0o777:
+        errs.add("listen.unix.mode", f'expected an octal string like "0660", got {m.get("mode")!r}')
+        return None
+    return UnixListen(path, mode) if path else None
+
+
+def _proxy_listen(raw: object, errs: Errors) -> Listen:
+    listen = _listen(raw, "listen", errs, Listen("127.0.0.1", 8080), _PROXY_LISTEN_KEYS)
+    if not isinstance(raw, dict):
+        return listen
+    extra: dict[str, Any] = {}
+    if "allowed_hosts" in raw:
+        extra["allowed_hosts"] = _allowed_hosts(raw["allowed_hosts"], errs)
+    if "allowed_origins" in raw:
+        extra["allowed_origins"] = _allowed_origins(raw["allowed_origins"], errs)
+    if "allow_clients" in raw:
+        extra["allow_clients"] = _allow_clients(raw["allow_clients"], errs)
+    if raw.get("unix") is not None:
+        extra["unix"] = _unix(raw["unix"], errs)
+    if raw.get("client_token") is not None:
+        token = _token(raw["client_token"], "listen.client_token", errs, kinds=("env", "file"))
+        extra["client_token"] = token
+    return dataclasses.replace(listen, **extra)
 
 
 def parse_listen(text: str) -> Listen:
@@ -188,14 +346,15 @@ def _timeouts(raw: object, path: str, errs: Errors, base: Timeouts) -> Timeouts:
     return Timeouts(connect, read, total)
 
 
-def _token(raw: object, path: str, errs: Errors) -> TokenSource | None:
-    kinds = ("env", "file", "value")
+def _token(
+    raw: object, path: str, errs: Errors, kinds: tuple[str, ...] = ("env", "file", "value")
+) -> TokenSource | None:
     m = mapping(raw, path, errs, kinds)
     if m is None:
         return None
     present = [k for k in kinds if k in m]
     if len(present) != 1:
-        errs.add(path, "expected exactly one of env, file, value")
+        errs.add(path, f"expected exactly one of {', '.join(kinds)}")
         return None
     kind = present[0]
     value = string(m[kind], join(path, kind), errs)
@@ -297,7 +456,29 @@ def _prefix(raw: object, path: str, errs: Errors) -> str | None:
     return None
 
 
-_ROUTE_KEYS = ("name", "prefix", "tenant", "token", *_OVERRIDABLE)
+_ROUTE_KEYS = ("name", "prefix", "tenant", "token", "methods", "paths", *_OVERRIDABLE)
+_METHOD_RE = re.compile(r"[A-Z][A-Z-]*")
+
+
+def _methods(raw: object, path: str, errs: Errors) -> frozenset[str] | None:
+    methods = set()
+    for item_path, value in _string_list(raw, path, errs):
+        method = value.upper()
+        if not _METHOD_RE.fullmatch(method):
+            errs.add(item_path, f"not an HTTP method: {value!r}")
+        else:
+            methods.add(method)
+    return frozenset(methods)
+
+
+def _paths(raw: object, path: str, errs: Errors) -> tuple[re.Pattern[str], ...]:
+    patterns = []
+    for item_path, value in _string_list(raw, path, errs):
+        try:
+            patterns.append(re.compile(value))
+        except re.error as exc:
+            errs.add(item_path, f"invalid regular expression ({exc}): {value!r}")
+    return tuple(patterns)
 
 
 def _route(raw: object, path: str, errs: Errors, defaults: _Defaults) -> Route | None:
@@ -322,12 +503,25 @@ def _route(raw: object, path: str, errs: Errors, defaults: _Defaults) -> Route |
         if name is not None and not _NAME_RE.fullmatch(name):
             errs.add(join(path, "name"), f"expected letters, digits and _.- (max 63), got {name!r}")
             name = None
+    methods = _methods(m["methods"], join(path, "methods"), errs) if "methods" in m else None
+    paths = _paths(m["paths"], join(path, "paths"), errs) if "paths" in m else None
     own = _overrides(m, path, errs, defaults)
     base_url = _base_url(own.base_url, tenant, join(path, "base_url"), errs) if tenant else None
     if None in (name, prefix, tenant, token, base_url):
         return None
     assert name and prefix and tenant and token and base_url
-    return Route(name, prefix, tenant, base_url, own.api_version, own.ca_file, own.timeouts, token)
+    return Route(
+        name,
+        prefix,
+        tenant,
+        base_url,
+        own.api_version,
+        own.ca_file,
+        own.timeouts,
+        token,
+        methods,
+        paths,
+    )
 
 
 def _routes(raw: object, errs: Errors, defaults: _Defaults) -> tuple[Route, ...]:
@@ -381,7 +575,7 @@ def parse_config(
         if raw is None:
             errs.add("", "the config is empty; it needs at least a routes: list")
         raise ConfigError(errs.messages, source)
-    listen = _listen(m.get("listen"), "listen", errs, Listen("127.0.0.1", 8080))
+    listen = _proxy_listen(m.get("listen"), errs)
     admin = _listen(m.get("admin"), "admin", errs, Listen("127.0.0.1", 9090))
     defaults = _Defaults()
     if m.get("defaults") is not None:
@@ -393,6 +587,9 @@ def parse_config(
         shutdown_timeout = positive(m["shutdown_timeout"], "shutdown_timeout", errs) or 15.0
     routes = _routes(m.get("routes"), errs, defaults)
     log = _log(m.get("log"), errs)
+    if not errs.messages:
+        for problem in listen_problems(listen):
+            errs.messages.append(problem)
     if errs.messages:
         raise ConfigError(errs.messages, source)
     return Config(listen, admin, shutdown_timeout, routes, log, tuple(errs.warnings))

@@ -43,7 +43,8 @@ async def demo() -> None:
             source="demo",
         )
         app = create_app(config, env={"DEMO_AMPERITY_TOKEN": token})
-        runner = web.AppRunner(app, access_log=None)
+        await app.startup()
+        runner = web.ServerRunner(app.server())
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
@@ -67,6 +68,7 @@ async def demo() -> None:
             print(f"\nupstream verdict: {received.status} ({verdict})")
         finally:
             await runner.cleanup()
+            await app.cleanup()
             await fake_runner.cleanup()
 
 

@@ -7,12 +7,24 @@ they never carry exception text, tokens or upstream internals (those go to the l
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 from aiohttp import web
 
 
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A request the proxy answers itself: status, metric reason, and the user-facing message."""
+
+    status: int
+    reason: str  # a label of amperity_proxy_rejected_requests_total
+    message: str
+    headers: Mapping[str, str] | None = None
+
+
 def envelope(
-    status: int, message: str, request_id: str, headers: dict[str, str] | None = None
+    status: int, message: str, request_id: str, headers: Mapping[str, str] | None = None
 ) -> web.Response:
     """A JSON error response in Amperity's envelope, carrying the request id."""
     body = json.dumps({"status": status, "message": message, "request_id": request_id})

@@ -111,13 +111,14 @@ async def _counted(stream: aiohttp.StreamReader, outcome: Outcome) -> AsyncItera
 
 async def forward(
     session: aiohttp.ClientSession,
-    request: web.Request,
+    request: web.BaseRequest,
     upstream: Upstream,
     rest: str,
     query: str,
     authorization: str,
     request_id: str,
     outcome: Outcome,
+    public_base: str,
     query_has_api_version: bool = False,
 ) -> web.StreamResponse:
     """Send `request` to `upstream` with the credential and stream the response back."""
@@ -159,8 +160,7 @@ async def forward(
                     base_host=route.base_url.host,
                     base_port=route.base_url.port,
                     base_path=route.base_url.path,
-                    client_host=request.host,
-                    prefix=route.prefix,
+                    public_base=public_base,
                 )
             response.headers["X-Request-ID"] = request_id
             await response.prepare(request)
@@ -182,7 +182,7 @@ async def forward(
 
 def _failed(
     exc: BaseException,
-    request: web.Request,
+    request: web.BaseRequest,
     upstream: Upstream,
     authorization: str,
     request_id: str,

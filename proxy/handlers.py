@@ -1,7 +1,7 @@
 """Request handlers: the proxy, and the admin endpoints (/healthz, /livez, /readyz, /metrics).
 
-Request path, one direction: check target → match route → credential → forward → response,
-with a `finally` that records metrics and writes the access-log line.
+Request path, one direction: admission (who may ask, which route) → credential → forward →
+response, with a `finally` that records metrics and writes the access-log line.
 """
 
 from __future__ import annotations
@@ -16,25 +16,30 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from proxy.errors import envelope
+from proxy.access import peer_uid
+from proxy.admit import Admission
+from proxy.config import Route
+from proxy.errors import Refusal, envelope
 from proxy.forward import Outcome, Upstream, forward
 from proxy.headers import query_has_api_version, request_id
 from proxy.metrics import ProxyMetrics, RouteMetrics
-from proxy.routing import RouteTable, path_problem
-from proxy.tokens import Credential, TokenStore
+from proxy.tokens import Credential, TokenStore, in_words
 
 access_log = logging.getLogger("amperity_proxy.access")
 log = logging.getLogger("amperity_proxy.proxy")
 
-_MAX_ECHOED_PATH = 200
-
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """What a route prefix maps to: the upstream and the route's bound metrics."""
+    """What a route maps to: the upstream, the route's bound metrics, its forward-mode base."""
 
     upstream: Upstream
     metrics: RouteMetrics
+    forward_base: str  # http://<base host>[:port]<base path>: a forward-mode client's view
+
+    @property
+    def route(self) -> Route:
+        return self.upstream.route
 
 
 class Lifecycle:
@@ -45,92 +50,64 @@ class Lifecycle:
         self.started_at = time.time()
 
 
-def _days(seconds: float) -> str:
-    return f"{seconds / 86400:.1f}d"
-
-
 class ProxyHandler:
-    """The catch-all handler on the proxy listener."""
+    """The handler for every request on the proxy listener."""
 
-    def __init__(self, table: RouteTable[Target], store: TokenStore, metrics: ProxyMetrics) -> None:
-        self.table = table
+    def __init__(
+        self, admission: Admission[Target], store: TokenStore, metrics: ProxyMetrics
+    ) -> None:
+        self.admission = admission
         self.store = store
         self.metrics = metrics
-        self.session: aiohttp.ClientSession | None = None  # set by the app's cleanup context
-        self._prefixes = ", ".join(table.prefixes)
+        self.session: aiohttp.ClientSession | None = None  # set while the proxy runs
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         started = asyncio.get_running_loop().time()
         rid = request_id(request.headers.get("X-Request-ID"))
-        raw = request.raw_path
-        path, sep, query = raw.partition("?")
-        target: Target | None = None
+        admitted = self.admission.admit(request)
         outcome = Outcome()
-        response: web.StreamResponse | None = None
+        if isinstance(admitted, Refusal):
+            self.metrics.rejected.labels(admitted.reason).inc()
+            response = envelope(admitted.status, admitted.message, rid, admitted.headers)
+            self._access(request, rid, None, None, response, outcome, started, admitted.reason)
+            return response
+        target = admitted.target
+        route = target.route
+        result: web.StreamResponse | None = None
         try:
-            if not raw.startswith("/"):
-                response = self._reject(
-                    400,
-                    "bad_target",
-                    "absolute-form or '*' request targets are not supported; point the tool at "
-                    "http://<proxy host:port>/<route prefix>/<API path>",
-                    rid,
-                )
-                return response
-            problem = path_problem(path)
-            if problem is not None:
-                response = self._reject(400, "bad_path", f"refused path: {problem}", rid)
-                return response
-            match = self.table.match(path)
-            if match is None:
-                shown = path if len(path) <= _MAX_ECHOED_PATH else path[:_MAX_ECHOED_PATH] + "..."
-                response = self._reject(
-                    404,
-                    "no_route",
-                    f"no route for {shown}; configured prefixes: {self._prefixes}",
-                    rid,
-                )
-                return response
-            target = match.target
-            route = target.upstream.route
             credential = self.store.credential(route.name)
             if credential is None:
-                response = envelope(
+                result = envelope(
                     503,
                     f"route {route.name} has no usable token; see /readyz on the admin port",
                     rid,
                 )
-                return response
+                return result
             assert self.session is not None
             self.metrics.in_flight.inc()
             try:
-                response = await forward(
+                result = await forward(
                     self.session,
                     request,
                     target.upstream,
-                    match.rest,
-                    sep + query,
+                    admitted.rest,
+                    admitted.query,
                     credential.authorization,
                     rid,
                     outcome,
-                    query_has_api_version(query) if query else False,
+                    admitted.public_base,
+                    query_has_api_version(admitted.query[1:]) if admitted.query else False,
                 )
             finally:
                 self.metrics.in_flight.dec()
             self._observe(target, credential, outcome, rid)
-            return response
+            return result
         finally:
-            duration = asyncio.get_running_loop().time() - started
-            if target is not None:
-                target.metrics.duration.observe(duration)
-            self._access(request, rid, path, target, response, outcome, duration)
-
-    def _reject(self, status: int, reason: str, message: str, rid: str) -> web.Response:
-        self.metrics.rejected.labels(reason).inc()
-        return envelope(status, message, rid)
+            target.metrics.duration.observe(asyncio.get_running_loop().time() - started)
+            self._access(request, rid, admitted.log_path, target, result, outcome, started, None)
 
     def _observe(self, target: Target, credential: Credential, outcome: Outcome, rid: str) -> None:
-        route = target.upstream.route
+        route = target.route
         if outcome.upstream_status is not None:
             target.metrics.response(outcome.upstream_status)
         if outcome.error is not None:
@@ -147,9 +124,9 @@ class ProxyHandler:
             if expiry is None:
                 expires = "no exp claim"
             elif expiry <= now:
-                expires = f"expired {_days(now - expiry)} ago"
+                expires = f"expired {in_words(now - expiry)} ago"
             else:
-                expires = f"expires in {_days(expiry - now)}"
+                expires = f"expires in {in_words(expiry - now)}"
             log.warning(
                 "Amperity answered 401 for route %s (tenant %s, token %s, age %s, %s); "
                 "generate a new token in Settings > Security > API keys, "
@@ -157,7 +134,7 @@ class ProxyHandler:
                 route.name,
                 route.tenant,
                 credential.fingerprint,
-                _days(credential.age(now)),
+                in_words(credential.age(now)),
                 expires,
                 route.token.describe(),
                 extra={
@@ -174,18 +151,23 @@ class ProxyHandler:
 
     def _access(
         self,
-        request: web.Request,
+        request: web.BaseRequest,
         rid: str,
-        path: str,
+        path: str | None,
         target: Target | None,
         response: web.StreamResponse | None,
         outcome: Outcome,
-        duration: float,
+        started: float,
+        refused: str | None,
     ) -> None:
         if not access_log.isEnabledFor(logging.INFO):
             return
-        route = target.upstream.route if target is not None else None
+        duration = asyncio.get_running_loop().time() - started
+        if path is None:
+            path = request.raw_path.partition("?")[0]
+        route = target.route if target is not None else None
         status = response.status if response is not None else 500
+        uid = peer_uid(request) if self.admission.gate.unix else None
         access_log.info(
             "%s %s %s",
             request.method,
@@ -194,7 +176,7 @@ class ProxyHandler:
             extra={
                 "fields": {
                     "request_id": rid,
-                    "client": request.remote,
+                    "client": f"uid:{uid}" if uid is not None else request.remote,
                     "method": request.method,
                     "route": route.name if route else None,
                     "tenant": route.tenant if route else None,
@@ -203,6 +185,7 @@ class ProxyHandler:
                     "upstream_status": outcome.upstream_status,
                     "error": outcome.error
                     or ("client_disconnected" if outcome.client_gone else None),
+                    "refused": refused,
                     "bytes_in": outcome.bytes_in,
                     "bytes_out": outcome.bytes_out,
                     "duration_ms": round(duration * 1000, 3),

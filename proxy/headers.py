@@ -41,7 +41,8 @@ CREDENTIAL = frozenset({"authorization", "amperity-tenant", "x-amperity-tenant"}
 
 # Set by the proxy itself. `Expect` is answered by the proxy's own server (100-continue), so
 # forwarding it would make the upstream exchange wait for a second 100.
-_REPLACED = frozenset({"host", "x-request-id", "expect", "api-version"})
+# `X-Proxy-Token` is the client's credential for the proxy itself: never forwarded.
+_REPLACED = frozenset({"host", "x-request-id", "expect", "api-version", "x-proxy-token"})
 
 _DROP_UPSTREAM = HOP_BY_HOP | CREDENTIAL | _REPLACED
 
@@ -113,13 +114,16 @@ def upstream_headers(
 
 
 def response_headers(upstream: Iterable[tuple[str, str]]) -> CIMultiDict[str]:
-    """The upstream's response headers minus hop-by-hop ones; repeated headers survive."""
+    """The upstream's response headers minus hop-by-hop and CORS ones; repeats survive.
+
+    SECURITY: the proxy never answers with CORS headers, so no web page can read a response.
+    """
     items = list(upstream)
     listed = _connection_listed(CIMultiDict(items))
     out: CIMultiDict[str] = CIMultiDict()
     for key, value in items:
         name = normalize(key)
-        if name not in HOP_BY_HOP and name not in listed:
+        if name not in HOP_BY_HOP and name not in listed and not name.startswith("access-control-"):
             out.add(key, value)
     return out
 
@@ -136,10 +140,10 @@ def rewrite_location(
     base_host: str,
     base_port: int,
     base_path: str,
-    client_host: str,
-    prefix: str,
+    public_base: str,
 ) -> str:
-    """Map a Location inside the route's base URL back to the proxy; leave any other unchanged."""
+    """Map a Location inside the route's base URL to `public_base` (how the client reaches the
+    base URL through the proxy); leave any other Location unchanged."""
     try:
         target = urlsplit(urljoin(request_url, location))
         port = _port(target.scheme, target.port)
@@ -157,4 +161,4 @@ def rewrite_location(
     rest = target.path[len(base_path) :]
     query = f"?{target.query}" if target.query else ""
     fragment = f"#{target.fragment}" if target.fragment else ""
-    return f"http://{client_host}{prefix}{rest}{query}{fragment}"
+    return f"{public_base}{rest}{query}{fragment}"

@@ -13,10 +13,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from proxy.access import REJECT_REASONS as ACCESS_REJECT_REASONS
 from proxy.tokens import LOAD_ERROR_REASONS, TokenStatus
 
 UPSTREAM_ERROR_REASONS = ("connect", "tls", "timeout", "reset")
-REJECT_REASONS = ("no_route", "bad_path", "bad_target")
+REJECT_REASONS = ("no_route", "bad_path", "bad_target", *ACCESS_REJECT_REASONS)
 # Amperity API calls range from milliseconds to minutes (large exports).
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 

@@ -73,3 +73,97 @@ def path_problem(path: str) -> str | None:
                 break
             decoded = unquote(decoded, errors="surrogateescape")
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class AbsoluteTarget:
+    """An absolute-form request target (`GET http://host:port/path?query`), already checked."""
+
+    host: str  # lower case, no trailing dot, no brackets
+    port: int
+    path: str
+    query: str  # "" or "?..."
+
+    @property
+    def authority(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return host if self.port == 80 else f"{host}:{self.port}"
+
+
+def parse_absolute_target(raw: str) -> AbsoluteTarget | str:
+    """Parse an absolute-form target; a string result says why it is refused."""
+    scheme, sep, rest = raw.partition("://")
+    if not sep or scheme.lower() != "http":
+        return (
+            "only http:// URLs can go through the proxy (it upgrades them to HTTPS itself); "
+            f"got scheme {scheme.lower()!r}"
+        )
+    if "#" in rest:
+        return "the request target must not contain a fragment (#)"
+    cut = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
+    authority, remainder = rest[:cut], rest[cut:]
+    if "@" in authority:
+        return "user info (user@host) is not allowed in the request target"
+    if "%" in authority:
+        return "percent-encoding is not allowed in the host"
+    if authority.startswith("["):
+        host, _, port_text = authority[1:].partition("]")
+        port_text = port_text.removeprefix(":")
+    else:
+        host, _, port_text = authority.partition(":")
+    if port_text and (not port_text.isdigit() or not 0 < int(port_text) <= 65535):
+        return f"invalid port in the request target: {port_text!r}"
+    host = host.lower().rstrip(".")
+    if not host:
+        return "the request target has no host"
+    path, qsep, query = remainder.partition("?")
+    return AbsoluteTarget(host, int(port_text) if port_text else 80, path or "/", qsep + query)
+
+
+@dataclass(frozen=True, slots=True)
+class HostEntry(Generic[T]):
+    host: str
+    port: int
+    default_port: bool  # the base URL uses its scheme's default port
+    base_path: str
+    tenant: str
+    target: T
+
+
+class HostTable(Generic[T]):
+    """Forward-proxy matching: (host, port, path under the base path) → routes; exact hosts only."""
+
+    def __init__(self, entries: Iterable[HostEntry[T]]) -> None:
+        by_host: dict[str, list[HostEntry[T]]] = {}
+        for entry in entries:
+            by_host.setdefault(entry.host, []).append(entry)
+        self._by_host = by_host
+
+    def serves(self, host: str) -> bool:
+        return host in self._by_host
+
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        return tuple(sorted(self._by_host))
+
+    def match(self, target: AbsoluteTarget) -> list[tuple[HostEntry[T], str]] | None:
+        """None for a host no route serves; else the routes whose base path holds the path
+        (only the longest base path), each with the rest of the path; [] when none does."""
+        entries = self._by_host.get(target.host)
+        if entries is None:
+            return None
+        found: list[tuple[HostEntry[T], str]] = []
+        longest = -1
+        for e in entries:
+            # Ports match when equal, or when each is its own scheme's default: the client
+            # writes http://host/ (port 80) for an https://host/ (port 443) base.
+            if not (target.port == e.port or (target.port == 80 and e.default_port)):
+                continue
+            path = target.path
+            if not (path == e.base_path or path.startswith(e.base_path + "/")):
+                continue
+            if len(e.base_path) > longest:
+                found, longest = [], len(e.base_path)
+            if len(e.base_path) == longest:
+                found.append((e, path[len(e.base_path) :]))
+        return found

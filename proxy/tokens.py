@@ -47,6 +47,16 @@ def fingerprint(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()[:8]
 
 
+def in_words(seconds: float) -> str:
+    """A duration for people: `3.2 days`, `5.0 hours`, `12 minutes`."""
+    seconds = abs(seconds)
+    if seconds >= 86400:
+        return f"{seconds / 86400:.1f} days"
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} hours"
+    return f"{seconds / 60:.0f} minutes"
+
+
 def _claim_time(claims: Mapping[str, object], name: str) -> float | None:
     value = claims.get(name)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -265,8 +275,8 @@ class TokenStore:
         if credential.expired(now):
             log.warning("token is already expired; %s", remedy, extra={"fields": fields})
         elif credential.expires_at is not None and credential.expires_at - now < EXPIRY_WARNING:
-            days = (credential.expires_at - now) / 86400
-            log.warning("token expires in %.1f days; %s", days, remedy, extra={"fields": fields})
+            left = in_words(credential.expires_at - now)
+            log.warning("token expires in %s; %s", left, remedy, extra={"fields": fields})
 
     @staticmethod
     def _recovered(state: TokenState, fields: dict[str, object]) -> None:

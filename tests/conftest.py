@@ -13,11 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import RawTestServer, TestClient
 from prometheus_client import CollectorRegistry
 
-from proxy.app import HANDLER, LIFECYCLE, STORE, create_admin_app, create_app
+from proxy.app import ProxyApp, create_admin_app, create_app
 from proxy.config import Config, parse_config
 from proxy.fake_amperity import (
     FakeAmperity,
@@ -66,7 +65,7 @@ async def upstream(tls: FakeTLS) -> AsyncIterator[Upstream]:
 class Proxy:
     client: TestClient[Any, Any]
     admin: TestClient[Any, Any]
-    app: web.Application
+    app: ProxyApp
     config: Config
     registry: CollectorRegistry
     resolver: FakeResolver
@@ -80,10 +79,10 @@ class Proxy:
 
     @property
     def store(self) -> TokenStore:
-        return self.app[STORE]
+        return self.app.store
 
     def draining(self, value: bool) -> None:
-        self.app[LIFECYCLE].draining = value
+        self.app.lifecycle.draining = value
 
     async def metrics_text(self) -> str:
         response = await self.admin.get("/metrics")
@@ -106,7 +105,14 @@ def acme_route(upstream: Upstream, **overrides: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-def make_proxy(aiohttp_client: AiohttpClient, upstream: Upstream, tls: FakeTLS) -> ProxyFactory:
+async def make_proxy(
+    aiohttp_client: AiohttpClient,
+    aiohttp_raw_server: Callable[..., Awaitable[RawTestServer]],
+    upstream: Upstream,
+    tls: FakeTLS,
+) -> AsyncIterator[ProxyFactory]:
+    started: list[ProxyApp] = []
+
     async def factory(
         routes: list[dict[str, Any]] | None = None,
         *,
@@ -131,12 +137,15 @@ def make_proxy(aiohttp_client: AiohttpClient, upstream: Upstream, tls: FakeTLS) 
             env=environment,
             token_poll_interval=token_poll_interval,
         )
-        client = await aiohttp_client(app)
+        await app.startup()
+        started.append(app)
+        client = await aiohttp_client(await aiohttp_raw_server(app.handle, access_log=None))
         admin = await aiohttp_client(create_admin_app(app))
-        assert app[HANDLER].session is not None
         return Proxy(client, admin, app, config, registry, resolver, environment)
 
-    return factory
+    yield factory
+    for app in started:
+        await app.cleanup()
 
 
 @dataclass

@@ -66,7 +66,7 @@ async def test_traversal_paths_get_400_and_are_never_forwarded(
     assert upstream.requests == []
 
 
-async def test_absolute_form_target_is_refused(
+async def test_absolute_https_target_is_refused(
     make_proxy: ProxyFactory, upstream: Upstream
 ) -> None:
     proxy = await make_proxy()
@@ -74,7 +74,7 @@ async def test_absolute_form_target_is_refused(
         proxy.port, get(f"https://acme.amperity.com:{upstream.port}/api/segments")
     )
     assert response.status == 400
-    assert "absolute-form" in _envelope(response.body)["message"]
+    assert "only http:// URLs" in _envelope(response.body)["message"]
     assert upstream.requests == []
 
 

@@ -1,0 +1,197 @@
+"""Who may use the proxy: client networks, browser protections, the client token, route policy.
+
+Anything that reaches the proxy gets a live Amperity credential attached, so every check here
+refuses by default and each refusal says how to allow a legitimate client. All sets, networks
+and patterns are built once from the config; a check is a few lookups.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import socket
+import struct
+
+from aiohttp import web
+
+from proxy.config import Listen, Route
+from proxy.errors import Refusal
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+_LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+# Sec-Fetch-Site values a browser sends for requests a user made directly (typed URL, bookmark)
+# or from the proxy's own origin; anything else (same-site, cross-site) is a page's request.
+_SAFE_FETCH_SITES = frozenset({"none", "same-origin"})
+_CACHE_LIMIT = 4096
+
+REJECT_REASONS = (
+    "forbidden_client",
+    "forbidden_host",
+    "forbidden_origin",
+    "forbidden_method",
+    "forbidden_path",
+    "bad_client_token",
+    "connect",
+    "upgrade",
+    "foreign_host",
+    "ambiguous_tenant",
+)
+
+
+def host_part(host_header: str) -> str:
+    """The host of a Host header without its port: `[::1]:8080` → `::1`, lower case."""
+    host = host_header.strip().lower()
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    if host.count(":") == 1:
+        host = host.partition(":")[0]
+    return host.rstrip(".")
+
+
+def peer_uid(request: web.BaseRequest) -> int | None:
+    """The uid of the process at the other end of a Unix socket (SO_PEERCRED), if any."""
+    sock = request.transport.get_extra_info("socket") if request.transport else None
+    if sock is None or sock.family != socket.AF_UNIX or not hasattr(socket, "SO_PEERCRED"):
+        return None
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return int(struct.unpack("3i", creds)[1])
+
+
+class Gate:
+    """The listener's access checks, precomputed from `listen:`."""
+
+    def __init__(self, listen: Listen, client_token: str | None) -> None:
+        self.unix = listen.unix is not None
+        self._networks: tuple[IPNetwork, ...] = tuple(
+            ipaddress.ip_network(n) for n in listen.client_networks
+        )
+        self._allowed_networks_text = ", ".join(listen.client_networks)
+        self._hosts = _LOOPBACK_NAMES | {host_part(listen.host)} | set(listen.allowed_hosts)
+        self._origins = frozenset(listen.allowed_origins)
+        self._client_token = client_token.encode() if client_token is not None else None
+        self._client_ok: dict[str, bool] = {}
+
+    def client(self, address: str | None) -> Refusal | None:
+        """Is the peer address inside `listen.allow_clients`? (Unix sockets: file permissions.)"""
+        if self.unix:
+            return None
+        allowed = self._client_ok.get(address or "")
+        if allowed is None:
+            allowed = self._check_address(address)
+            if len(self._client_ok) >= _CACHE_LIMIT:
+                self._client_ok.clear()
+            self._client_ok[address or ""] = allowed
+        if allowed:
+            return None
+        return Refusal(
+            403,
+            "forbidden_client",
+            f"client address {address} may not use this proxy; allowed networks: "
+            f"{self._allowed_networks_text} (listen.allow_clients)",
+        )
+
+    def _check_address(self, address: str | None) -> bool:
+        if not address:
+            return False
+        try:
+            ip = ipaddress.ip_address(address.partition("%")[0])
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped  # a dual-stack listener reports IPv4 peers as ::ffff:a.b.c.d
+        return any(ip in net for net in self._networks)
+
+    def browser(self, request: web.BaseRequest, *, forward: bool) -> Refusal | None:
+        """SECURITY: refuse web pages (Origin, Sec-Fetch-Site) and DNS rebinding (Host)."""
+        origin = request.headers.get("Origin")
+        origin_ok = origin is not None and origin.lower().rstrip("/") in self._origins
+        if origin is not None and not origin_ok:
+            return Refusal(
+                403,
+                "forbidden_origin",
+                f"requests from web pages are refused (Origin: {origin[:100]}); to allow a "
+                "browser-based tool, add its origin to listen.allowed_origins",
+            )
+        site = request.headers.get("Sec-Fetch-Site")
+        if site is not None and site.lower() not in _SAFE_FETCH_SITES and not origin_ok:
+            return Refusal(
+                403,
+                "forbidden_origin",
+                f"requests from web pages are refused (Sec-Fetch-Site: {site[:40]}); to allow a "
+                "browser-based tool, add its origin to listen.allowed_origins",
+            )
+        if forward:
+            return None  # the absolute URL, not Host, decides where a forward request goes
+        host = request.headers.get("Host")
+        if host is not None and host_part(host) not in self._hosts:
+            return Refusal(
+                403,
+                "forbidden_host",
+                f"Host {host[:100]!r} is not a name of this proxy (DNS rebinding protection); "
+                "use http://127.0.0.1:<port>/ or add the name to listen.allowed_hosts",
+            )
+        return None
+
+    def client_token(self, request: web.BaseRequest, *, forward: bool) -> Refusal | None:
+        """When `listen.client_token` is set, require it (constant-time comparison)."""
+        if self._client_token is None:
+            return None
+        if forward:
+            header = "Proxy-Authorization"
+            scheme, _, presented = request.headers.get(header, "").partition(" ")
+            if scheme.lower() != "bearer":
+                presented = ""
+        else:
+            header = "X-Proxy-Token"
+            presented = request.headers.get(header, "")
+        if presented and hmac.compare_digest(presented.strip().encode(), self._client_token):
+            return None
+        what = "Proxy-Authorization: Bearer <client token>" if forward else "X-Proxy-Token"
+        status, headers = (
+            (407, {"Proxy-Authenticate": 'Bearer realm="amperity-proxy"'})
+            if forward
+            else (403, None)
+        )
+        return Refusal(
+            status,
+            "bad_client_token",
+            f"{'a wrong' if presented else 'no'} client token; send {what} with the token "
+            "configured in listen.client_token",
+            headers,
+        )
+
+
+def method_refusal(request: web.BaseRequest) -> Refusal | None:
+    """CONNECT, TRACE and protocol upgrades are never proxied."""
+    if request.method == "CONNECT":
+        return Refusal(
+            405,
+            "connect",
+            "CONNECT is not supported: an HTTPS tunnel can't carry an injected credential. "
+            "Use http:// URLs through the proxy; it upgrades them to HTTPS itself",
+        )
+    if request.method == "TRACE":
+        return Refusal(405, "forbidden_method", "TRACE is not allowed")
+    if "Upgrade" in request.headers:
+        return Refusal(
+            400, "upgrade", "protocol upgrades (WebSocket, h2c) are not supported by this proxy"
+        )
+    return None
+
+
+def route_policy(route: Route, method: str, rest: str) -> Refusal | None:
+    """A route's `methods` and `paths` restrictions, checked before anything is sent."""
+    if route.methods is not None and method not in route.methods:
+        return Refusal(
+            403,
+            "forbidden_method",
+            f"route {route.name} allows only {', '.join(sorted(route.methods)) or 'no methods'}",
+        )
+    if route.paths is not None and not any(p.fullmatch(rest) for p in route.paths):
+        return Refusal(
+            403,
+            "forbidden_path",
+            f"route {route.name} does not allow this path; allowed (after the prefix): "
+            + ", ".join(p.pattern for p in route.paths),
+        )
+    return None
