@@ -14,7 +14,7 @@ Special paths (under any base path, e.g. `/api/_fake/bytes/1024`):
 - `_fake/hold`        waits until `FakeAmperity.release` is set (for drain and timeout tests)
 - `_fake/cut/N`       announces 2N bytes, sends N, then drops the connection
                       (`?chunked`: chunked encoding, dropped before the last chunk)
-- `_fake/hop`         answers with hop-by-hop headers a proxy must remove
+- `_fake/hop`         answers with hop-by-hop and CORS headers a proxy must remove
 """
 
 from __future__ import annotations
@@ -169,6 +169,8 @@ class FakeAmperity:
             return web.Response(
                 text="hop",
                 headers={
+                    "Access-Control-Allow-Origin": "*",
+                    "Access-Control-Allow-Credentials": "true",
                     "Connection": "X-Hop-Secret",
                     "X-Hop-Secret": "1",
                     "Keep-Alive": "timeout=5",

@@ -28,6 +28,9 @@ from proxy.tokens import Credential, TokenStore, in_words
 access_log = logging.getLogger("amperity_proxy.access")
 log = logging.getLogger("amperity_proxy.proxy")
 
+# Refusals after which the connection can't carry another HTTP request.
+_CLOSE_AFTER = frozenset({"connect", "upgrade"})
+
 
 @dataclass(frozen=True, slots=True)
 class Target:
@@ -69,6 +72,8 @@ class ProxyHandler:
         if isinstance(admitted, Refusal):
             self.metrics.rejected.labels(admitted.reason).inc()
             response = envelope(admitted.status, admitted.message, rid, admitted.headers)
+            if admitted.reason in _CLOSE_AFTER:
+                response.force_close()  # the client may already be sending tunnel bytes
             self._access(request, rid, None, None, response, outcome, started, admitted.reason)
             return response
         target = admitted.target

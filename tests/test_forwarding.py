@@ -280,6 +280,7 @@ async def test_hop_by_hop_response_headers_are_dropped(
     response = await raw_request(proxy.port, get("/acme/_fake/hop"))
     names = {k.lower() for k, _ in response.headers}
     assert "x-hop-secret" not in names and "keep-alive" not in names
+    assert not any(name.startswith("access-control-") for name in names)  # never CORS
     assert response.header("X-End") == "1"
 
 
