@@ -7,6 +7,7 @@ and patterns are built once from the config; a check is a few lookups.
 
 from __future__ import annotations
 
+import base64
 import hmac
 import ipaddress
 import socket
@@ -137,13 +138,9 @@ class Gate:
         if self._client_token is None:
             return None
         if forward:
-            header = "Proxy-Authorization"
-            scheme, _, presented = request.headers.get(header, "").partition(" ")
-            if scheme.lower() != "bearer":
-                presented = ""
+            presented = _proxy_authorization(request.headers.get("Proxy-Authorization", ""))
         else:
-            header = "X-Proxy-Token"
-            presented = request.headers.get(header, "")
+            presented = request.headers.get("X-Proxy-Token", "")
         if presented and hmac.compare_digest(presented.strip().encode(), self._client_token):
             return None
         what = "Proxy-Authorization: Bearer <client token>" if forward else "X-Proxy-Token"
@@ -159,6 +156,21 @@ class Gate:
             "configured in listen.client_token",
             headers,
         )
+
+
+def _proxy_authorization(value: str) -> str:
+    """The token in `Bearer <token>`, or the password of `Basic base64(user:token)` (what
+    clients send for HTTP_PROXY=http://user:token@host:port)."""
+    scheme, _, credentials = value.strip().partition(" ")
+    if scheme.lower() == "bearer":
+        return credentials
+    if scheme.lower() == "basic":
+        try:
+            decoded = base64.b64decode(credentials.strip(), validate=True).decode()
+        except (ValueError, UnicodeDecodeError):
+            return ""
+        return decoded.partition(":")[2]
+    return ""
 
 
 def method_refusal(request: web.BaseRequest) -> Refusal | None:

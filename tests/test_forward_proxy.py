@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import urllib.error
+import urllib.request
 from typing import Any
 
 import aiohttp
@@ -38,6 +41,17 @@ async def through_proxy(
         ) as response,
     ):
         return response.status, await response.read(), dict(response.headers)
+
+
+def urllib_status(port: int, userinfo: str, url: str) -> int:
+    handler = urllib.request.ProxyHandler({"http": f"http://{userinfo}@127.0.0.1:{port}"})
+    opener = urllib.request.build_opener(handler)
+    try:
+        with opener.open(url, timeout=30) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        return exc.code
 
 
 def message(body: bytes) -> str:
@@ -267,5 +281,10 @@ async def test_forward_mode_client_token(make_proxy: ProxyFactory, upstream: Ups
     assert wrong[2]["Proxy-Authenticate"] == 'Bearer realm="amperity-proxy"'
     assert "a wrong client token" in message(wrong[1])
     assert "no client token" in message(missing[1])
-    [seen] = upstream.requests
-    assert seen.header("Proxy-Authorization") is None
+    # A legacy tool honouring HTTP_PROXY=http://user:token@host:port (stdlib urllib here)
+    # sends Proxy-Authorization: Basic; the password is the client token.
+    basic = await asyncio.to_thread(urllib_status, proxy.port, "any:s3cret-client", url)
+    wrong_basic = await asyncio.to_thread(urllib_status, proxy.port, "s3cret-client:x", url)
+    assert (basic, wrong_basic) == (200, 407)
+    assert len(upstream.requests) == 2
+    assert all(seen.header("Proxy-Authorization") is None for seen in upstream.requests)
