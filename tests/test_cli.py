@@ -206,3 +206,17 @@ async def test_sigterm_drains_in_flight_requests_then_exits_zero(
             proc.kill()
             await proc.wait()
     assert [r.raw_path for r in fake.requests] == ["/api/_fake/hold"]
+
+
+def test_listen_flag_on_a_public_address_needs_allow_clients() -> None:
+    result = run_cli(
+        "run",
+        "--config",
+        "config.example.yaml",
+        "--listen",
+        "0.0.0.0:0",
+        env={"AMPERITY_TOKEN": "opaque"},
+    )
+    assert result.returncode == 2
+    assert "listen.host: 0.0.0.0 is not a loopback address" in result.stderr
+    assert "listen.allow_clients" in result.stderr
