@@ -16,7 +16,8 @@ import signal
 import socket
 import ssl
 import stat
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import aiohttp
@@ -27,17 +28,18 @@ from prometheus_client import CollectorRegistry
 from proxy import __version__
 from proxy.access import Gate
 from proxy.admit import Admission
-from proxy.config import Config, Listen, UnixListen
+from proxy.config import Config, Listen, Route, UnixListen
 from proxy.forward import Upstream
 from proxy.handlers import AdminHandlers, Lifecycle, ProxyHandler, Target
 from proxy.metrics import ProxyMetrics, TokenCollector
 from proxy.routing import HostEntry, HostTable, RouteTable
-from proxy.tokens import TokenError, TokenStore, read_source
+from proxy.tokens import TokenError, TokenStore, make_sources, read_source
+from proxy.tokens.store import FILE_POLL_INTERVAL
 
 log = logging.getLogger("amperity_proxy")
 
 
-TOKEN_POLL_INTERVAL = 5.0  # seconds between re-reads of file tokens
+TICK_INTERVAL = 1.0  # seconds between token scheduler rounds (file polls, refreshes, warnings)
 
 
 class StartupError(Exception):
@@ -79,7 +81,7 @@ class ProxyApp:
         store: TokenStore,
         registry: CollectorRegistry,
         resolver: AbstractResolver | None,
-        token_poll_interval: float,
+        tick_interval: float,
     ) -> None:
         self.config = config
         self.handler = handler
@@ -87,12 +89,17 @@ class ProxyApp:
         self.registry = registry
         self.lifecycle = Lifecycle()
         self._resolver = resolver
-        self._poll_interval = token_poll_interval
+        self._tick_interval = tick_interval
         self._session: aiohttp.ClientSession | None = None
         self._poller: asyncio.Task[None] | None = None
 
+    @property
+    def session(self) -> aiohttp.ClientSession | None:
+        return self._session
+
     async def startup(self) -> None:
-        """Open the upstream session and start re-reading token files."""
+        """Open the upstream session, load every route's tokens (StartupError when a route
+        has none: fail fast), then start the token scheduler."""
         connector = aiohttp.TCPConnector(
             resolver=self._resolver, limit=100, enable_cleanup_closed=True
         )
@@ -106,7 +113,11 @@ class ProxyApp:
             skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
         )
         self.handler.session = self._session
-        self._poller = asyncio.create_task(self.store.run(self._poll_interval), name="token-poller")
+        errors = await self.store.load_initial()
+        if errors:
+            await self.cleanup()
+            raise StartupError(errors)
+        self._poller = asyncio.create_task(self.store.run(self._tick_interval), name="tokens")
 
     async def cleanup(self) -> None:
         """Stop the poller and close the session (after in-flight requests finished)."""
@@ -136,14 +147,15 @@ def create_app(
     resolver: AbstractResolver | None = None,
     registry: CollectorRegistry | None = None,
     env: Mapping[str, str] | None = None,
-    token_poll_interval: float = TOKEN_POLL_INTERVAL,
+    token_poll_interval: float = FILE_POLL_INTERVAL,
+    clock: Callable[[], float] = time.time,
 ) -> ProxyApp:
-    """Build the proxy; raise StartupError when a route or the client token can't be loaded."""
+    """Build the proxy (tokens load in `ProxyApp.startup`); raise StartupError when the client
+    token or a ca_file can't be loaded."""
     for warning in config.warnings:
         log.warning("config: %s", warning)
     environment = os.environ if env is None else env
-    store = TokenStore(config.routes, env=environment)
-    errors = store.load_initial()
+    errors = []
     client_token = None
     if config.listen.client_token is not None:
         try:
@@ -153,15 +165,29 @@ def create_app(
     if errors:
         raise StartupError(errors)
     contexts = _ssl_contexts(config) if upstream_ssl is None else {}
+
+    def ssl_for(route: Route) -> ssl.SSLContext:
+        return upstream_ssl if upstream_ssl is not None else contexts[route.ca_file]
+
+    app: ProxyApp | None = None
+
+    def session() -> aiohttp.ClientSession | None:
+        return app.session if app is not None else None
+
+    store = TokenStore(
+        config.routes,
+        lambda route: make_sources(route, env=environment, session=session, ssl=ssl_for(route)),
+        clock=clock,
+        file_poll_interval=token_poll_interval,
+    )
     registry = registry if registry is not None else CollectorRegistry()
     metrics = ProxyMetrics(registry, __version__)
     registry.register(TokenCollector(store.snapshot))
     prefixes, hosts = [], []
     for route in config.routes:
-        context = upstream_ssl if upstream_ssl is not None else contexts[route.ca_file]
         base = route.base_url
         target = Target(
-            Upstream.from_route(route, context),
+            Upstream.from_route(route, ssl_for(route)),
             metrics.for_route(route.name, route.tenant),
             # A forward-mode client writes http:// with the base URL's host (and its port
             # when it is not the default): that is where rewritten Locations point.
@@ -172,8 +198,11 @@ def create_app(
             HostEntry(base.host, base.port, base.default_port, base.path, route.tenant, target)
         )
     admission = Admission(Gate(config.listen, client_token), RouteTable(prefixes), HostTable(hosts))
-    handler = ProxyHandler(admission, store, metrics)
-    return ProxyApp(config, handler, store, registry, resolver, token_poll_interval)
+    handler = ProxyHandler(admission, store, metrics, clock)
+    app = ProxyApp(
+        config, handler, store, registry, resolver, min(TICK_INTERVAL, token_poll_interval)
+    )
+    return app
 
 
 def create_admin_app(proxy: ProxyApp) -> web.Application:

@@ -94,7 +94,7 @@ def _check(args: argparse.Namespace) -> int:
     for route in config.routes:
         print(
             f"  {route.prefix} -> {route.base_url} tenant={route.tenant} "
-            f"token={route.token.describe()}"
+            f"tokens={', '.join(t.describe() for t in route.tokens)}"
         )
     return 0
 

@@ -11,15 +11,15 @@ import ipaddress
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
 
+from proxy.token_config import SECRET_KINDS, TokenSource, parse_source, parse_sources
 from proxy.validation import (
-    ENV_NAME_RE,
     Errors,
     expand_env,
     join,
@@ -33,7 +33,7 @@ from proxy.validation import (
 DEFAULT_BASE_URL = "https://{tenant}.amperity.com/api"
 DEFAULT_API_VERSION = "2024-04-01"
 
-TokenKind = Literal["env", "file", "value"]
+ExpiredTokenPolicy = Literal["forward", "reject"]
 LogFormat = Literal["auto", "json", "text"]
 
 _TENANT_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
@@ -58,23 +58,6 @@ class ConfigError(Exception):
         lines = [f"{self.source}: {len(self.errors)} error(s)"]
         lines += [f"  {e}" for e in self.errors]
         return "\n".join(lines)
-
-
-@dataclass(frozen=True)
-class TokenSource:
-    """Where a route's token comes from. An inline value never shows in `repr`."""
-
-    kind: TokenKind
-    location: str = ""  # the variable name (env) or the path (file)
-    value: str = field(default="", repr=False)  # SECURITY: inline token, kind == "value" only
-
-    def describe(self) -> str:
-        """Human description for logs and errors; never includes the token."""
-        if self.kind == "env":
-            return f"environment variable {self.location}"
-        if self.kind == "file":
-            return f"file {self.location}"
-        return "inline value"
 
 
 LOOPBACK_CLIENTS = ("127.0.0.0/8", "::1/128")
@@ -172,11 +155,14 @@ class Route:
     api_version: str | None
     ca_file: str | None
     timeouts: Timeouts
-    token: TokenSource
+    tokens: tuple[TokenSource, ...]  # `token:` is a one-source list
     # Per-route policy; None = no restriction. Paths are matched (fullmatch) against the raw
     # path after the prefix, e.g. "/segments/123".
     methods: frozenset[str] | None = None
     paths: tuple[re.Pattern[str], ...] | None = None
+    # Largest body kept in memory so a request can be replayed after a 401 (the only buffering).
+    retry_body_limit: int = 1024 * 1024
+    expired_token: ExpiredTokenPolicy = "forward"  # noqa: S105 (a policy name; reject = answer locally)
 
 
 @dataclass(frozen=True)
@@ -316,7 +302,7 @@ def _proxy_listen(raw: object, errs: Errors) -> Listen:
     if raw.get("unix") is not None:
         extra["unix"] = _unix(raw["unix"], errs)
     if raw.get("client_token") is not None:
-        token = _token(raw["client_token"], "listen.client_token", errs, kinds=("env", "file"))
+        token = parse_source(raw["client_token"], "listen.client_token", errs, SECRET_KINDS)
         extra["client_token"] = token
     return dataclasses.replace(listen, **extra)
 
@@ -344,31 +330,6 @@ def _timeouts(raw: object, path: str, errs: Errors, base: Timeouts) -> Timeouts:
     if "total" in m:
         total = None if m["total"] is None else positive(m["total"], join(path, "total"), errs)
     return Timeouts(connect, read, total)
-
-
-def _token(
-    raw: object, path: str, errs: Errors, kinds: tuple[str, ...] = ("env", "file", "value")
-) -> TokenSource | None:
-    m = mapping(raw, path, errs, kinds)
-    if m is None:
-        return None
-    present = [k for k in kinds if k in m]
-    if len(present) != 1:
-        errs.add(path, f"expected exactly one of {', '.join(kinds)}")
-        return None
-    kind = present[0]
-    value = string(m[kind], join(path, kind), errs)
-    if value is None:
-        return None
-    if kind == "env":
-        if not ENV_NAME_RE.fullmatch(value):
-            errs.add(join(path, "env"), f"not a valid environment variable name: {value!r}")
-            return None
-        return TokenSource("env", location=value)
-    if kind == "file":
-        return TokenSource("file", location=value)
-    errs.warnings.append(f"{path}: inline token value in the config file; prefer env or file")
-    return TokenSource("value", value=value)
 
 
 def _base_url(template: str, tenant: str, path: str, errs: Errors) -> BaseURL | None:
@@ -412,9 +373,18 @@ class _Defaults:
     api_version: str | None = DEFAULT_API_VERSION
     ca_file: str | None = None
     timeouts: Timeouts = Timeouts(connect=10.0, read=300.0)
+    retry_body_limit: int = 1024 * 1024
+    expired_token: ExpiredTokenPolicy = "forward"  # noqa: S105 (a policy name)
 
 
-_OVERRIDABLE = ("base_url", "api_version", "ca_file", "timeouts")
+_OVERRIDABLE = (
+    "base_url",
+    "api_version",
+    "ca_file",
+    "timeouts",
+    "retry_body_limit",
+    "expired_token",
+)
 
 
 def _overrides(m: Mapping[str, Any], path: str, errs: Errors, base: _Defaults) -> _Defaults:
@@ -435,7 +405,23 @@ def _overrides(m: Mapping[str, Any], path: str, errs: Errors, base: _Defaults) -
             if ca_file is not None and not os.path.isfile(ca_file):
                 errs.add(join(path, "ca_file"), f"no such file: {ca_file}")
     timeouts = _timeouts(m.get("timeouts"), join(path, "timeouts"), errs, base.timeouts)
-    return _Defaults(base_url, api_version, ca_file, timeouts)
+    retry_body_limit = base.retry_body_limit
+    if "retry_body_limit" in m:
+        limit = number(m["retry_body_limit"], join(path, "retry_body_limit"), errs, integer=True)
+        if limit is not None and limit < 0:
+            errs.add(join(path, "retry_body_limit"), f"must be 0 or more, got {int(limit)}")
+        elif limit is not None:
+            retry_body_limit = int(limit)
+    expired_token = base.expired_token
+    if "expired_token" in m:
+        if m["expired_token"] in ("forward", "reject"):
+            expired_token = m["expired_token"]
+        else:
+            errs.add(
+                join(path, "expired_token"),
+                f"expected forward or reject, got {m['expired_token']!r}",
+            )
+    return _Defaults(base_url, api_version, ca_file, timeouts, retry_body_limit, expired_token)
 
 
 def _prefix(raw: object, path: str, errs: Errors) -> str | None:
@@ -456,7 +442,7 @@ def _prefix(raw: object, path: str, errs: Errors) -> str | None:
     return None
 
 
-_ROUTE_KEYS = ("name", "prefix", "tenant", "token", "methods", "paths", *_OVERRIDABLE)
+_ROUTE_KEYS = ("name", "prefix", "tenant", "token", "tokens", "methods", "paths", *_OVERRIDABLE)
 _METHOD_RE = re.compile(r"[A-Z][A-Z-]*")
 
 
@@ -485,7 +471,7 @@ def _route(raw: object, path: str, errs: Errors, defaults: _Defaults) -> Route |
     m = mapping(raw, path, errs, _ROUTE_KEYS)
     if m is None:
         return None
-    for key in ("prefix", "tenant", "token"):
+    for key in ("prefix", "tenant"):
         if key not in m:
             errs.add(join(path, key), "is required")
     prefix = _prefix(m["prefix"], join(path, "prefix"), errs) if "prefix" in m else None
@@ -496,7 +482,7 @@ def _route(raw: object, path: str, errs: Errors, defaults: _Defaults) -> Route |
             f"expected a DNS-label-like tenant id (a-z, 0-9, -), got {tenant!r}",
         )
         tenant = None
-    token = _token(m["token"], join(path, "token"), errs) if "token" in m else None
+    tokens = parse_sources(m, path, errs)
     name = prefix.strip("/").replace("/", "-") if prefix else None
     if "name" in m:
         name = string(m["name"], join(path, "name"), errs)
@@ -507,9 +493,9 @@ def _route(raw: object, path: str, errs: Errors, defaults: _Defaults) -> Route |
     paths = _paths(m["paths"], join(path, "paths"), errs) if "paths" in m else None
     own = _overrides(m, path, errs, defaults)
     base_url = _base_url(own.base_url, tenant, join(path, "base_url"), errs) if tenant else None
-    if None in (name, prefix, tenant, token, base_url):
+    if None in (name, prefix, tenant, tokens, base_url):
         return None
-    assert name and prefix and tenant and token and base_url
+    assert name and prefix and tenant and tokens and base_url
     return Route(
         name,
         prefix,
@@ -518,9 +504,11 @@ def _route(raw: object, path: str, errs: Errors, defaults: _Defaults) -> Route |
         own.api_version,
         own.ca_file,
         own.timeouts,
-        token,
+        tokens,
         methods,
         paths,
+        own.retry_body_limit,
+        own.expired_token,
     )
 
 

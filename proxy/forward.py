@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 import aiohttp
@@ -32,6 +32,7 @@ from yarl import URL
 from proxy.config import Route
 from proxy.errors import envelope
 from proxy.headers import response_headers, rewrite_location, upstream_headers
+from proxy.tokens import Credential
 
 log = logging.getLogger("amperity_proxy.forward")
 
@@ -67,6 +68,8 @@ class Outcome:
     bytes_in: int = 0
     bytes_out: int = 0
     client_gone: bool = False
+    retried: bool = False  # sent a second time after a 401
+    deprecation: str | None = None  # the upstream's Deprecation/Sunset headers
 
 
 def classify(exc: BaseException) -> tuple[str, int]:
@@ -109,91 +112,149 @@ async def _counted(stream: aiohttp.StreamReader, outcome: Outcome) -> AsyncItera
         yield chunk
 
 
+# Methods whose request can be sent again after a 401 (RFC 9110 idempotent methods, without
+# the ones a legacy tool would never expect repeated): the body is kept only for these.
+REPLAYABLE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+
+OnUnauthorized = Callable[[Credential, bool], Awaitable[Credential | None]]
+
+
+async def read_replayable_body(request: web.BaseRequest, limit: int) -> bytes | bool | None:
+    """The request body when the request could be replayed after a 401: b"" for none, the bytes
+    when Content-Length <= `limit`; False when it can't be replayed (method, size, chunked).
+
+    This is the one place a body is held in memory, capped by `retry_body_limit`.
+    """
+    if request.method not in REPLAYABLE_METHODS:
+        return False
+    if not request.body_exists:
+        return b""
+    length = request.content_length
+    if length is None or length > limit:
+        return False
+    return await request.content.readexactly(length)
+
+
 async def forward(
     session: aiohttp.ClientSession,
     request: web.BaseRequest,
     upstream: Upstream,
     rest: str,
     query: str,
-    authorization: str,
+    credential: Credential,
     request_id: str,
     outcome: Outcome,
     public_base: str,
     query_has_api_version: bool = False,
+    *,
+    body: bytes | None = None,
+    on_unauthorized: OnUnauthorized | None = None,
 ) -> web.StreamResponse:
-    """Send `request` to `upstream` with the credential and stream the response back."""
+    """Send `request` to `upstream` with the credential and stream the response back.
+
+    `body` is the already-read body of a replayable request (None: stream it from the client).
+    On an upstream 401, `on_unauthorized(credential, replayable)` is awaited before anything is
+    sent to the client; when it returns a different credential, the request is sent once more
+    with it and that answer is the one relayed.
+    """
     route = upstream.route
     # The path keeps the client's percent-encoding: encoded=True stops yarl from re-quoting or
     # removing dot segments (the path was checked before routing).
     url = URL(upstream.url_prefix + rest + query, encoded=True)
-    headers = upstream_headers(
-        request.headers,
-        authorization=authorization,
-        tenant=route.tenant,
-        host=upstream.host_header,
-        api_version=route.api_version,
-        request_id=request_id,
-        query_has_api_version=query_has_api_version,
-    )
-    body = _counted(request.content, outcome) if request.body_exists else None
-    response: web.StreamResponse | None = None
-    try:
-        async with session.request(
+
+    async def send(cred: Credential) -> aiohttp.ClientResponse:
+        headers = upstream_headers(
+            request.headers,
+            authorization=cred.authorization,
+            tenant=route.tenant,
+            host=upstream.host_header,
+            api_version=route.api_version,
+            request_id=request_id,
+            query_has_api_version=query_has_api_version,
+        )
+        data: bytes | AsyncIterator[bytes] | None
+        if body is not None:
+            outcome.bytes_in = len(body)
+            data = body if body or request.body_exists else None
+        else:
+            data = _counted(request.content, outcome) if request.body_exists else None
+        return await session.request(
             request.method,
             url,
             headers=headers,
-            data=body,
+            data=data,
             allow_redirects=False,  # SECURITY: never follow; the client decides
             ssl=upstream.ssl_context,
             timeout=upstream.timeout,
-        ) as upstream_response:
-            outcome.upstream_status = upstream_response.status
-            response = web.StreamResponse(
-                status=upstream_response.status, reason=upstream_response.reason
+        )
+
+    response: web.StreamResponse | None = None
+    upstream_response: aiohttp.ClientResponse | None = None
+    try:
+        upstream_response = await send(credential)
+        if upstream_response.status == 401 and on_unauthorized is not None:
+            replacement = await on_unauthorized(credential, body is not None)
+            if replacement is not None and replacement.fingerprint != credential.fingerprint:
+                upstream_response.release()
+                outcome.retried = True
+                credential = replacement
+                upstream_response = await send(credential)
+        outcome.upstream_status = upstream_response.status
+        outcome.deprecation = _deprecation(upstream_response.headers)
+        response = web.StreamResponse(
+            status=upstream_response.status, reason=upstream_response.reason
+        )
+        response.headers.extend(response_headers(upstream_response.headers.items()))
+        if "Location" in response.headers:
+            response.headers["Location"] = rewrite_location(
+                response.headers["Location"],
+                request_url=str(url),
+                base_scheme=route.base_url.scheme,
+                base_host=route.base_url.host,
+                base_port=route.base_url.port,
+                base_path=route.base_url.path,
+                public_base=public_base,
             )
-            response.headers.extend(response_headers(upstream_response.headers.items()))
-            if "Location" in response.headers:
-                response.headers["Location"] = rewrite_location(
-                    response.headers["Location"],
-                    request_url=str(url),
-                    base_scheme=route.base_url.scheme,
-                    base_host=route.base_url.host,
-                    base_port=route.base_url.port,
-                    base_path=route.base_url.path,
-                    public_base=public_base,
-                )
-            response.headers["X-Request-ID"] = request_id
-            await response.prepare(request)
-            async for chunk in upstream_response.content.iter_any():
-                await response.write(chunk)
-                outcome.bytes_out += len(chunk)
-            await response.write_eof()
-            return response
+        response.headers["X-Request-ID"] = request_id
+        await response.prepare(request)
+        async for chunk in upstream_response.content.iter_any():
+            await response.write(chunk)
+            outcome.bytes_out += len(chunk)
+        await response.write_eof()
+        return response
     except (ConnectionResetError, aiohttp.ClientConnectionResetError) as exc:
         if request.transport is None or request.transport.is_closing():
             outcome.client_gone = True  # the client went away; not an upstream failure
             if response is None:
                 response = web.StreamResponse(status=499)
             return response
-        return _failed(exc, request, upstream, authorization, request_id, outcome, response)
+        return _failed(exc, request, upstream, credential, request_id, outcome, response)
     except (TimeoutError, aiohttp.ClientError, ssl.SSLError, OSError) as exc:
-        return _failed(exc, request, upstream, authorization, request_id, outcome, response)
+        return _failed(exc, request, upstream, credential, request_id, outcome, response)
+    finally:
+        if upstream_response is not None:
+            upstream_response.release()
+
+
+def _deprecation(headers: Mapping[str, str]) -> str | None:
+    """Amperity announces api-version sunsets with `Deprecation` / `Sunset` headers."""
+    found = [f"{name}: {headers[name]}" for name in ("Deprecation", "Sunset") if name in headers]
+    return "; ".join(found)[:300] if found else None
 
 
 def _failed(
     exc: BaseException,
     request: web.BaseRequest,
     upstream: Upstream,
-    authorization: str,
+    credential: Credential,
     request_id: str,
     outcome: Outcome,
     response: web.StreamResponse | None,
 ) -> web.StreamResponse:
     reason, status = classify(exc)
     outcome.error = reason
-    token = authorization.removeprefix("Bearer ")
     # Exception text can quote what the upstream sent (a bad status line): keep it short.
-    outcome.detail = scrub(f"{type(exc).__name__}: {exc}", token)[:_MAX_DETAIL]
+    outcome.detail = scrub(f"{type(exc).__name__}: {exc}", credential.token)[:_MAX_DETAIL]
     if response is not None and response.prepared:
         # The status line is gone already: the only honest signal left is a cut connection.
         request.protocol.force_close()

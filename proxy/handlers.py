@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -20,10 +21,11 @@ from proxy.access import peer_uid
 from proxy.admit import Admission
 from proxy.config import Route
 from proxy.errors import Refusal, envelope
-from proxy.forward import Outcome, Upstream, forward
+from proxy.forward import Outcome, Upstream, forward, read_replayable_body
 from proxy.headers import query_has_api_version, request_id
 from proxy.metrics import ProxyMetrics, RouteMetrics
-from proxy.tokens import Credential, TokenStore, in_words
+from proxy.recovery import Recovery, expired_refusal
+from proxy.tokens import Credential, TokenStore
 
 access_log = logging.getLogger("amperity_proxy.access")
 log = logging.getLogger("amperity_proxy.proxy")
@@ -57,12 +59,19 @@ class ProxyHandler:
     """The handler for every request on the proxy listener."""
 
     def __init__(
-        self, admission: Admission[Target], store: TokenStore, metrics: ProxyMetrics
+        self,
+        admission: Admission[Target],
+        store: TokenStore,
+        metrics: ProxyMetrics,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.admission = admission
         self.store = store
         self.metrics = metrics
         self.session: aiohttp.ClientSession | None = None  # set while the proxy runs
+        self.recovery = Recovery(store, clock)
+        self.clock = clock
+        self._deprecation_logged: set[str] = set()
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         started = asyncio.get_running_loop().time()
@@ -88,71 +97,70 @@ class ProxyHandler:
                     rid,
                 )
                 return result
+            if route.expired_token == "reject" and credential.expired(self.clock()):  # noqa: S105 (a policy name)
+                refusal = expired_refusal(route, self.store.status(route.name), self.clock())
+                if refusal is not None:
+                    self.metrics.rejected.labels(refusal.reason).inc()
+                    result = envelope(refusal.status, refusal.message, rid)
+                    return result
             assert self.session is not None
             self.metrics.in_flight.inc()
             try:
+                body = await read_replayable_body(request, route.retry_body_limit)
+
+                async def on_unauthorized(cred: Credential, replayable: bool) -> Credential | None:
+                    return await self.recovery.unauthorized(
+                        route, target.metrics, cred, replayable, rid
+                    )
+
                 result = await forward(
                     self.session,
                     request,
                     target.upstream,
                     admitted.rest,
                     admitted.query,
-                    credential.authorization,
+                    credential,
                     rid,
                     outcome,
                     admitted.public_base,
                     query_has_api_version(admitted.query[1:]) if admitted.query else False,
+                    body=body if isinstance(body, bytes) else None,
+                    on_unauthorized=on_unauthorized,
                 )
+            except (asyncio.IncompleteReadError, ConnectionError):
+                outcome.client_gone = True  # the client left while sending its body
+                result = web.StreamResponse(status=499)
+                return result
             finally:
                 self.metrics.in_flight.dec()
-            self._observe(target, credential, outcome, rid)
+            self._observe(target, outcome, rid)
             return result
         finally:
             target.metrics.duration.observe(asyncio.get_running_loop().time() - started)
             self._access(request, rid, admitted.log_path, target, result, outcome, started, None)
 
-    def _observe(self, target: Target, credential: Credential, outcome: Outcome, rid: str) -> None:
+    def _observe(self, target: Target, outcome: Outcome, rid: str) -> None:
         route = target.route
+        fields = {"request_id": rid, "route": route.name, "tenant": route.tenant}
         if outcome.upstream_status is not None:
             target.metrics.response(outcome.upstream_status)
         if outcome.error is not None:
             target.metrics.errors[outcome.error].inc()
             log.warning(
-                "upstream %s error: %s",
-                outcome.error,
-                outcome.detail,
-                extra={"fields": {"request_id": rid, "route": route.name, "tenant": route.tenant}},
+                "upstream %s error: %s", outcome.error, outcome.detail, extra={"fields": fields}
             )
-        if outcome.upstream_status == 401:
-            now = time.time()
-            expiry = credential.expires_at
-            if expiry is None:
-                expires = "no exp claim"
-            elif expiry <= now:
-                expires = f"expired {in_words(now - expiry)} ago"
-            else:
-                expires = f"expires in {in_words(expiry - now)}"
-            log.warning(
-                "Amperity answered 401 for route %s (tenant %s, token %s, age %s, %s); "
-                "generate a new token in Settings > Security > API keys, "
-                "or rotate the token source (%s)",
-                route.name,
-                route.tenant,
-                credential.fingerprint,
-                in_words(credential.age(now)),
-                expires,
-                route.token.describe(),
-                extra={
-                    "fields": {
-                        "request_id": rid,
-                        "route": route.name,
-                        "tenant": route.tenant,
-                        "fingerprint": credential.fingerprint,
-                        "token_age_seconds": round(credential.age(now)),
-                        "token_expires_at": expiry,
-                    }
-                },
-            )
+        if outcome.deprecation is not None:
+            target.metrics.deprecations.inc()
+            if route.name not in self._deprecation_logged:  # once per route
+                self._deprecation_logged.add(route.name)
+                log.warning(
+                    "Amperity announced a deprecation for route %s (api-version %s): %s; check "
+                    "Amperity's API changelog and set api_version",
+                    route.name,
+                    route.api_version,
+                    outcome.deprecation,
+                    extra={"fields": fields},
+                )
 
     def _access(
         self,
@@ -214,20 +222,8 @@ class AdminHandlers:
 
     async def readyz(self, request: web.Request) -> web.Response:
         now = time.time()
-        routes = []
-        for status in self.store.snapshot():
-            cred = status.credential
-            routes.append(
-                {
-                    "route": status.route,
-                    "tenant": status.tenant,
-                    "state": status.state(now),
-                    "expires_at": cred.expires_at if cred else None,
-                    "fingerprint": cred.fingerprint if cred else None,
-                    "source": status.source,
-                    "failing": status.failing,
-                }
-            )
+        # warn=0: readiness reports ok/expired/missing, not "expiring" (that is for alerts).
+        routes = [status.as_dict(now, warn=0) for status in self.store.snapshot()]
         # An expired token is reported but does not make the pod unready: readiness gates the
         # whole pod, and an Amperity token problem must not take the application down with it.
         has_tokens = all(r["state"] != "missing" for r in routes)

@@ -14,10 +14,13 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from proxy.access import REJECT_REASONS as ACCESS_REJECT_REASONS
-from proxy.tokens import LOAD_ERROR_REASONS, TokenStatus
+from proxy.tokens import RouteStatus
 
 UPSTREAM_ERROR_REASONS = ("connect", "tls", "timeout", "reset")
-REJECT_REASONS = ("no_route", "bad_path", "bad_target", *ACCESS_REJECT_REASONS)
+UNAUTHORIZED_CAUSES = ("expired", "rejected", "unknown")
+RETRY_REASONS = ("unauthorized",)
+REFRESH_RESULTS = ("success", "failure")
+REJECT_REASONS = ("no_route", "bad_path", "bad_target", "token_expired", *ACCESS_REJECT_REASONS)
 # Amperity API calls range from milliseconds to minutes (large exports).
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
@@ -28,7 +31,19 @@ class ProxyMetrics:
     def __init__(self, registry: CollectorRegistry, version: str) -> None:
         self.unauthorized = Counter(
             "amperity_proxy_upstream_unauthorized",
-            "Upstream 401 responses.",
+            "Upstream 401 responses, by cause: expired, rejected (rotated/revoked), unknown.",
+            ["route", "tenant", "cause"],
+            registry=registry,
+        )
+        self.retries = Counter(
+            "amperity_proxy_upstream_retries",
+            "Requests sent upstream again, by reason.",
+            ["route", "tenant", "reason"],
+            registry=registry,
+        )
+        self.deprecations = Counter(
+            "amperity_proxy_upstream_deprecation_responses",
+            "Upstream responses carrying a Deprecation or Sunset header.",
             ["route", "tenant"],
             registry=registry,
         )
@@ -83,7 +98,14 @@ class RouteMetrics:
     def __init__(self, metrics: ProxyMetrics, route: str, tenant: str) -> None:
         self._metrics = metrics
         self._labels = (route, tenant)
-        self.unauthorized = metrics.unauthorized.labels(route, tenant)
+        self.unauthorized = {
+            cause: metrics.unauthorized.labels(route, tenant, cause)
+            for cause in UNAUTHORIZED_CAUSES
+        }
+        self.retries = {
+            reason: metrics.retries.labels(route, tenant, reason) for reason in RETRY_REASONS
+        }
+        self.deprecations = metrics.deprecations.labels(route, tenant)
         self.duration = metrics.duration.labels(route, tenant)
         self.errors = {
             reason: metrics.upstream_errors.labels(route, tenant, reason)
@@ -97,16 +119,15 @@ class RouteMetrics:
             child = self._metrics.responses.labels(*self._labels, str(status))
             self._responses[status] = child
         child.inc()
-        if status == 401:
-            self.unauthorized.inc()
 
 
 class TokenCollector(Collector):
-    """Token age, issue and expiry times, and load errors, read from the store at scrape time."""
+    """Token state read from the store at scrape time: age, issue and expiry of the token in
+    use, which token that is, whether the route has a valid one, load errors and refreshes."""
 
     def __init__(
         self,
-        snapshot: Callable[[], Iterable[TokenStatus]],
+        snapshot: Callable[[], Iterable[RouteStatus]],
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._snapshot = snapshot
@@ -130,24 +151,45 @@ class TokenCollector(Collector):
             "The token's JWT iat (or its load time for an opaque token) as a Unix timestamp.",
             labels=labels,
         )
+        info = GaugeMetricFamily(
+            "amperity_proxy_token_info",
+            "1 for the token in use, identified by source and fingerprint.",
+            labels=[*labels, "source", "fingerprint", "has_expiry"],
+        )
+        valid = GaugeMetricFamily(
+            "amperity_proxy_token_valid",
+            "1 while the route has a usable, unexpired token.",
+            labels=labels,
+        )
         load_errors = CounterMetricFamily(
             "amperity_proxy_token_load_errors",
-            "Failed reads of a route's token source, by reason.",
+            "Failed reads of a route's token sources, by reason.",
             labels=["route", "reason"],
         )
-        for status in self._snapshot():
-            values = [status.route, status.tenant]
-            cred = status.credential
-            if cred is not None:
+        refreshes = CounterMetricFamily(
+            "amperity_proxy_token_refreshes",
+            "Runs of exec and client_credentials sources, by result.",
+            labels=[*labels, "result"],
+        )
+        for route in self._snapshot():
+            values = [route.route, route.tenant]
+            current = route.current
+            cred = current.credential if current else None
+            if current is not None and cred is not None:
                 age.add_metric(values, cred.age(now))
                 issued.add_metric(
                     values, cred.issued_at if cred.issued_at is not None else cred.loaded_at
                 )
                 if cred.expires_at is not None:
                     expiry.add_metric(values, cred.expires_at)
-            for reason in LOAD_ERROR_REASONS:
-                load_errors.add_metric([status.route, reason], status.load_errors.get(reason, 0))
-        yield from (age, expiry, issued, load_errors)
+                has_expiry = "true" if cred.expires_at is not None else "false"
+                info.add_metric([*values, current.label, cred.fingerprint, has_expiry], 1)
+            valid.add_metric(values, 1 if route.valid(now) else 0)
+            for reason, count in route.load_errors().items():
+                load_errors.add_metric([route.route, reason], count)
+            for result in REFRESH_RESULTS:
+                refreshes.add_metric([*values, result], route.refreshes.get(result, 0))
+        yield from (age, expiry, issued, info, valid, load_errors, refreshes)
 
     def describe(self) -> Iterator[Metric]:
         return iter(())

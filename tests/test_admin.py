@@ -62,8 +62,13 @@ async def test_request_metrics(make_proxy: ProxyFactory, upstream: Upstream) -> 
     values = await samples(proxy)
     other = (("route", "other"), ("tenant", "other"))
     # Pre-initialised at 0 for every route, before any request.
-    assert values[("amperity_proxy_upstream_unauthorized_total", ACME)] == 0
-    assert values[("amperity_proxy_upstream_unauthorized_total", other)] == 0
+    for cause in ("expired", "rejected", "unknown"):
+        for route in (ACME, other):
+            key = ("amperity_proxy_upstream_unauthorized_total", (("cause", cause), *route))
+            assert values[key] == 0
+    assert (
+        values[("amperity_proxy_upstream_retries_total", (("reason", "unauthorized"), *ACME))] == 0
+    )
     assert values[("amperity_proxy_rejected_requests_total", (("reason", "no_route"),))] == 0
     assert (
         values[
@@ -83,8 +88,9 @@ async def test_request_metrics(make_proxy: ProxyFactory, upstream: Upstream) -> 
     assert values[("amperity_proxy_upstream_responses_total", (("code", "200"), *ACME))] == 1
     assert values[("amperity_proxy_upstream_responses_total", (("code", "404"), *ACME))] == 1
     assert values[("amperity_proxy_upstream_responses_total", (("code", "401"), *other))] == 1
-    assert values[("amperity_proxy_upstream_unauthorized_total", other)] == 1
-    assert values[("amperity_proxy_upstream_unauthorized_total", ACME)] == 0
+    unauthorized = "amperity_proxy_upstream_unauthorized_total"
+    assert values[(unauthorized, (("cause", "rejected"), *other))] == 1
+    assert values[(unauthorized, (("cause", "rejected"), *ACME))] == 0
     assert values[("amperity_proxy_rejected_requests_total", (("reason", "no_route"),))] == 1
     assert values[("amperity_proxy_rejected_requests_total", (("reason", "bad_path"),))] == 1
     assert values[("amperity_proxy_request_duration_seconds_count", ACME)] == 2

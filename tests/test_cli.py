@@ -69,7 +69,7 @@ def test_check_config_lists_every_error_with_its_path(tmp_path: Path) -> None:
         f"{config}: 3 error(s)",
         "  listen.prot: unknown key (did you mean 'port'?)",
         "  routes[1].prefix: must start with '/', got 'b'",
-        "  routes[1].token: expected exactly one of env, file, value",
+        "  routes[1].token: expected exactly one of env, file, value, exec, client_credentials",
     ]
     assert result.stdout == ""
 

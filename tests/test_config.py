@@ -46,7 +46,7 @@ def test_minimal_config_gets_the_documented_defaults() -> None:
     assert r.api_version == "2024-04-01"
     assert r.ca_file is None
     assert r.timeouts == Timeouts(connect=10, read=300, total=None)
-    assert r.token == TokenSource("env", location="T")
+    assert r.tokens == (TokenSource("env", location="T"),)
 
 
 def test_routes_inherit_defaults_and_may_override_each_key() -> None:
@@ -125,11 +125,11 @@ def test_unset_variable_without_default_is_an_error() -> None:
         ),
         (
             {"routes": [route(token={"env": "T", "file": "/x"})]},
-            ["routes[0].token: expected exactly one of env, file, value"],
+            ["routes[0].token: expected exactly one of env, file, value, exec, client_credentials"],
         ),
         (
             {"routes": [route(token={})]},
-            ["routes[0].token: expected exactly one of env, file, value"],
+            ["routes[0].token: expected exactly one of env, file, value, exec, client_credentials"],
         ),
         ({"routes": [route(token="abc")]}, ["routes[0].token: expected a mapping, got a string"]),
         (
@@ -139,8 +139,8 @@ def test_unset_variable_without_default_is_an_error() -> None:
         (
             {"routes": [route(token={"path": "/x"})]},
             [
-                "routes[0].token.path: unknown key; allowed: env, file, value",
-                "routes[0].token: expected exactly one of env, file, value",
+                "routes[0].token.path: unknown key; allowed: env, file, value, exec, client_credentials",
+                "routes[0].token: expected exactly one of env, file, value, exec, client_credentials",
             ],
         ),
         ({"routes": [route(prefix="acme")]}, ["routes[0].prefix: must start with '/', got 'acme'"]),
@@ -236,7 +236,10 @@ def test_unset_variable_without_default_is_an_error() -> None:
         ),
         (
             {"routes": [{"prefix": "/acme"}]},
-            ["routes[0].tenant: is required", "routes[0].token: is required"],
+            [
+                "routes[0].tenant: is required",
+                "routes[0].token: is required (or tokens: a list of sources)",
+            ],
         ),
         ({"routes": ["acme"]}, ["routes[0]: expected a mapping, got a string"]),
     ],
@@ -257,7 +260,7 @@ def test_every_error_is_reported_together() -> None:
         "listen.port: expected an integer, got a string",
         "routes[0].prefix: must start with '/', got 'acme'",
         "routes[1].tenant: expected a DNS-label-like tenant id (a-z, 0-9, -), got 'B!'",
-        "routes[1].token: expected exactly one of env, file, value",
+        "routes[1].token: expected exactly one of env, file, value, exec, client_credentials",
     ]
 
 
@@ -298,7 +301,7 @@ def test_example_config_parses(env: dict[str, str], tenant: str) -> None:
     [r] = config.routes
     assert (r.name, r.prefix, r.tenant) == ("amperity", "/amperity", tenant)
     assert str(r.base_url) == f"https://{tenant}.amperity.com/api"
-    assert r.token == TokenSource("env", location="AMPERITY_TOKEN")
+    assert r.tokens == (TokenSource("env", location="AMPERITY_TOKEN"),)
     assert config.warnings == ()
 
 

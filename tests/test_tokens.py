@@ -7,13 +7,14 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from proxy.app import StartupError, create_app
 from proxy.config import parse_config
 from proxy.fake_amperity import make_token
-from proxy.tokens import TokenStore, fingerprint, parse_token
+from proxy.tokens import TokenStore, fingerprint, make_sources, parse_token
 from tests.conftest import ProxyFactory, Upstream, acme_route
 
 
@@ -113,7 +114,7 @@ async def test_missing_or_empty_file_keeps_the_last_good_token(
     assert all(good not in m for m in messages)
 
 
-def test_startup_fails_with_one_line_per_route_without_a_token(tmp_path: Path) -> None:
+async def test_startup_fails_with_one_line_per_route_without_a_token(tmp_path: Path) -> None:
     config = parse_config(
         {
             "routes": [
@@ -126,7 +127,7 @@ def test_startup_fails_with_one_line_per_route_without_a_token(tmp_path: Path) -
         env={},
     )
     with pytest.raises(StartupError) as info:
-        create_app(config, env={"EMPTY_TOKEN": "  ", "GOOD": "x"})
+        await create_app(config, env={"EMPTY_TOKEN": "  ", "GOOD": "x"}).startup()
     assert info.value.lines == [
         "route a: environment variable MISSING_TOKEN is not set",
         f"route b: token file {tmp_path / 'none'} does not exist",
@@ -168,23 +169,28 @@ def test_opaque_token_ages_from_its_load_time() -> None:
     assert cred.age(160) == 60 and not cred.expired(10**12)
 
 
-def test_inline_value_source() -> None:
-    config = parse_config(
-        {"routes": [{"prefix": "/a", "tenant": "a", "token": {"value": " inline "}}]}, env={}
+def store_for(raw_routes: list[dict[str, Any]], env: dict[str, str]) -> TokenStore:
+    config = parse_config({"routes": raw_routes}, env={})
+    return TokenStore(
+        config.routes, lambda r: make_sources(r, env=env, session=lambda: None, ssl=None)
     )
-    store = TokenStore(config.routes, env={})
-    assert store.load_initial() == []
+
+
+async def test_inline_value_source() -> None:
+    store = store_for([{"prefix": "/a", "tenant": "a", "token": {"value": " inline "}}], {})
+    assert await store.load_initial() == []
     assert store.credential("a").authorization == "Bearer inline"  # type: ignore[union-attr]
 
 
-def test_token_close_to_expiry_is_warned_about_at_load(caplog: pytest.LogCaptureFixture) -> None:
+async def test_token_close_to_expiry_is_warned_about_at_load(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     soon = make_token("acme", ttl=2 * 86400)
-    config = parse_config(
-        {"routes": [{"prefix": "/a", "tenant": "acme", "token": {"env": "T"}}]}, env={}
-    )
+    store = store_for([{"prefix": "/a", "tenant": "acme", "token": {"env": "T"}}], {"T": soon})
     caplog.set_level(logging.INFO, "amperity_proxy.tokens")
-    assert TokenStore(config.routes, env={"T": soon}).load_initial() == []
+    assert await store.load_initial() == []
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warnings == [
-        "token expires in 2.0 days; generate a new one in Settings > Security > API keys"
+        "token expires within 7 days (in 2.0 days); generate a new one in Settings > "
+        "Security > API keys"
     ]

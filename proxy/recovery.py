@@ -1,0 +1,123 @@
+"""What happens when a token is the problem: upstream 401s and routes whose tokens all expired.
+
+On an upstream 401 the cause is classified (`expired`: `exp` passed, allowing 30 s of clock
+skew; `rejected`: not expired, so rotated or revoked in the UI; `unknown`: no `exp`), counted and
+explained in the log, and the store re-reads the route's sources. When that yields a different
+token and the request is replayable, the caller sends it once more with that token.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from proxy.config import Route
+from proxy.errors import Refusal
+from proxy.metrics import RouteMetrics
+from proxy.tokens import Credential, RouteStatus, TokenStore, in_words
+
+log = logging.getLogger("amperity_proxy.proxy")
+
+CLOCK_SKEW = 30.0
+REMEDY = "generate a new token in Settings > Security > API keys"
+
+
+def unauthorized_cause(credential: Credential, now: float) -> str:
+    """expired, rejected or unknown (see the module docstring)."""
+    if credential.expires_at is None:
+        return "unknown"
+    return "expired" if credential.expires_at - CLOCK_SKEW <= now else "rejected"
+
+
+def _utc(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(timestamp))
+
+
+class Recovery:
+    """The 401 path of one proxy: classify, count, log, recover, decide on a retry."""
+
+    def __init__(self, store: TokenStore, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.clock = clock
+
+    async def unauthorized(
+        self,
+        route: Route,
+        metrics: RouteMetrics,
+        credential: Credential,
+        replayable: bool,
+        request_id: str,
+    ) -> Credential | None:
+        """Handle an upstream 401; return the credential to retry with, or None."""
+        now = self.clock()
+        cause = unauthorized_cause(credential, now)
+        metrics.unauthorized[cause].inc()
+        expiry = credential.expires_at
+        if expiry is None:
+            expires = "no exp claim"
+        elif expiry <= now:
+            expires = f"expired {in_words(now - expiry)} ago"
+        else:
+            expires = f"expires in {in_words(expiry - now)}"
+        explanation = {
+            "expired": "the token has expired",
+            "rejected": "the token has not expired, so it was probably rotated or revoked",
+            "unknown": "the token has no expiry, so the cause is unknown",
+        }[cause]
+        fields: dict[str, object] = {
+            "request_id": request_id,
+            "route": route.name,
+            "tenant": route.tenant,
+            "fingerprint": credential.fingerprint,
+            "cause": cause,
+            "token_age_seconds": round(credential.age(now)),
+            "token_expires_at": expiry,
+        }
+        log.warning(
+            "Amperity answered 401 for route %s (tenant %s, token %s, age %s, %s): %s; "
+            "%s, or rotate the token source (%s)",
+            route.name,
+            route.tenant,
+            credential.fingerprint,
+            in_words(credential.age(now)),
+            expires,
+            explanation,
+            REMEDY,
+            self.store.source_of(route.name),
+            extra={"fields": fields},
+        )
+        replacement = await self.store.recover(route.name, credential)
+        if replacement is None or replacement.fingerprint == credential.fingerprint:
+            return None
+        if not replayable:
+            log.info(
+                "token %s is in use now; this request can't be replayed (method or body), so "
+                "its 401 goes back to the client",
+                replacement.fingerprint,
+                extra={"fields": fields},
+            )
+            return None
+        metrics.response(401)  # the first answer; the retry's answer is counted as usual
+        metrics.retries["unauthorized"].inc()
+        log.info("retrying once with token %s", replacement.fingerprint, extra={"fields": fields})
+        return replacement
+
+
+def expired_refusal(route: Route, status: RouteStatus, now: float) -> Refusal | None:
+    """With `expired_token: reject`: a local 401 when every token of the route is expired."""
+    if route.expired_token != "reject" or status.valid(now):  # noqa: S105 (a policy name)
+        return None
+    expired = [t for t in status.tokens if t.credential is not None and t.credential.expired(now)]
+    details = "; ".join(
+        f"token {t.credential.fingerprint} ({t.source}) expired {_utc(t.credential.expires_at)} "
+        f"({in_words(now - t.credential.expires_at)} ago)"
+        for t in expired
+        if t.credential is not None and t.credential.expires_at is not None
+    )
+    return Refusal(
+        401,
+        "token_expired",
+        f"every token for route {route.name} is expired: {details}; {REMEDY} and put it in "
+        "the token source (or add it under tokens:). Not sent to Amperity (expired_token: reject)",
+    )

@@ -1,0 +1,163 @@
+"""Token source settings: the `TokenSource` dataclass and the parser for `token:` / `tokens:`.
+
+A source is exactly one of `{env: NAME}`, `{file: PATH}`, `{value: TOKEN}`,
+`{exec: {command: [...], timeout: 10, refresh_before: null}}` or
+`{client_credentials: {client_id: ..., client_secret: {env|file: ...}, token_url: ...}}`.
+Pure: nothing is read or run here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from proxy.validation import ENV_NAME_RE, Errors, join, mapping, positive, string, type_name
+
+TokenKind = Literal["env", "file", "value", "exec", "client_credentials"]
+ALL_KINDS: tuple[str, ...] = ("env", "file", "value", "exec", "client_credentials")
+SECRET_KINDS: tuple[str, ...] = ("env", "file")
+DEFAULT_EXEC_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class TokenSource:
+    """Where a token comes from. Secrets (an inline value) never show in `repr`."""
+
+    kind: TokenKind
+    location: str = ""  # the variable name (env) or the path (file)
+    value: str = field(default="", repr=False)  # SECURITY: inline token, kind == "value" only
+    command: tuple[str, ...] = ()  # exec
+    timeout: float = DEFAULT_EXEC_TIMEOUT  # exec
+    refresh_before: float | None = None  # exec: seconds before exp; None = 10% of lifetime, >= 60
+    client_id: str = ""  # client_credentials
+    client_secret: TokenSource | None = None  # client_credentials: env or file
+    token_url: str | None = None  # client_credentials; None = <base_url>/v0/oauth2/token
+
+    def describe(self) -> str:
+        """Human description for logs, errors and metric labels; never includes a secret."""
+        if self.kind == "env":
+            return f"environment variable {self.location}"
+        if self.kind == "file":
+            return f"file {self.location}"
+        if self.kind == "exec":
+            return f"exec {self.command[0]}"
+        if self.kind == "client_credentials":
+            return f"client_credentials {self.client_id}"
+        return "inline value"
+
+    @property
+    def label(self) -> str:
+        """A short, stable value for the `source` metric label."""
+        if self.kind in ("env", "file"):
+            return f"{self.kind}:{self.location}"
+        if self.kind == "exec":
+            return f"exec:{self.command[0]}"
+        if self.kind == "client_credentials":
+            return f"client_credentials:{self.client_id}"
+        return "value"
+
+
+def _exec(raw: object, path: str, errs: Errors) -> TokenSource | None:
+    m = mapping(raw, path, errs, ("command", "timeout", "refresh_before"))
+    if m is None:
+        return None
+    command = m.get("command")
+    if (
+        not isinstance(command, list)
+        or not command
+        or not all(isinstance(c, str) and c for c in command)
+    ):
+        got = type_name(command) if not isinstance(command, list) else "a list with non-strings"
+        errs.add(
+            join(path, "command"), f"expected a non-empty list of strings (no shell), got {got}"
+        )
+        return None
+    timeout = DEFAULT_EXEC_TIMEOUT
+    if "timeout" in m:
+        timeout = positive(m["timeout"], join(path, "timeout"), errs) or timeout
+    refresh_before = None
+    if m.get("refresh_before") is not None:
+        refresh_before = positive(m["refresh_before"], join(path, "refresh_before"), errs)
+    return TokenSource(
+        "exec", command=tuple(command), timeout=timeout, refresh_before=refresh_before
+    )
+
+
+def _client_credentials(raw: object, path: str, errs: Errors) -> TokenSource | None:
+    m = mapping(raw, path, errs, ("client_id", "client_secret", "token_url"))
+    if m is None:
+        return None
+    for key in ("client_id", "client_secret"):
+        if key not in m:
+            errs.add(join(path, key), "is required")
+    client_id = string(m["client_id"], join(path, "client_id"), errs) if "client_id" in m else None
+    secret = None
+    if "client_secret" in m:
+        secret = parse_source(m["client_secret"], join(path, "client_secret"), errs, SECRET_KINDS)
+    token_url = None
+    if m.get("token_url") is not None:
+        token_url = string(m["token_url"], join(path, "token_url"), errs)
+        if token_url is not None and not token_url.startswith("https://"):
+            if token_url.startswith("http://"):
+                errs.warnings.append(f"{join(path, 'token_url')}: plain http; local testing only")
+            else:
+                errs.add(join(path, "token_url"), f"expected an https:// URL, got {token_url!r}")
+                return None
+    if not client_id or secret is None:
+        return None
+    return TokenSource(
+        "client_credentials", client_id=client_id, client_secret=secret, token_url=token_url
+    )
+
+
+def parse_source(
+    raw: object, path: str, errs: Errors, kinds: tuple[str, ...] = ALL_KINDS
+) -> TokenSource | None:
+    """One token source; reports `path: expected exactly one of ...` and friends."""
+    m = mapping(raw, path, errs, kinds)
+    if m is None:
+        return None
+    present = [k for k in kinds if k in m]
+    if len(present) != 1:
+        errs.add(path, f"expected exactly one of {', '.join(kinds)}")
+        return None
+    kind = present[0]
+    if kind == "exec":
+        return _exec(m["exec"], join(path, "exec"), errs)
+    if kind == "client_credentials":
+        return _client_credentials(m[kind], join(path, kind), errs)
+    value = string(m[kind], join(path, kind), errs)
+    if value is None:
+        return None
+    if kind == "env":
+        if not ENV_NAME_RE.fullmatch(value):
+            errs.add(join(path, "env"), f"not a valid environment variable name: {value!r}")
+            return None
+        return TokenSource("env", location=value)
+    if kind == "file":
+        return TokenSource("file", location=value)
+    errs.warnings.append(f"{path}: inline token value in the config file; prefer env or file")
+    return TokenSource("value", value=value)
+
+
+def parse_sources(m: dict[str, object], path: str, errs: Errors) -> tuple[TokenSource, ...] | None:
+    """A route's `token:` (one source) or `tokens:` (a non-empty list), exactly one of them."""
+    if "token" not in m and "tokens" not in m:
+        errs.add(join(path, "token"), "is required (or tokens: a list of sources)")
+        return None
+    if "token" in m and "tokens" in m:
+        errs.add(join(path, "token"), "expected exactly one of token, tokens")
+        return None
+    if "token" in m:
+        source = parse_source(m["token"], join(path, "token"), errs)
+        return (source,) if source is not None else None
+    raw = m["tokens"]
+    if not isinstance(raw, list) or not raw:
+        errs.add(
+            join(path, "tokens"), f"expected a non-empty list of sources, got {type_name(raw)}"
+        )
+        return None
+    sources = [parse_source(item, f"{path}.tokens[{i}]", errs) for i, item in enumerate(raw)]
+    if any(s is None for s in sources):
+        return None
+    return tuple(s for s in sources if s is not None)

@@ -1,0 +1,26 @@
+"""Route tokens: credentials, the sources they come from, and the store that picks one."""
+
+from proxy.tokens.credential import (
+    LOAD_ERROR_REASONS,
+    Credential,
+    TokenError,
+    fingerprint,
+    in_words,
+    parse_token,
+)
+from proxy.tokens.sources import make_sources, read_source
+from proxy.tokens.store import RouteStatus, TokenStatus, TokenStore
+
+__all__ = [
+    "LOAD_ERROR_REASONS",
+    "Credential",
+    "RouteStatus",
+    "TokenError",
+    "TokenStatus",
+    "TokenStore",
+    "fingerprint",
+    "in_words",
+    "make_sources",
+    "parse_token",
+    "read_source",
+]

@@ -1,0 +1,457 @@
+"""Per-route tokens: several sources, the one in use, refresh, quarantine and 401 recovery.
+
+A route has one or more sources (`token:` or `tokens:`). The token in use is the usable one
+with the latest `exp` (a token without `exp` ranks after any unexpired one with `exp`; expired
+ones come last). A token that got a 401 while another usable token exists is quarantined until
+its source gives a different token. Refreshes are single-flight per source; failures back off
+exponentially and keep the last good token. The request path only reads `credential()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from proxy.config import Route
+from proxy.tokens.credential import (
+    LOAD_ERROR_REASONS,
+    Credential,
+    TokenError,
+    in_words,
+    parse_token,
+)
+from proxy.tokens.sources import Fetched, Source
+
+log = logging.getLogger("amperity_proxy.tokens")
+
+FILE_POLL_INTERVAL = 5.0  # seconds between re-reads of file sources
+RECOVERY_INTERVAL = 10.0  # at most one 401-triggered re-read per route in this many seconds
+MAX_BACKOFF = 300.0
+MIN_REFRESH_GAP = 60.0  # a scheduled refresh never follows the last one sooner than this
+# Warn once as a token comes within each of these of its expiry (largest first).
+EXPIRY_WARNINGS = ((7 * 86400, "7 days"), (86400, "1 day"), (3600, "1 hour"))
+_REMEDY = "generate a new one in Settings > Security > API keys"
+
+SourceFactory = Callable[[Route], list[Source]]
+
+
+@dataclass
+class SourceState:
+    """One source of one route, as the store keeps it."""
+
+    source: Source
+    credential: Credential | None = None
+    last_error: str | None = None
+    failing: bool = False
+    quarantined: bool = False
+    load_errors: Counter[str] = field(default_factory=Counter)
+    refresh_at: float | None = None  # scheduled refresh (exec, client_credentials)
+    retry_at: float | None = None  # back-off after a failed refresh
+    failures: int = 0
+    warned: int = 0  # how many EXPIRY_WARNINGS were logged for this credential
+    last_loaded: float | None = None
+    inflight: asyncio.Task[None] | None = None
+    digest: str = ""
+
+
+@dataclass
+class RouteState:
+    route: str
+    tenant: str
+    sources: list[SourceState]
+    current: SourceState | None = None
+    last_recovery: float = float("-inf")
+    refreshes: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass(frozen=True)
+class TokenStatus:
+    """A read-only view of one token source for metrics, readiness and the CLI."""
+
+    source: str
+    label: str
+    credential: Credential | None
+    in_use: bool
+    quarantined: bool
+    failing: bool
+    last_error: str | None
+    last_loaded: float | None
+    load_errors: dict[str, int]
+
+    def state(self, now: float, warn: float = 7 * 86400) -> str:
+        """missing, quarantined, expired, expiring (within `warn`), ok."""
+        if self.credential is None:
+            return "missing"
+        if self.quarantined:
+            return "quarantined"
+        if self.credential.expired(now):
+            return "expired"
+        exp = self.credential.expires_at
+        return "expiring" if exp is not None and exp - now <= warn else "ok"
+
+    def as_dict(self, now: float, warn: float = 7 * 86400) -> dict[str, object]:
+        """The JSON view shared by /readyz and `token-info` (never the token itself)."""
+        cred = self.credential
+        return {
+            "source": self.source,
+            "fingerprint": cred.fingerprint if cred else None,
+            "subject": cred.subject if cred else None,
+            "issued_at": (cred.issued_at if cred.issued_at is not None else cred.loaded_at)
+            if cred
+            else None,
+            "expires_at": cred.expires_at if cred else None,
+            "seconds_left": round(cred.expires_at - now) if cred and cred.expires_at else None,
+            "state": self.state(now, warn),
+            "in_use": self.in_use,
+            "failing": self.failing,
+            "last_error": self.last_error,
+        }
+
+
+@dataclass(frozen=True)
+class RouteStatus:
+    route: str
+    tenant: str
+    tokens: tuple[TokenStatus, ...]
+    refreshes: dict[str, int]
+
+    @property
+    def current(self) -> TokenStatus | None:
+        return next((t for t in self.tokens if t.in_use), None)
+
+    @property
+    def credential(self) -> Credential | None:
+        current = self.current
+        return current.credential if current else None
+
+    def valid(self, now: float) -> bool:
+        cred = self.credential
+        return cred is not None and not cred.expired(now)
+
+    def as_dict(self, now: float, warn: float = 7 * 86400) -> dict[str, object]:
+        current = self.current
+        tokens = [t.as_dict(now, warn) for t in self.tokens]
+        in_use = next((t for t in tokens if t["in_use"]), None)
+        return {
+            "route": self.route,
+            "tenant": self.tenant,
+            # The token in use: ok, expiring, expired, or missing when the route has none.
+            "state": in_use["state"] if in_use else "missing",
+            "expires_at": in_use["expires_at"] if in_use else None,
+            "fingerprint": in_use["fingerprint"] if in_use else None,
+            "source": current.source if current else None,
+            "failing": any(t.failing for t in self.tokens),
+            "tokens": tokens,
+        }
+
+    def load_errors(self) -> dict[str, int]:
+        total: Counter[str] = Counter()
+        for token in self.tokens:
+            total.update(token.load_errors)
+        return {reason: total.get(reason, 0) for reason in LOAD_ERROR_REASONS}
+
+
+def _rank(state: SourceState, now: float) -> tuple[int, float]:
+    """Sort key, lowest first: unexpired with exp (latest first), unexpired without, expired."""
+    cred = state.credential
+    assert cred is not None
+    if cred.expires_at is None:
+        return (1, 0.0)
+    if cred.expired(now):
+        return (2, -cred.expires_at)
+    return (0, -cred.expires_at)
+
+
+class TokenStore:
+    """Every route's token sources and the credential each route uses now."""
+
+    def __init__(
+        self,
+        routes: Iterable[Route],
+        sources: SourceFactory,
+        *,
+        clock: Callable[[], float] = time.time,
+        file_poll_interval: float = FILE_POLL_INTERVAL,
+    ) -> None:
+        self._clock = clock
+        self._file_poll_interval = file_poll_interval
+        self._next_file_poll = 0.0
+        self._routes = {
+            r.name: RouteState(r.name, r.tenant, [SourceState(s) for s in sources(r)])
+            for r in routes
+        }
+
+    # --- the request path -------------------------------------------------------------
+
+    def credential(self, route: str) -> Credential | None:
+        current = self._routes[route].current
+        return current.credential if current else None
+
+    def source_of(self, route: str) -> str:
+        current = self._routes[route].current
+        return current.source.config.describe() if current else "no token source"
+
+    # --- loading and refreshing -------------------------------------------------------
+
+    async def load_initial(self) -> list[str]:
+        """Fetch every source once; return one error line per route left without a token."""
+        await asyncio.gather(
+            *(self._refresh(rs, s, quiet=True) for rs in self._routes.values() for s in rs.sources)
+        )
+        self._next_file_poll = self._clock() + self._file_poll_interval
+        errors = []
+        now = self._clock()
+        for rs in self._routes.values():
+            self._select(rs)
+            for state in rs.sources:
+                self._warn_expiry(rs, state, now)
+            if rs.current is None:
+                problems = "; ".join(s.last_error or "no token" for s in rs.sources)
+                errors.append(f"route {rs.route}: {problems}")
+        return errors
+
+    async def reload_files(self) -> None:
+        """Re-read every file source now."""
+        await self._refresh_where(lambda s: s.source.polled)
+
+    async def tick(self) -> None:
+        """One scheduler round: file polls, due refreshes, back-off retries, expiry warnings."""
+        now = self._clock()
+        poll_files = now >= self._next_file_poll
+        if poll_files:
+            self._next_file_poll = now + self._file_poll_interval
+
+        def due(state: SourceState) -> bool:
+            if state.source.polled:
+                return poll_files
+            if state.retry_at is not None:
+                return now >= state.retry_at
+            return state.refresh_at is not None and now >= state.refresh_at
+
+        await self._refresh_where(due)
+        for rs in self._routes.values():
+            self._select(rs)
+            for state in rs.sources:
+                self._warn_expiry(rs, state, now)
+
+    async def run(self, interval: float) -> None:
+        """Call `tick` every `interval` seconds until cancelled."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.tick()
+            except Exception:  # never let the scheduler die; the next round tries again
+                log.exception("token refresh round failed")
+
+    async def recover(self, route: str, failed: Credential) -> Credential | None:
+        """After an upstream 401 with `failed`: re-read the route's sources (at most once per
+        RECOVERY_INTERVAL), quarantine `failed` if another usable token exists, and return the
+        credential to use now."""
+        rs = self._routes[route]
+        now = self._clock()
+        if now - rs.last_recovery >= RECOVERY_INTERVAL:
+            rs.last_recovery = now
+            await asyncio.gather(
+                *(self._refresh(rs, s) for s in rs.sources if s.source.refreshable)
+            )
+        now = self._clock()
+        failed_state = next(
+            (
+                s
+                for s in rs.sources
+                if s.credential and s.credential.fingerprint == failed.fingerprint
+            ),
+            None,
+        )
+        others = [
+            s
+            for s in rs.sources
+            if s is not failed_state
+            and s.credential
+            and not s.quarantined
+            and not s.credential.expired(now)
+        ]
+        if failed_state is not None and others and not failed_state.quarantined:
+            failed_state.quarantined = True
+            log.warning(
+                "token %s set aside after a 401 until its source changes; another token is in use",
+                failed.fingerprint,
+                extra={"fields": self._fields(rs, failed_state)},
+            )
+        self._select(rs)
+        return self.credential(route)
+
+    async def _refresh_where(self, predicate: Callable[[SourceState], bool]) -> None:
+        await asyncio.gather(
+            *(
+                self._refresh(rs, s)
+                for rs in self._routes.values()
+                for s in rs.sources
+                if predicate(s)
+            )
+        )
+        for rs in self._routes.values():
+            self._select(rs)
+
+    async def _refresh(self, rs: RouteState, state: SourceState, *, quiet: bool = False) -> None:
+        """Fetch one source; concurrent callers share one fetch (single flight)."""
+        if state.inflight is None or state.inflight.done():
+            state.inflight = asyncio.create_task(self._fetch(rs, state, quiet))
+        await asyncio.shield(state.inflight)
+
+    async def _fetch(self, rs: RouteState, state: SourceState, quiet: bool) -> None:
+        try:
+            fetched: Fetched | TokenError = await state.source.fetch()
+        except TokenError as exc:
+            fetched = exc
+        if isinstance(fetched, TokenError):
+            self._failed(rs, state, fetched, quiet)
+            return
+        digest = hashlib.sha256(fetched.text.strip().encode()).hexdigest()
+        if digest == state.digest and state.credential is not None and fetched.expires_in is None:
+            self._schedule(state, state.credential)
+            self._succeeded(rs, state)  # unchanged (a file re-read, mostly)
+            return
+        try:
+            credential = parse_token(fetched.text, self._clock(), fetched.expires_in)
+        except TokenError as exc:
+            self._failed(rs, state, exc, quiet)
+            return
+        previous = state.credential
+        state.credential = credential
+        state.digest = digest
+        state.last_loaded = credential.loaded_at
+        state.warned = 0
+        self._schedule(state, credential)
+        if previous is None or previous.fingerprint != credential.fingerprint:
+            state.quarantined = False  # the source changed: a fresh chance
+        self._succeeded(rs, state)
+        fields = self._fields(rs, state)
+        fields["expires_at"] = credential.expires_at
+        if previous is not None:
+            fields["previous_fingerprint"] = previous.fingerprint
+        changed = previous is None or previous.fingerprint != credential.fingerprint
+        log.info(
+            "token %s",
+            "loaded" if previous is None else ("rotated" if changed else "refreshed"),
+            extra={"fields": fields},
+        )
+
+    def _schedule(self, state: SourceState, credential: Credential) -> None:
+        """The next planned refresh, never sooner than MIN_REFRESH_GAP from now (a command
+        that keeps printing the same nearly-expired token must not run in a loop)."""
+        planned = state.source.next_refresh(credential)
+        if planned is not None:
+            planned = max(planned, self._clock() + MIN_REFRESH_GAP)
+        state.refresh_at = planned
+
+    def _succeeded(self, rs: RouteState, state: SourceState) -> None:
+        state.last_error = None
+        state.retry_at = None
+        state.failures = 0
+        if state.source.refreshable and not state.source.polled:
+            rs.refreshes["success"] += 1
+        if state.failing:
+            state.failing = False
+            log.info("token source recovered", extra={"fields": self._fields(rs, state)})
+
+    def _failed(self, rs: RouteState, state: SourceState, exc: TokenError, quiet: bool) -> None:
+        state.load_errors[exc.reason] += 1
+        state.last_error = str(exc)
+        if state.source.refreshable and not state.source.polled:
+            rs.refreshes["failure"] += 1
+            state.failures += 1
+            state.retry_at = self._clock() + min(MAX_BACKOFF, 2.0 ** (state.failures - 1))
+        if not state.failing:
+            state.failing = True
+            if not quiet:  # at start-up the caller reports it, one line per route
+                kept = "keeping the last good token" if state.credential else "no token loaded"
+                log.warning(
+                    "token source failing: %s; %s",
+                    exc,
+                    kept,
+                    extra={"fields": self._fields(rs, state)},
+                )
+
+    def _select(self, rs: RouteState) -> None:
+        now = self._clock()
+        usable = [s for s in rs.sources if s.credential is not None and not s.quarantined]
+        best = min(usable, key=lambda s: _rank(s, now), default=None)
+        if best is not rs.current and best is not None and rs.current is not None:
+            assert best.credential is not None
+            log.info(
+                "route %s now uses token %s",
+                rs.route,
+                best.credential.fingerprint,
+                extra={"fields": self._fields(rs, best)},
+            )
+        rs.current = best
+
+    def _warn_expiry(self, rs: RouteState, state: SourceState, now: float) -> None:
+        cred = state.credential
+        if cred is None or cred.expires_at is None:
+            return
+        left = cred.expires_at - now
+        level = sum(1 for threshold, _ in EXPIRY_WARNINGS if left <= threshold)
+        if left <= 0:
+            level = len(EXPIRY_WARNINGS) + 1
+        if level <= state.warned:
+            return
+        state.warned = level
+        fields = self._fields(rs, state) | {"expires_at": cred.expires_at}
+        if left <= 0:
+            log.warning(
+                "token expired %s ago; %s", in_words(left), _REMEDY, extra={"fields": fields}
+            )
+        else:
+            window = EXPIRY_WARNINGS[level - 1][1]
+            log.warning(
+                "token expires within %s (in %s); %s",
+                window,
+                in_words(left),
+                _REMEDY,
+                extra={"fields": fields},
+            )
+
+    @staticmethod
+    def _fields(rs: RouteState, state: SourceState) -> dict[str, object]:
+        fields: dict[str, object] = {
+            "route": rs.route,
+            "tenant": rs.tenant,
+            "source": state.source.config.describe(),
+        }
+        if state.credential is not None:
+            fields["fingerprint"] = state.credential.fingerprint
+        return fields
+
+    # --- views ------------------------------------------------------------------------
+
+    def status(self, route: str) -> RouteStatus:
+        rs = self._routes[route]
+        return RouteStatus(
+            rs.route,
+            rs.tenant,
+            tuple(
+                TokenStatus(
+                    s.source.config.describe(),
+                    s.source.config.label,
+                    s.credential,
+                    s is rs.current,
+                    s.quarantined,
+                    s.failing,
+                    s.last_error,
+                    s.last_loaded,
+                    dict(s.load_errors),
+                )
+                for s in rs.sources
+            ),
+            dict(rs.refreshes),
+        )
+
+    def snapshot(self) -> list[RouteStatus]:
+        return [self.status(name) for name in self._routes]
