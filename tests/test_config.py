@@ -13,11 +13,11 @@ from proxy.config import (
     ConfigError,
     Listen,
     Timeouts,
-    TokenSource,
     load_config,
     parse_config,
     parse_listen,
 )
+from proxy.token_config import TokenSource
 
 ROOT = Path(__file__).resolve().parent.parent
 
