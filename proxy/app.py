@@ -82,8 +82,10 @@ class ProxyApp:
         registry: CollectorRegistry,
         resolver: AbstractResolver | None,
         tick_interval: float,
+        ssl_contexts: dict[str, ssl.SSLContext],
     ) -> None:
         self.config = config
+        self.ssl_contexts = ssl_contexts  # route name -> the context its upstream uses
         self.handler = handler
         self.store = store
         self.registry = registry
@@ -97,9 +99,10 @@ class ProxyApp:
     def session(self) -> aiohttp.ClientSession | None:
         return self._session
 
-    async def startup(self) -> None:
-        """Open the upstream session, load every route's tokens (StartupError when a route
-        has none: fail fast), then start the token scheduler."""
+    async def startup(self, *, strict: bool = True) -> list[str]:
+        """Open the upstream session, load every route's tokens, then start the token
+        scheduler. `strict` (serving): a route without a token is a StartupError (fail fast).
+        Otherwise (diagnostics) the problems are returned and nothing runs in the background."""
         connector = aiohttp.TCPConnector(
             resolver=self._resolver, limit=100, enable_cleanup_closed=True
         )
@@ -114,10 +117,13 @@ class ProxyApp:
         )
         self.handler.session = self._session
         errors = await self.store.load_initial()
+        if not strict:
+            return errors
         if errors:
             await self.cleanup()
             raise StartupError(errors)
         self._poller = asyncio.create_task(self.store.run(self._tick_interval), name="tokens")
+        return []
 
     async def cleanup(self) -> None:
         """Stop the poller and close the session (after in-flight requests finished)."""
@@ -200,7 +206,13 @@ def create_app(
     admission = Admission(Gate(config.listen, client_token), RouteTable(prefixes), HostTable(hosts))
     handler = ProxyHandler(admission, store, metrics, clock)
     app = ProxyApp(
-        config, handler, store, registry, resolver, min(TICK_INTERVAL, token_poll_interval)
+        config,
+        handler,
+        store,
+        registry,
+        resolver,
+        min(TICK_INTERVAL, token_poll_interval),
+        {route.name: ssl_for(route) for route in config.routes},
     )
     return app
 

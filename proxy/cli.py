@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from proxy import __version__
 from proxy.app import StartupError, serve
 from proxy.config import Config, ConfigError, listen_problems, load_config, parse_listen
+from proxy.diagnose import doctor, parse_duration, token_info
 from proxy.logs import setup_logging
 
 EXIT_STARTUP = 1
@@ -37,9 +38,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"amperity-proxy {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     config_help = "config file (default: $AMPERITY_PROXY_CONFIG)"
+    default_config = os.environ.get("AMPERITY_PROXY_CONFIG")
 
     run = sub.add_parser("run", help="run the proxy")
-    run.add_argument("--config", default=os.environ.get("AMPERITY_PROXY_CONFIG"), help=config_help)
+    run.add_argument("--config", default=default_config, help=config_help)
     run.add_argument("--listen", type=_listen_arg, metavar="HOST:PORT", help="proxy listener")
     run.add_argument("--admin-listen", type=_listen_arg, metavar="HOST:PORT", help="admin listener")
     run.add_argument(
@@ -53,10 +55,34 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     check = sub.add_parser("check-config", help="validate a config file and list every problem")
-    check.add_argument(
-        "--config", default=os.environ.get("AMPERITY_PROXY_CONFIG"), help=config_help
+    check.add_argument("--config", default=default_config, help=config_help)
+
+    info = sub.add_parser(
+        "token-info", help="show every route's tokens; exit 1 if any is expired or expiring"
+    )
+    info.add_argument("--config", default=default_config, help=config_help)
+    info.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    info.add_argument(
+        "--warn",
+        type=_duration_arg,
+        default=7 * 86400.0,
+        metavar="DURATION",
+        help="exit 1 when a token expires within this (default 7d; e.g. 12h, 30m)",
+    )
+
+    doctor = sub.add_parser("doctor", help="check tokens, DNS and TLS for every route")
+    doctor.add_argument("--config", default=default_config, help=config_help)
+    doctor.add_argument(
+        "--probe", action="store_true", help="also send GET <base>/segments?limit=1 per route"
     )
     return parser
+
+
+def _duration_arg(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _load(path: str | None) -> Config:
@@ -99,12 +125,27 @@ def _check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _diagnose(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    setup_logging("text", "ERROR")  # diagnostics print their own report
+    try:
+        if args.command == "token-info":
+            return asyncio.run(token_info(config, args.warn, args.json, sys.stdout))
+        return asyncio.run(doctor(config, args.probe, sys.stdout))
+    except StartupError as exc:
+        for line in exc.lines:
+            print(f"amperity-proxy: {line}", file=sys.stderr)
+        return EXIT_STARTUP
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code."""
     args = _parser().parse_args(argv)
     try:
         if args.command == "check-config":
             return _check(args)
+        if args.command in ("token-info", "doctor"):
+            return _diagnose(args)
         return _run(args)
     except ConfigError as exc:
         print(exc.render(), file=sys.stderr)

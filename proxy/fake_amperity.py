@@ -15,6 +15,10 @@ Special paths (under any base path, e.g. `/api/_fake/bytes/1024`):
 - `_fake/cut/N`       announces 2N bytes, sends N, then drops the connection
                       (`?chunked`: chunked encoding, dropped before the last chunk)
 - `_fake/hop`         answers with hop-by-hop and CORS headers a proxy must remove
+- `_fake/deprecated`  answers with `Deprecation` and `Sunset` headers
+
+`POST <base>/v0/oauth2/token` is Amperity's client-credentials endpoint (see `clients`,
+`token_ttl`, `token_failures`, `mint_gate`, `mints`); `revoked` tokens get 401 although valid.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 TEST_SECRET = "fake-amperity-test-secret-not-for-production"  # noqa: S105 (test-only)
+FAKE_CLIENT_ID = "fake-client"
+FAKE_CLIENT_SECRET = "fake-client-secret-not-for-production"  # noqa: S105 (test-only)
 TENANT_CLAIM = "tenant"
 _BLOCK = 64 * 1024
 GZIP_JSON = b'{"compressed": true}'
@@ -95,8 +101,38 @@ class FakeAmperity:
         self.requests: list[RecordedRequest] = []
         self.release = asyncio.Event()
         self.held = asyncio.Event()  # set when a request reaches `_fake/hold`
+        self.revoked: set[str] = set()  # tokens answered with 401 although valid ("rotated")
+        # The OAuth2 client-credentials endpoint (`POST <base>/v0/oauth2/token`).
+        self.clients: dict[str, str] = {FAKE_CLIENT_ID: FAKE_CLIENT_SECRET}
+        self.token_ttl = 3600
+        self.token_failures = 0  # answer the next N token requests with 503
+        self.mint_gate: asyncio.Event | None = None  # when set, token requests wait for it
+        self.mints: list[dict[str, str]] = []  # client_id, tenant, status: never the secret
         self.app = web.Application()
+        self.app.router.add_post("/{base:.*}/v0/oauth2/token", self._token)
         self.app.router.add_route("*", "/{tail:.*}", self._handle)
+
+    async def _token(self, request: web.Request) -> web.Response:
+        form = await request.post()
+        client_id, secret = str(form.get("client_id", "")), str(form.get("client_secret", ""))
+        tenant = request.headers.get("X-Amperity-Tenant", "")
+        if self.mint_gate is not None:
+            await self.mint_gate.wait()
+        status = 200
+        if self.token_failures > 0:
+            self.token_failures -= 1
+            status = 503
+        elif form.get("grant_type") != "client_credentials" or not tenant:
+            status = 400
+        elif self.clients.get(client_id) != secret:
+            status = 401
+        self.mints.append({"client_id": client_id, "tenant": tenant, "status": str(status)})
+        if status != 200:
+            return web.json_response({"error": "invalid_client"}, status=status)
+        token = make_token(tenant, secret=self.secret, ttl=self.token_ttl, subject=client_id)
+        return web.json_response(
+            {"access_token": token, "expires_in": self.token_ttl, "token_type": "Bearer"}
+        )
 
     def _check(self, request: web.Request) -> str | None:
         auth = request.headers.getall("Authorization", [])
@@ -109,6 +145,8 @@ class FakeAmperity:
         tenants = request.headers.getall("Amperity-Tenant", [])
         if tenants != [claims.get(TENANT_CLAIM)]:
             return "Amperity-Tenant does not match the token's tenant"
+        if auth[0][7:] in self.revoked:
+            return "the token was revoked"
         if "api-version" not in request.headers and "api-version" not in request.query:
             return "missing api-version"
         return None
@@ -165,6 +203,11 @@ class FakeAmperity:
             return web.json_response({"held": True})
         if kind == "cut":
             return await self._cut(request, int(arg))
+        if kind == "deprecated":
+            return web.json_response(
+                {"old": True},
+                headers={"Deprecation": "@1767225600", "Sunset": "Wed, 01 Jul 2026 00:00:00 GMT"},
+            )
         if kind == "hop":
             return web.Response(
                 text="hop",

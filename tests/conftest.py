@@ -121,6 +121,7 @@ async def make_proxy(
         config_tls: bool = False,
         extra: dict[str, Any] | None = None,
         token_poll_interval: float = 3600,
+        clock: Callable[[], float] | None = None,
     ) -> Proxy:
         raw: dict[str, Any] = {"routes": routes or [acme_route(upstream)]}
         raw.update(extra or {})
@@ -136,6 +137,7 @@ async def make_proxy(
             registry=registry,
             env=environment,
             token_poll_interval=token_poll_interval,
+            **({"clock": clock} if clock is not None else {}),
         )
         await app.startup()
         started.append(app)

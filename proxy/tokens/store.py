@@ -66,6 +66,7 @@ class RouteState:
     sources: list[SourceState]
     current: SourceState | None = None
     last_recovery: float = float("-inf")
+    recovering: asyncio.Task[None] | None = None
     refreshes: Counter[str] = field(default_factory=Counter)
 
 
@@ -254,11 +255,12 @@ class TokenStore:
         credential to use now."""
         rs = self._routes[route]
         now = self._clock()
-        if now - rs.last_recovery >= RECOVERY_INTERVAL:
+        if rs.recovering is None and now - rs.last_recovery >= RECOVERY_INTERVAL:
             rs.last_recovery = now
-            await asyncio.gather(
-                *(self._refresh(rs, s) for s in rs.sources if s.source.refreshable)
-            )
+            rs.recovering = asyncio.create_task(self._recover_sources(rs))
+        if rs.recovering is not None:
+            # Concurrent 401s wait for the same re-read instead of giving up on it.
+            await asyncio.shield(rs.recovering)
         now = self._clock()
         failed_state = next(
             (
@@ -285,6 +287,14 @@ class TokenStore:
             )
         self._select(rs)
         return self.credential(route)
+
+    async def _recover_sources(self, rs: RouteState) -> None:
+        try:
+            await asyncio.gather(
+                *(self._refresh(rs, s) for s in rs.sources if s.source.refreshable)
+            )
+        finally:
+            rs.recovering = None
 
     async def _refresh_where(self, predicate: Callable[[SourceState], bool]) -> None:
         await asyncio.gather(
