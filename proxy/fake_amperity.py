@@ -29,6 +29,7 @@ import hashlib
 import socket
 import ssl
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -55,7 +56,13 @@ def make_token(
 ) -> str:
     """A JWT the fake accepts for `tenant` (HS256, `tenant`/`iat`/`exp`/`sub` claims)."""
     iat = time.time() if issued_at is None else issued_at
-    claims: dict[str, Any] = {TENANT_CLAIM: tenant, "iat": int(iat), "sub": subject}
+    # `jti` makes every token unique, as real ones are, even when minted in the same second.
+    claims: dict[str, Any] = {
+        TENANT_CLAIM: tenant,
+        "iat": int(iat),
+        "sub": subject,
+        "jti": uuid.uuid4().hex,
+    }
     if ttl is not None:
         claims["exp"] = int(iat + ttl)
     return jwt.encode(claims, secret, algorithm="HS256")
@@ -101,6 +108,7 @@ class FakeAmperity:
         self.requests: list[RecordedRequest] = []
         self.release = asyncio.Event()
         self.held = asyncio.Event()  # set when a request reaches `_fake/hold`
+        self._recorded = asyncio.Condition()
         self.revoked: set[str] = set()  # tokens answered with 401 although valid ("rotated")
         # The OAuth2 client-credentials endpoint (`POST <base>/v0/oauth2/token`).
         self.clients: dict[str, str] = {FAKE_CLIENT_ID: FAKE_CLIENT_SECRET}
@@ -158,18 +166,26 @@ class FakeAmperity:
             digest.update(chunk)
             length += len(chunk)
         problem = self._check(request)
+        status = 401 if problem is not None else None
+        if status is not None:  # recorded before answering, so a test can wait for it
+            await self._record(request, length, digest.hexdigest(), status)
         response = await self._respond(request, problem, length, digest.hexdigest())
-        self.requests.append(
-            RecordedRequest(
-                request.method,
-                request.raw_path,
-                tuple(request.headers.items()),
-                length,
-                digest.hexdigest(),
-                response.status,
-            )
-        )
+        if status is None:
+            await self._record(request, length, digest.hexdigest(), response.status)
         return response
+
+    async def _record(self, request: web.Request, length: int, digest: str, status: int) -> None:
+        recorded = RecordedRequest(
+            request.method, request.raw_path, tuple(request.headers.items()), length, digest, status
+        )
+        async with self._recorded:
+            self.requests.append(recorded)
+            self._recorded.notify_all()
+
+    async def wait_for_requests(self, count: int) -> None:
+        """Wait until at least `count` requests were recorded (no polling)."""
+        async with self._recorded:
+            await self._recorded.wait_for(lambda: len(self.requests) >= count)
 
     async def _respond(
         self, request: web.Request, problem: str | None, length: int, digest: str

@@ -100,6 +100,8 @@ def acme_route(upstream: Upstream, **overrides: Any) -> dict[str, Any]:
         "base_url": upstream.url(),
         "token": {"env": "ACME_TOKEN"},
     }
+    if "tokens" in overrides:
+        route.pop("token")
     route.update(overrides)
     return route
 

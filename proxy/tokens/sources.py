@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
+from urllib.parse import urlencode
 
 import aiohttp
 
@@ -202,8 +203,13 @@ class ClientCredentialsSource:
         try:
             async with session.post(
                 self.token_url,
-                data=form,
-                headers={"X-Amperity-Tenant": self._tenant, "Accept": "application/json"},
+                data=urlencode(form),
+                headers={
+                    "X-Amperity-Tenant": self._tenant,
+                    "Accept": "application/json",
+                    # Set explicitly: the proxy's session adds no Content-Type of its own.
+                    "Content-Type": "application/x-www-form-urlencoded",
+                },
                 ssl=self._ssl,  # type: ignore[arg-type]
                 timeout=self._timeout,
                 allow_redirects=False,
