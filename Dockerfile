@@ -1,23 +1,35 @@
-# amperity-auth-proxy: a small sidecar image.
-# Build stage: a virtualenv with the package and its runtime dependencies, bytecode compiled.
-FROM python:3.12-slim AS build
-ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+# amperity-auth-proxy: a small, non-root sidecar image.
+# Build: make docker-build (or: docker build -t amperity-auth-proxy .)
+ARG PYTHON_IMAGE=python:3.12.12-slim-bookworm
+
+# --- build stage: a virtualenv from the locked, hashed dependencies -------------------------
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
+COPY requirements.lock ./
+RUN python -m venv /venv \
+    && /venv/bin/pip install --require-hashes --no-deps -r requirements.lock
 COPY pyproject.toml README.md ./
 COPY proxy ./proxy
-RUN python -m venv /venv \
-    && /venv/bin/pip install . \
+# The project itself has no hash (it is built here); its dependencies all came from the lock.
+RUN /venv/bin/pip install --no-deps . \
     && /venv/bin/python -m compileall -q /venv
 
-# Runtime stage: only the virtualenv, run as a numeric non-root user; nothing is written at run time.
-FROM python:3.12-slim
+# --- runtime stage: only the virtualenv; nothing is written at run time ----------------------
+FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="amperity-auth-proxy" \
-      org.opencontainers.image.description="Local reverse proxy that injects Amperity API credentials"
+      org.opencontainers.image.description="Local reverse proxy that injects Amperity API credentials and exports token expiry metrics" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.version="0.1.0"
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PATH=/venv/bin:$PATH
 COPY --from=build /venv /venv
+# Numeric, so Kubernetes' runAsNonRoot can verify it without a passwd lookup.
 USER 65532:65532
 EXPOSE 8080 9090
+# No HEALTHCHECK: Kubernetes probes /livez and /readyz on the admin port (see README).
 ENTRYPOINT ["amperity-proxy"]
 CMD ["run", "--config", "/etc/amperity-proxy/config.yaml"]

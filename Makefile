@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test lint typecheck pytest demo bench clean
+.PHONY: install run test lint typecheck pytest rules-test demo bench lock docker-build clean
 
 install: $(STAMP)
 
@@ -18,17 +18,47 @@ $(STAMP): pyproject.toml
 run: install
 	$(BIN)/amperity-proxy run --config config.example.yaml
 
-test: lint typecheck pytest
+test: lint typecheck pytest rules-test
 
 lint: install
 	$(BIN)/ruff check proxy tests bench
 	$(BIN)/ruff format --check proxy tests bench
+	$(BIN)/hadolint Dockerfile
 
 typecheck: install
 	$(BIN)/mypy
 
 pytest: install
 	$(BIN)/pytest
+
+# promtool comes from Debian's `prometheus` package. Use one on PATH, else unpack the package
+# (without installing or starting the service) into .tools/.
+PROMTOOL := $(shell command -v promtool 2>/dev/null || echo .tools/usr/bin/promtool)
+RULES    := deploy/kubernetes/rules
+
+.tools/usr/bin/promtool:
+	mkdir -p .tools/deb
+	cd .tools/deb && (apt-get download prometheus 2>/dev/null || (apt-get update -qq && apt-get download prometheus))
+	dpkg-deb -x .tools/deb/prometheus_*.deb .tools
+	rm -rf .tools/deb
+
+rules-test: $(PROMTOOL)
+	$(PROMTOOL) check rules $(RULES)/amperity-proxy.rules.yaml
+	$(PROMTOOL) test rules $(RULES)/amperity-proxy.rules.test.yaml
+
+# Refresh the pinned, hashed runtime dependency lock the Dockerfile installs from.
+lock: install
+	$(BIN)/pip-compile --quiet --generate-hashes --strip-extras --allow-unsafe \
+		--no-emit-index-url --no-emit-find-links -o requirements.lock pyproject.toml
+
+docker-build:
+	@if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then \
+		docker build -t amperity-auth-proxy:latest . ; \
+	elif command -v buildah >/dev/null 2>&1; then \
+		buildah bud -t amperity-auth-proxy:latest . ; \
+	else \
+		echo "docker-build: SKIPPED - no working docker engine or buildah on this machine"; \
+	fi
 
 demo: install
 	$(BIN)/python -m proxy.demo
@@ -37,4 +67,4 @@ bench: install
 	$(BIN)/python bench/stream.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache
