@@ -56,7 +56,7 @@ def imported_from(env: dict[str, str]) -> str:
         check=True,
         **_demote(),
     )
-    return which.stdout.strip()
+    return str(which.stdout).strip()
 
 
 def listing(root: Path) -> list[str]:
