@@ -31,7 +31,7 @@ from proxy.admit import Admission
 from proxy.config import Config, Listen, Route, UnixListen
 from proxy.forward import Upstream
 from proxy.handlers import AdminHandlers, Lifecycle, ProxyHandler, Target
-from proxy.metrics import ProxyMetrics, TokenCollector
+from proxy.metrics import ProxyMetrics, StateCollector, TokenCollector
 from proxy.routing import HostEntry, HostTable, RouteTable
 from proxy.tokens import TokenError, TokenStore, make_sources, read_source
 from proxy.tokens.store import FILE_POLL_INTERVAL
@@ -213,6 +213,13 @@ def create_app(
         resolver,
         min(TICK_INTERVAL, token_poll_interval),
         {route.name: ssl_for(route) for route in config.routes},
+    )
+    lifecycle = app.lifecycle
+    registry.register(
+        StateCollector(
+            lambda: lifecycle.ready(store),
+            lambda: (lifecycle.reload_successful, lifecycle.reload_success_at),
+        )
     )
     return app
 

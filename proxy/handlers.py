@@ -48,11 +48,20 @@ class Target:
 
 
 class Lifecycle:
-    """Process state the admin endpoints report: set to draining on SIGTERM."""
+    """Process state the admin endpoints report: draining on SIGTERM, the last config reload."""
 
     def __init__(self) -> None:
         self.draining = False
         self.started_at = time.time()
+        self.reload_successful = True
+        self.reload_success_at = self.started_at
+        self.reload_errors: list[str] = []
+
+    def ready(self, store: TokenStore) -> bool:
+        """Not draining, and every route has a token. An expired token does not make the pod
+        unready: readiness gates the whole pod, and an Amperity token problem must not take
+        the application down with it."""
+        return not self.draining and all(s.current is not None for s in store.snapshot())
 
 
 class ProxyHandler:
@@ -224,10 +233,7 @@ class AdminHandlers:
         now = time.time()
         # warn=0: readiness reports ok/expired/missing, not "expiring" (that is for alerts).
         routes = [status.as_dict(now, warn=0) for status in self.store.snapshot()]
-        # An expired token is reported but does not make the pod unready: readiness gates the
-        # whole pod, and an Amperity token problem must not take the application down with it.
-        has_tokens = all(r["state"] != "missing" for r in routes)
-        ready = has_tokens and not self.lifecycle.draining
+        ready = self.lifecycle.ready(self.store)
         body = {
             "ready": ready,
             "draining": self.lifecycle.draining,

@@ -193,3 +193,36 @@ class TokenCollector(Collector):
 
     def describe(self) -> Iterator[Metric]:
         return iter(())
+
+
+class StateCollector(Collector):
+    """Process state at scrape time: readiness and the last config reload."""
+
+    def __init__(
+        self,
+        ready: Callable[[], bool],
+        reload_state: Callable[[], tuple[bool, float]],
+    ) -> None:
+        self._ready = ready
+        self._reload_state = reload_state
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "amperity_proxy_ready",
+            "1 when /readyz answers 200 (not draining, every route has a token).",
+            value=1 if self._ready() else 0,
+        )
+        successful, timestamp = self._reload_state()
+        yield GaugeMetricFamily(
+            "amperity_proxy_config_last_reload_successful",
+            "1 when the last config (re)load succeeded.",
+            value=1 if successful else 0,
+        )
+        yield GaugeMetricFamily(
+            "amperity_proxy_config_last_reload_success_timestamp_seconds",
+            "When the config was last loaded successfully (start-up or reload).",
+            value=timestamp,
+        )
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
