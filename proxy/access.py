@@ -15,8 +15,9 @@ import struct
 
 from aiohttp import web
 
-from proxy.config import Listen, Route
+from proxy.config import Route
 from proxy.errors import Refusal
+from proxy.listen_config import Listen
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 _LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})

@@ -28,9 +28,10 @@ from prometheus_client import CollectorRegistry
 from proxy import __version__
 from proxy.access import Gate
 from proxy.admit import Admission
-from proxy.config import Config, Listen, Route, UnixListen
+from proxy.config import Config, Route
 from proxy.forward import Upstream
 from proxy.handlers import AdminHandlers, Lifecycle, ProxyHandler, Target
+from proxy.listen_config import Listen, UnixListen
 from proxy.metrics import ProxyMetrics, StateCollector, TokenCollector
 from proxy.routing import HostEntry, HostTable, RouteTable
 from proxy.tokens import TokenError, TokenStore, make_sources, read_source

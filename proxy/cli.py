@@ -15,8 +15,9 @@ from collections.abc import Sequence
 
 from proxy import __version__
 from proxy.app import StartupError, serve
-from proxy.config import Config, ConfigError, listen_problems, load_config, parse_listen
+from proxy.config import Config, ConfigError, load_config
 from proxy.diagnose import doctor, parse_duration, token_info
+from proxy.listen_config import listen_problems, parse_listen
 from proxy.logs import setup_logging
 
 EXIT_STARTUP = 1

@@ -122,3 +122,16 @@ def expand_env(raw: object, path: str, errs: Errors, env: Mapping[str, str]) -> 
         return ""
 
     return _ENV_REF_RE.sub(replace, raw)
+
+
+def string_list(raw: object, path: str, errs: Errors) -> list[tuple[str, str]]:
+    """(path, value) for each non-empty string of a list."""
+    if not isinstance(raw, list):
+        errs.add(path, f"expected a list, got {type_name(raw)}")
+        return []
+    out = []
+    for i, item in enumerate(raw):
+        value = string(item, f"{path}[{i}]", errs)
+        if value is not None:
+            out.append((f"{path}[{i}]", value))
+    return out

@@ -239,7 +239,9 @@ def test_admin_listener_takes_no_access_settings() -> None:
     route = {"prefix": "/a", "tenant": "a", "token": {"env": "T"}}
     with pytest.raises(ConfigError) as info:
         parse_config({"admin": {"allow_clients": []}, "routes": [route]}, env={})
-    assert info.value.errors == ["admin.allow_clients: unknown key; allowed: host, port"]
+    assert info.value.errors == [
+        "admin.allow_clients: unknown key; allowed: host, port, enable_reload"
+    ]
 
 
 def test_route_policy_config_errors() -> None:

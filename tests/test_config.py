@@ -11,12 +11,11 @@ import pytest
 from proxy.config import (
     BaseURL,
     ConfigError,
-    Listen,
     Timeouts,
     load_config,
     parse_config,
-    parse_listen,
 )
+from proxy.listen_config import Listen, parse_listen
 from proxy.token_config import TokenSource
 
 ROOT = Path(__file__).resolve().parent.parent
