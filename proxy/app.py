@@ -1,24 +1,20 @@
-"""The composition root: builds every part from a Config and runs the two listeners.
+"""The composition root: builds every part from a Config, and rebuilds them on a reload.
 
-`create_app` loads the tokens (failing fast), precomputes upstreams, SSL contexts, the route
-table and metric children, and owns the ClientSession and the token poller through
-`cleanup_ctx`. Its keyword arguments are the test seams. `serve` runs the proxy and admin
-listeners and drains on SIGTERM/SIGINT.
+`ProxyApp` precomputes upstreams, SSL contexts, the route and host tables and metric children;
+`startup`/`cleanup` own the upstream ClientSession and the token scheduler; `reload` swaps in a
+new config atomically. `create_app`'s keyword arguments are the test seams.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
-import signal
-import socket
 import ssl
-import stat
 import time
 from collections.abc import Callable, Mapping
-from pathlib import Path
 
 import aiohttp
 from aiohttp import web
@@ -28,19 +24,20 @@ from prometheus_client import CollectorRegistry
 from proxy import __version__
 from proxy.access import Gate
 from proxy.admit import Admission
-from proxy.config import Config, Route
+from proxy.config import Config, ConfigError, Route
 from proxy.forward import Upstream
 from proxy.handlers import AdminHandlers, Lifecycle, ProxyHandler, Target
-from proxy.listen_config import Listen, UnixListen
 from proxy.metrics import ProxyMetrics, StateCollector, TokenCollector
 from proxy.routing import HostEntry, HostTable, RouteTable
 from proxy.tokens import TokenError, TokenStore, make_sources, read_source
+from proxy.tokens.sources import Source
 from proxy.tokens.store import FILE_POLL_INTERVAL
 
 log = logging.getLogger("amperity_proxy")
 
-
 TICK_INTERVAL = 1.0  # seconds between token scheduler rounds (file polls, refreshes, warnings)
+
+ConfigLoader = Callable[[], Config]
 
 
 class StartupError(Exception):
@@ -71,30 +68,108 @@ def _ssl_contexts(config: Config) -> dict[str | None, ssl.SSLContext]:
     return contexts
 
 
+def _restart_needed(old: Config, new: Config) -> list[str]:
+    """Settings a reload can't apply to a running process."""
+    changes = []
+    if (old.listen.host, old.listen.port, old.listen.unix) != (
+        new.listen.host,
+        new.listen.port,
+        new.listen.unix,
+    ):
+        changes.append(f"listen address ({old.listen} -> {new.listen})")
+    if old.admin != new.admin:
+        changes.append(f"admin address ({old.admin} -> {new.admin})")
+    if old.shutdown_timeout != new.shutdown_timeout:
+        changes.append("shutdown_timeout")
+    if old.log != new.log:
+        changes.append("log settings")
+    return changes
+
+
 class ProxyApp:
-    """The proxy's parts, built by `create_app`. `startup`/`cleanup` own the upstream
-    ClientSession and the token poller; `handle` serves every request (via `web.Server`)."""
+    """Every part of a running proxy, built from a Config (see `create_app`)."""
 
     def __init__(
         self,
         config: Config,
-        handler: ProxyHandler,
-        store: TokenStore,
-        registry: CollectorRegistry,
+        *,
+        upstream_ssl: ssl.SSLContext | None,
         resolver: AbstractResolver | None,
-        tick_interval: float,
-        ssl_contexts: dict[str, ssl.SSLContext],
+        registry: CollectorRegistry,
+        env: Mapping[str, str],
+        token_poll_interval: float,
+        clock: Callable[[], float],
     ) -> None:
         self.config = config
-        self.ssl_contexts = ssl_contexts  # route name -> the context its upstream uses
-        self.handler = handler
-        self.store = store
         self.registry = registry
         self.lifecycle = Lifecycle()
+        self.config_loader: ConfigLoader | None = None  # set by `serve`: re-reads the file
+        self._upstream_ssl = upstream_ssl
         self._resolver = resolver
-        self._tick_interval = tick_interval
+        self._env = env
+        self._tick_interval = min(TICK_INTERVAL, token_poll_interval)
         self._session: aiohttp.ClientSession | None = None
         self._poller: asyncio.Task[None] | None = None
+        self._reload_lock = asyncio.Lock()
+        contexts = self._contexts(config)
+        self.ssl_contexts = contexts  # route name -> the context its upstream uses
+        self.store = TokenStore(
+            config.routes,
+            lambda route: self._sources(route, contexts),
+            clock=clock,
+            file_poll_interval=token_poll_interval,
+        )
+        self.metrics = ProxyMetrics(registry, __version__)
+        registry.register(TokenCollector(self.store.snapshot))
+        registry.register(
+            StateCollector(
+                lambda: self.lifecycle.ready(self.store),
+                lambda: (self.lifecycle.reload_successful, self.lifecycle.reload_success_at),
+            )
+        )
+        self.handler = ProxyHandler(
+            self._admission(config, contexts), self.store, self.metrics, clock
+        )
+
+    # --- building ----------------------------------------------------------------------
+
+    def _contexts(self, config: Config) -> dict[str, ssl.SSLContext]:
+        if self._upstream_ssl is not None:
+            return {route.name: self._upstream_ssl for route in config.routes}
+        by_file = _ssl_contexts(config)
+        return {route.name: by_file[route.ca_file] for route in config.routes}
+
+    def _sources(self, route: Route, contexts: Mapping[str, ssl.SSLContext]) -> list[Source]:
+        return make_sources(
+            route, env=self._env, session=lambda: self._session, ssl=contexts[route.name]
+        )
+
+    def _admission(
+        self, config: Config, contexts: Mapping[str, ssl.SSLContext]
+    ) -> Admission[Target]:
+        client_token = None
+        if config.listen.client_token is not None:
+            try:
+                client_token = read_source(config.listen.client_token, self._env).strip()
+            except TokenError as exc:
+                raise StartupError([f"listen.client_token: {exc}"]) from None
+        prefixes, hosts = [], []
+        for route in config.routes:
+            base = route.base_url
+            target = Target(
+                Upstream.from_route(route, contexts[route.name]),
+                self.metrics.for_route(route.name, route.tenant),
+                # A forward-mode client writes http:// with the base URL's host (and its port
+                # when it is not the default): that is where rewritten Locations point.
+                forward_base=f"http://{base.host_header}{base.path}",
+            )
+            prefixes.append((route.prefix, target))
+            hosts.append(
+                HostEntry(base.host, base.port, base.default_port, base.path, route.tenant, target)
+            )
+        return Admission(Gate(config.listen, client_token), RouteTable(prefixes), HostTable(hosts))
+
+    # --- running -----------------------------------------------------------------------
 
     @property
     def session(self) -> aiohttp.ClientSession | None:
@@ -127,7 +202,7 @@ class ProxyApp:
         return []
 
     async def cleanup(self) -> None:
-        """Stop the poller and close the session (after in-flight requests finished)."""
+        """Stop the scheduler and close the session (after in-flight requests finished)."""
         if self._poller is not None:
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -146,6 +221,84 @@ class ProxyApp:
         CONNECT and `OPTIONS *`, which aiohttp's router would answer itself with a plain 404."""
         return web.Server(self.handle, access_log=None)
 
+    # --- reloading ---------------------------------------------------------------------
+
+    async def reload(self, config: Config) -> list[str]:
+        """Replace the running routes with `config`'s, atomically; return the errors that made
+        it refuse (then nothing changed). In-flight requests finish on the routes they started
+        with; tokens of unchanged routes are kept; listener changes need a restart."""
+        async with self._reload_lock:
+            restart = _restart_needed(self.config, config)
+            if restart:
+                log.warning(
+                    "config reload: %s changed; that needs a restart and is kept as it runs",
+                    ", ".join(restart),
+                )
+                config = dataclasses.replace(
+                    config,
+                    listen=dataclasses.replace(
+                        config.listen,
+                        host=self.config.listen.host,
+                        port=self.config.listen.port,
+                        unix=self.config.listen.unix,
+                    ),
+                    admin=self.config.admin,
+                    shutdown_timeout=self.config.shutdown_timeout,
+                    log=self.config.log,
+                )
+            try:
+                contexts = self._contexts(config)
+                admission = self._admission(config, contexts)
+            except StartupError as exc:
+                return self._rejected(exc.lines)
+            pending = self.store.prepare(
+                config.routes, lambda route: self._sources(route, contexts)
+            )
+            errors = await self.store.load(pending)
+            if errors:
+                return self._rejected(errors)
+            # The swap: plain attribute assignments on the event loop, so no request ever sees
+            # half of it. Requests already running keep the Target and token they started with.
+            added = sorted(set(pending) - set(self.store.route_names))
+            removed = sorted(set(self.store.route_names) - set(pending))
+            self.store.commit(pending)
+            self.handler.admission = admission
+            self.ssl_contexts = contexts
+            self.config = config
+            self.lifecycle.reload_successful = True
+            self.lifecycle.reload_success_at = time.time()
+            self.lifecycle.reload_errors = []
+            for warning in config.warnings:
+                log.warning("config: %s", warning)
+            log.info(
+                "config reloaded: %d route(s); added %s; removed %s",
+                len(config.routes),
+                ", ".join(added) or "none",
+                ", ".join(removed) or "none",
+            )
+            return []
+
+    def _rejected(self, errors: list[str]) -> list[str]:
+        self.lifecycle.reload_successful = False
+        self.lifecycle.reload_errors = list(errors)
+        log.error(
+            "config reload rejected, the running config is kept: %s",
+            "; ".join(errors),
+            extra={"fields": {"errors": errors}},
+        )
+        return errors
+
+    async def reload_from_source(self, trigger: str) -> list[str]:
+        """Re-read the config (as `serve` was told to) and reload it."""
+        if self.config_loader is None:
+            return self._rejected(["no config file to reload from"])
+        log.info("config reload requested (%s)", trigger)
+        try:
+            config = await asyncio.to_thread(self.config_loader)
+        except ConfigError as exc:
+            return self._rejected(exc.errors)
+        return await self.reload(config)
+
 
 def create_app(
     config: Config,
@@ -161,166 +314,36 @@ def create_app(
     token or a ca_file can't be loaded."""
     for warning in config.warnings:
         log.warning("config: %s", warning)
-    environment = os.environ if env is None else env
-    errors = []
-    client_token = None
-    if config.listen.client_token is not None:
-        try:
-            client_token = read_source(config.listen.client_token, environment).strip()
-        except TokenError as exc:
-            errors.append(f"listen.client_token: {exc}")
-    if errors:
-        raise StartupError(errors)
-    contexts = _ssl_contexts(config) if upstream_ssl is None else {}
-
-    def ssl_for(route: Route) -> ssl.SSLContext:
-        return upstream_ssl if upstream_ssl is not None else contexts[route.ca_file]
-
-    app: ProxyApp | None = None
-
-    def session() -> aiohttp.ClientSession | None:
-        return app.session if app is not None else None
-
-    store = TokenStore(
-        config.routes,
-        lambda route: make_sources(route, env=environment, session=session, ssl=ssl_for(route)),
-        clock=clock,
-        file_poll_interval=token_poll_interval,
-    )
-    registry = registry if registry is not None else CollectorRegistry()
-    metrics = ProxyMetrics(registry, __version__)
-    registry.register(TokenCollector(store.snapshot))
-    prefixes, hosts = [], []
-    for route in config.routes:
-        base = route.base_url
-        target = Target(
-            Upstream.from_route(route, ssl_for(route)),
-            metrics.for_route(route.name, route.tenant),
-            # A forward-mode client writes http:// with the base URL's host (and its port
-            # when it is not the default): that is where rewritten Locations point.
-            forward_base=f"http://{base.host_header}{base.path}",
-        )
-        prefixes.append((route.prefix, target))
-        hosts.append(
-            HostEntry(base.host, base.port, base.default_port, base.path, route.tenant, target)
-        )
-    admission = Admission(Gate(config.listen, client_token), RouteTable(prefixes), HostTable(hosts))
-    handler = ProxyHandler(admission, store, metrics, clock)
-    app = ProxyApp(
+    return ProxyApp(
         config,
-        handler,
-        store,
-        registry,
-        resolver,
-        min(TICK_INTERVAL, token_poll_interval),
-        {route.name: ssl_for(route) for route in config.routes},
+        upstream_ssl=upstream_ssl,
+        resolver=resolver,
+        registry=registry if registry is not None else CollectorRegistry(),
+        env=os.environ if env is None else env,
+        token_poll_interval=token_poll_interval,
+        clock=clock,
     )
-    lifecycle = app.lifecycle
-    registry.register(
-        StateCollector(
-            lambda: lifecycle.ready(store),
-            lambda: (lifecycle.reload_successful, lifecycle.reload_success_at),
-        )
-    )
-    return app
 
 
 def create_admin_app(proxy: ProxyApp) -> web.Application:
-    """The admin application (/healthz, /livez, /readyz, /metrics) for a proxy."""
+    """The admin application (/healthz, /livez, /readyz, /metrics, POST /-/reload)."""
     handlers = AdminHandlers(proxy.store, proxy.registry, proxy.lifecycle)
+
+    async def reload(request: web.Request) -> web.Response:
+        if not proxy.config.enable_reload:
+            return web.json_response(
+                {"status": 403, "message": "POST /-/reload is off; set admin.enable_reload: true"},
+                status=403,
+            )
+        errors = await proxy.reload_from_source("POST /-/reload")
+        if errors:
+            return web.json_response({"status": 400, "errors": errors}, status=400)
+        return web.json_response({"status": 200, "message": "config reloaded"})
+
     admin = web.Application()
     admin.router.add_get("/healthz", handlers.healthz)
     admin.router.add_get("/livez", handlers.healthz)
     admin.router.add_get("/readyz", handlers.readyz)
     admin.router.add_get("/metrics", handlers.metrics)
+    admin.router.add_post("/-/reload", reload)
     return admin
-
-
-def _unix_socket(unix: UnixListen) -> socket.socket:
-    """A listening Unix socket whose file has exactly `unix.mode` permissions."""
-    path = Path(unix.path)
-    if path.exists() or path.is_symlink():
-        if not stat.S_ISSOCK(path.lstat().st_mode):
-            raise StartupError([f"listen.unix.path: {path} exists and is not a socket"])
-        path.unlink()  # a stale socket from an earlier run
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    # SECURITY: bind with owner-only permissions, then widen to the configured mode, so the
-    # socket is never reachable by more users than the config allows.
-    old_umask = os.umask(0o177)
-    try:
-        sock.bind(str(path))
-    except OSError as exc:
-        sock.close()
-        raise StartupError([f"cannot listen on unix:{path}: {exc.strerror or exc}"]) from None
-    finally:
-        os.umask(old_umask)
-    os.chmod(path, unix.mode)
-    sock.listen(128)
-    sock.setblocking(False)
-    return sock
-
-
-async def _start_site(runner: web.BaseRunner, listen: Listen, what: str) -> list[str]:
-    if listen.unix is not None:
-        await web.SockSite(runner, _unix_socket(listen.unix)).start()
-        return [f"unix:{listen.unix.path}"]
-    site = web.TCPSite(runner, listen.host, listen.port, reuse_address=True)
-    try:
-        await site.start()
-    except OSError as exc:
-        raise StartupError([f"cannot listen on {listen} ({what}): {exc.strerror or exc}"]) from None
-    sockets = getattr(site._server, "sockets", None) or []
-    return [
-        f"[{s.getsockname()[0]}]:{s.getsockname()[1]}"
-        if s.family == socket.AF_INET6
-        else f"{s.getsockname()[0]}:{s.getsockname()[1]}"
-        for s in sockets
-    ]
-
-
-async def serve(config: Config, *, env: Mapping[str, str] | None = None) -> int:
-    """Run until SIGTERM/SIGINT, then drain in-flight requests; return the exit code."""
-    app = create_app(config, env=env)
-    admin = create_admin_app(app)
-    await app.startup()
-    runner = web.ServerRunner(
-        app.server(),
-        handle_signals=False,
-        shutdown_timeout=config.shutdown_timeout,
-    )
-    admin_runner = web.AppRunner(admin, access_log=None, handle_signals=False, shutdown_timeout=1)
-    await runner.setup()
-    await admin_runner.setup()
-    try:
-        proxy_addrs = await _start_site(runner, config.listen, "proxy")
-        admin_addrs = await _start_site(admin_runner, config.admin, "admin")
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        log.info(
-            "amperity-proxy %s listening on %s (admin on %s), routes: %s",
-            __version__,
-            ", ".join(proxy_addrs),
-            ", ".join(admin_addrs),
-            ", ".join(f"{r.prefix} -> {r.base_url} ({r.tenant})" for r in config.routes),
-            extra={"fields": {"listen": proxy_addrs, "admin": admin_addrs}},
-        )
-        await stop.wait()
-        app.lifecycle.draining = True
-        log.info(
-            "shutting down: /readyz is 503, finishing in-flight requests (up to %ss)",
-            config.shutdown_timeout,
-        )
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
-    finally:
-        # Stops accepting, waits for in-flight requests up to shutdown_timeout.
-        await runner.cleanup()
-        await app.cleanup()
-        await admin_runner.cleanup()
-        if config.listen.unix is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(config.listen.unix.path)
-    log.info("stopped")
-    return 0

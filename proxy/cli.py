@@ -14,11 +14,12 @@ import sys
 from collections.abc import Sequence
 
 from proxy import __version__
-from proxy.app import StartupError, serve
+from proxy.app import StartupError
 from proxy.config import Config, ConfigError, load_config
 from proxy.diagnose import doctor, parse_duration, token_info
 from proxy.listen_config import listen_problems, parse_listen
 from proxy.logs import setup_logging
+from proxy.server import serve
 
 EXIT_STARTUP = 1
 EXIT_CONFIG = 2
@@ -94,19 +95,28 @@ def _load(path: str | None) -> Config:
     return load_config(path)
 
 
-def _run(args: argparse.Namespace) -> int:
+def _configure(args: argparse.Namespace) -> Config:
+    """The config file with the command line's overrides; also what a reload re-reads."""
     config = _load(args.config)
     if args.listen:  # the flag changes the address only; the access settings stay
         listen = dataclasses.replace(config.listen, host=args.listen.host, port=args.listen.port)
         config = dataclasses.replace(config, listen=listen)
     if args.admin_listen:
-        config = dataclasses.replace(config, admin=args.admin_listen)
+        admin = dataclasses.replace(
+            config.admin, host=args.admin_listen.host, port=args.admin_listen.port
+        )
+        config = dataclasses.replace(config, admin=admin)
     problems = listen_problems(config.listen)
     if problems:
         raise ConfigError(problems, "--listen")
+    return config
+
+
+def _run(args: argparse.Namespace) -> int:
+    config = _configure(args)
     setup_logging(args.log_format or config.log.format, args.log_level or config.log.level)
     try:
-        return asyncio.run(serve(config))
+        return asyncio.run(serve(config, config_loader=lambda: _configure(args)))
     except StartupError as exc:
         for line in exc.lines:
             print(f"amperity-proxy: {line}", file=sys.stderr)

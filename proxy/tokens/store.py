@@ -59,11 +59,18 @@ class SourceState:
     digest: str = ""
 
 
+def _token_key(route: Route) -> tuple[object, ...]:
+    """What a route's tokens depend on: when equal across a reload, its tokens are kept."""
+    return (route.tenant, route.tokens, route.base_url, route.ca_file, route.timeouts)
+
+
 @dataclass
 class RouteState:
     route: str
     tenant: str
     sources: list[SourceState]
+    key: tuple[object, ...] = ()
+    loaded: bool = False
     current: SourceState | None = None
     last_recovery: float = float("-inf")
     recovering: asyncio.Task[None] | None = None
@@ -182,32 +189,52 @@ class TokenStore:
         self._clock = clock
         self._file_poll_interval = file_poll_interval
         self._next_file_poll = 0.0
-        self._routes = {
-            r.name: RouteState(r.name, r.tenant, [SourceState(s) for s in sources(r)])
-            for r in routes
-        }
+        self._routes: dict[str, RouteState] = {}
+        self._routes = self.prepare(routes, sources)
 
     # --- the request path -------------------------------------------------------------
 
     def credential(self, route: str) -> Credential | None:
-        current = self._routes[route].current
+        state = self._routes.get(route)  # a route removed by a reload has none
+        current = state.current if state else None
         return current.credential if current else None
 
     def source_of(self, route: str) -> str:
-        current = self._routes[route].current
+        state = self._routes.get(route)
+        current = state.current if state else None
         return current.source.config.describe() if current else "no token source"
 
-    # --- loading and refreshing -------------------------------------------------------
+    @property
+    def route_names(self) -> tuple[str, ...]:
+        return tuple(self._routes)
 
-    async def load_initial(self) -> list[str]:
-        """Fetch every source once; return one error line per route left without a token."""
+    # --- reloads: prepare, load, commit --------------------------------------------------
+
+    def prepare(self, routes: Iterable[Route], sources: SourceFactory) -> dict[str, RouteState]:
+        """Route states for a new config: a route whose token settings are unchanged keeps its
+        state (and its tokens); any other gets fresh sources, not loaded yet."""
+        prepared = {}
+        for route in routes:
+            key = _token_key(route)
+            old = self._routes.get(route.name)
+            if old is not None and old.key == key:
+                prepared[route.name] = old
+            else:
+                sources_ = [SourceState(s) for s in sources(route)]
+                prepared[route.name] = RouteState(route.name, route.tenant, sources_, key=key)
+        return prepared
+
+    async def load(self, routes: dict[str, RouteState]) -> list[str]:
+        """Fetch the sources of prepared routes that were never loaded; one error per route
+        left without a token."""
+        fresh = [rs for rs in routes.values() if not rs.loaded]
         await asyncio.gather(
-            *(self._refresh(rs, s, quiet=True) for rs in self._routes.values() for s in rs.sources)
+            *(self._refresh(rs, s, quiet=True) for rs in fresh for s in rs.sources)
         )
-        self._next_file_poll = self._clock() + self._file_poll_interval
         errors = []
         now = self._clock()
-        for rs in self._routes.values():
+        for rs in fresh:
+            rs.loaded = True
             self._select(rs)
             for state in rs.sources:
                 self._warn_expiry(rs, state, now)
@@ -215,6 +242,17 @@ class TokenStore:
                 problems = "; ".join(s.last_error or "no token" for s in rs.sources)
                 errors.append(f"route {rs.route}: {problems}")
         return errors
+
+    def commit(self, routes: dict[str, RouteState]) -> None:
+        """Make prepared (and loaded) routes the ones in use."""
+        self._routes = routes
+
+    # --- loading and refreshing -------------------------------------------------------
+
+    async def load_initial(self) -> list[str]:
+        """Fetch every source once; return one error line per route left without a token."""
+        self._next_file_poll = self._clock() + self._file_poll_interval
+        return await self.load(self._routes)
 
     async def reload_files(self) -> None:
         """Re-read every file source now."""
@@ -253,7 +291,9 @@ class TokenStore:
         """After an upstream 401 with `failed`: re-read the route's sources (at most once per
         RECOVERY_INTERVAL), quarantine `failed` if another usable token exists, and return the
         credential to use now."""
-        rs = self._routes[route]
+        rs = self._routes.get(route)
+        if rs is None:  # removed by a reload while the request was in flight
+            return None
         now = self._clock()
         if rs.recovering is None and now - rs.last_recovery >= RECOVERY_INTERVAL:
             rs.last_recovery = now
@@ -442,7 +482,9 @@ class TokenStore:
     # --- views ------------------------------------------------------------------------
 
     def status(self, route: str) -> RouteStatus:
-        rs = self._routes[route]
+        rs = self._routes.get(route)
+        if rs is None:  # removed by a reload
+            return RouteStatus(route, "", (), {})
         return RouteStatus(
             rs.route,
             rs.tenant,

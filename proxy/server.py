@@ -1,0 +1,131 @@
+"""Running the proxy as a process: the two listeners, signals, reload, and the drain.
+
+SIGTERM/SIGINT: `/readyz` turns 503, the proxy listener stops accepting, in-flight requests
+finish (up to `shutdown_timeout`), exit 0. SIGHUP: re-read and reload the config.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import stat
+from collections.abc import Mapping
+from pathlib import Path
+
+from aiohttp import web
+
+from proxy import __version__
+from proxy.app import ConfigLoader, StartupError, create_admin_app, create_app
+from proxy.config import Config
+from proxy.listen_config import Listen, UnixListen
+
+log = logging.getLogger("amperity_proxy")
+
+
+def _unix_socket(unix: UnixListen) -> socket.socket:
+    """A listening Unix socket whose file has exactly `unix.mode` permissions."""
+    path = Path(unix.path)
+    if path.exists() or path.is_symlink():
+        if not stat.S_ISSOCK(path.lstat().st_mode):
+            raise StartupError([f"listen.unix.path: {path} exists and is not a socket"])
+        path.unlink()  # a stale socket from an earlier run
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    # SECURITY: bind with owner-only permissions, then widen to the configured mode, so the
+    # socket is never reachable by more users than the config allows.
+    old_umask = os.umask(0o177)
+    try:
+        sock.bind(str(path))
+    except OSError as exc:
+        sock.close()
+        raise StartupError([f"cannot listen on unix:{path}: {exc.strerror or exc}"]) from None
+    finally:
+        os.umask(old_umask)
+    os.chmod(path, unix.mode)
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+async def _start_site(runner: web.BaseRunner, listen: Listen, what: str) -> list[str]:
+    if listen.unix is not None:
+        await web.SockSite(runner, _unix_socket(listen.unix)).start()
+        return [f"unix:{listen.unix.path}"]
+    site = web.TCPSite(runner, listen.host, listen.port, reuse_address=True)
+    try:
+        await site.start()
+    except OSError as exc:
+        raise StartupError([f"cannot listen on {listen} ({what}): {exc.strerror or exc}"]) from None
+    sockets = getattr(site._server, "sockets", None) or []
+    return [
+        f"[{s.getsockname()[0]}]:{s.getsockname()[1]}"
+        if s.family == socket.AF_INET6
+        else f"{s.getsockname()[0]}:{s.getsockname()[1]}"
+        for s in sockets
+    ]
+
+
+async def serve(
+    config: Config,
+    *,
+    env: Mapping[str, str] | None = None,
+    config_loader: ConfigLoader | None = None,
+) -> int:
+    """Run until SIGTERM/SIGINT, then drain in-flight requests; return the exit code.
+    `config_loader` re-reads the config for SIGHUP and `POST /-/reload`."""
+    app = create_app(config, env=env)
+    app.config_loader = config_loader
+    admin = create_admin_app(app)
+    await app.startup()
+    runner = web.ServerRunner(
+        app.server(),
+        handle_signals=False,
+        shutdown_timeout=config.shutdown_timeout,
+    )
+    admin_runner = web.AppRunner(admin, access_log=None, handle_signals=False, shutdown_timeout=1)
+    await runner.setup()
+    await admin_runner.setup()
+    try:
+        proxy_addrs = await _start_site(runner, config.listen, "proxy")
+        admin_addrs = await _start_site(admin_runner, config.admin, "admin")
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        reloads: set[asyncio.Task[list[str]]] = set()
+
+        def on_sighup() -> None:
+            task = asyncio.create_task(app.reload_from_source("SIGHUP"))
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, on_sighup)
+        log.info(
+            "amperity-proxy %s listening on %s (admin on %s), routes: %s",
+            __version__,
+            ", ".join(proxy_addrs),
+            ", ".join(admin_addrs),
+            ", ".join(f"{r.prefix} -> {r.base_url} ({r.tenant})" for r in config.routes),
+            extra={"fields": {"listen": proxy_addrs, "admin": admin_addrs}},
+        )
+        await stop.wait()
+        app.lifecycle.draining = True
+        log.info(
+            "shutting down: /readyz is 503, finishing in-flight requests (up to %ss)",
+            config.shutdown_timeout,
+        )
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+    finally:
+        # Stops accepting, waits for in-flight requests up to shutdown_timeout.
+        await runner.cleanup()
+        await app.cleanup()
+        await admin_runner.cleanup()
+        if config.listen.unix is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(config.listen.unix.path)
+    log.info("stopped")
+    return 0
