@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import jwt
 import pytest
 from aiohttp.test_utils import RawTestServer, TestClient
 from prometheus_client import CollectorRegistry
@@ -19,6 +23,7 @@ from prometheus_client import CollectorRegistry
 from proxy.app import ProxyApp, create_admin_app, create_app
 from proxy.config import Config, parse_config
 from proxy.fake_amperity import (
+    TEST_SECRET,
     FakeAmperity,
     FakeResolver,
     FakeTLS,
@@ -185,3 +190,57 @@ def get(path: str, *headers: str) -> bytes:
     """A raw GET request that asks the server to close the connection afterwards."""
     lines = [f"GET {path} HTTP/1.1", "Host: 127.0.0.1", *headers, "Connection: close", "", ""]
     return "\r\n".join(lines).encode("latin-1")
+
+
+EXEC_SCRIPT = """
+import pathlib, sys, time, jwt
+state = pathlib.Path(sys.argv[1])
+count = state / "count"
+n = int(count.read_text()) + 1 if count.exists() else 1
+count.write_text(str(n))
+mode = (state / "mode").read_text().strip() if (state / "mode").exists() else "ok"
+print(f"token helper run {n}", file=sys.stderr)
+if mode == "fail":
+    print("STDOUT-OF-A-FAILED-RUN-NEVER-LOGGED")
+    sys.exit(3)
+if mode == "sleep":
+    time.sleep(30)
+ttl = int((state / "ttl").read_text()) if (state / "ttl").exists() else 3600
+now = int(time.time())
+claims = {"tenant": "acme", "iat": now, "exp": now + ttl, "sub": f"exec-{n}"}
+print(jwt.encode(claims, sys.argv[2], algorithm="HS256"))
+"""
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def subject(authorization: str | None) -> str:
+    assert authorization is not None
+    claims = jwt.decode(authorization.removeprefix("Bearer "), options={"verify_signature": False})
+    return str(claims["sub"])
+
+
+def metric(text: str, line_start: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(line_start):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no sample {line_start}")
+
+
+@pytest.fixture
+def exec_state(tmp_path: Path) -> Path:
+    (tmp_path / "helper.py").write_text(EXEC_SCRIPT)
+    state = tmp_path / "state"
+    state.mkdir()
+    return state
+
+
+def exec_source(state: Path, **extra: Any) -> dict[str, Any]:
+    command = [sys.executable, str(state.parent / "helper.py"), str(state), TEST_SECRET]
+    return {"exec": {"command": command, **extra}}

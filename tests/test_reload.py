@@ -1,0 +1,232 @@
+"""Live config reload: atomic swaps, in-flight requests, kept tokens, rejected configs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+
+from proxy.config import Config, ConfigError, parse_config
+from proxy.fake_amperity import FakeAmperity, FakeTLS, make_token, start_fake
+from tests.conftest import Proxy, ProxyFactory, Upstream, acme_route, exec_source, metric, subject
+
+T1 = make_token("acme", subject="one")
+T2 = make_token("acme", subject="two")
+
+
+def config_of(routes: list[dict[str, Any]], **extra: Any) -> Config:
+    return parse_config({"routes": routes, **extra}, env={})
+
+
+async def test_reload_changes_a_routes_token_source(
+    make_proxy: ProxyFactory, upstream: Upstream
+) -> None:
+    proxy = await make_proxy(env={"T1": T1, "T2": T2})  # starts with ACME_TOKEN
+    await proxy.client.get("/acme/a")
+    errors = await proxy.app.reload(config_of([acme_route(upstream, token={"env": "T2"})]))
+    assert errors == []
+    await proxy.client.get("/acme/b")
+    assert [subject(r.header("Authorization")) for r in upstream.requests] == [
+        "fake-api-key",
+        "two",
+    ]
+
+
+async def test_unchanged_routes_keep_their_tokens(
+    make_proxy: ProxyFactory, upstream: Upstream, exec_state: Path
+) -> None:
+    kept = acme_route(upstream, prefix="/kept", token=exec_source(exec_state))
+    proxy = await make_proxy([acme_route(upstream), kept], env={"T1": T1})
+    assert (exec_state / "count").read_text() == "1"
+    new_route = acme_route(upstream, prefix="/new", token={"env": "T1"})
+    assert await proxy.app.reload(config_of([acme_route(upstream), kept, new_route])) == []
+    assert (exec_state / "count").read_text() == "1"  # not re-run: its token was kept
+    assert (await proxy.client.get("/kept/x")).status == 200
+    assert (await proxy.client.get("/new/x")).status == 200
+    assert subject(upstream.requests[0].header("Authorization")) == "exec-1"
+
+
+async def test_in_flight_requests_finish_on_the_old_routes(
+    make_proxy: ProxyFactory, upstream: Upstream
+) -> None:
+    proxy = await make_proxy(env={"T1": T1, "T2": T2})
+    held = asyncio.create_task(proxy.client.get("/acme/_fake/hold"))
+    await asyncio.wait_for(upstream.fake.held.wait(), 30)
+    renamed = acme_route(upstream, prefix="/acme2", token={"env": "T2"})
+    assert await proxy.app.reload(config_of([renamed])) == []  # /acme is gone now
+    assert (await proxy.client.get("/acme/x")).status == 404
+    assert (await proxy.client.get("/acme2/x")).status == 200
+    upstream.fake.release.set()
+    response = await held
+    assert response.status == 200 and await response.json() == {"held": True}
+    assert subject(upstream.requests[-1].header("Authorization")) == "fake-api-key"
+
+
+async def test_invalid_reload_keeps_the_running_config(
+    make_proxy: ProxyFactory, upstream: Upstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    proxy = await make_proxy()
+    caplog.set_level(logging.INFO, "amperity_proxy")
+    broken = acme_route(upstream, token={"env": "NOT_SET_ANYWHERE"})
+    errors = await proxy.app.reload(config_of([broken]))
+    assert errors == ["route acme: environment variable NOT_SET_ANYWHERE is not set"]
+    assert (await proxy.client.get("/acme/x")).status == 200
+    assert subject(upstream.requests[0].header("Authorization")) == "fake-api-key"
+    text = await proxy.metrics_text()
+    assert metric(text, "amperity_proxy_config_last_reload_successful") == 0
+    before = metric(text, "amperity_proxy_config_last_reload_success_timestamp_seconds")
+    assert any("config reload rejected" in r.getMessage() for r in caplog.records)
+    assert await proxy.app.reload(config_of([acme_route(upstream)])) == []
+    text = await proxy.metrics_text()
+    assert metric(text, "amperity_proxy_config_last_reload_successful") == 1
+    assert metric(text, "amperity_proxy_config_last_reload_success_timestamp_seconds") >= before
+
+
+async def test_listener_changes_need_a_restart(
+    make_proxy: ProxyFactory, upstream: Upstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    proxy = await make_proxy()
+    caplog.set_level(logging.WARNING, "amperity_proxy")
+    new = config_of(
+        [acme_route(upstream)],
+        listen={"host": "127.0.0.1", "port": 9999, "allowed_hosts": ["x.internal"]},
+    )
+    assert await proxy.app.reload(new) == []
+    assert proxy.app.config.listen.port == proxy.config.listen.port  # kept as it runs
+    assert proxy.app.config.listen.allowed_hosts == ("x.internal",)  # access settings apply
+    assert any(
+        "listen address" in r.getMessage() and "needs a restart" in r.getMessage()
+        for r in caplog.records
+    )
+    request = {"Host": "x.internal:1234"}
+    assert (await proxy.client.get("/acme/x", headers=request)).status == 200
+
+
+async def _admin_reload(proxy: Proxy) -> tuple[int, dict[str, Any]]:
+    response = await proxy.admin.post("/-/reload")
+    return response.status, await response.json()
+
+
+async def test_reload_endpoint_is_off_by_default(
+    make_proxy: ProxyFactory, upstream: Upstream
+) -> None:
+    proxy = await make_proxy()
+    status, body = await _admin_reload(proxy)
+    assert status == 403 and "admin.enable_reload" in body["message"]
+
+
+async def test_reload_endpoint_reads_the_config_again(
+    make_proxy: ProxyFactory, upstream: Upstream
+) -> None:
+    proxy = await make_proxy(extra={"admin": {"enable_reload": True}}, env={"T2": T2})
+    configs: list[Config | ConfigError] = [
+        ConfigError(["routes[0].tenant: expected a DNS-label-like tenant id"], "c.yaml"),
+        config_of([acme_route(upstream, token={"env": "T2"})], admin={"enable_reload": True}),
+    ]
+
+    def loader() -> Config:
+        item = configs.pop(0)
+        if isinstance(item, ConfigError):
+            raise item
+        return item
+
+    proxy.app.config_loader = loader
+    status, body = await _admin_reload(proxy)
+    assert (status, body["errors"]) == (
+        400,
+        ["routes[0].tenant: expected a DNS-label-like tenant id"],
+    )
+    status, body = await _admin_reload(proxy)
+    assert status == 200
+    await proxy.client.get("/acme/x")
+    assert subject(upstream.requests[0].header("Authorization")) == "two"
+
+
+async def test_sighup_reloads_while_requests_are_in_flight(tmp_path: Path, tls: FakeTLS) -> None:
+    fake = FakeAmperity()
+    runner, port = await start_fake(fake, tls.server)
+    (tmp_path / "ca.pem").write_bytes(tls.ca_pem)
+
+    def route(prefix: str, var: str) -> dict[str, Any]:
+        return {
+            "prefix": prefix,
+            "tenant": "acme",
+            "base_url": f"https://localhost:{port}/api",
+            "ca_file": str(tmp_path / "ca.pem"),
+            "token": {"env": var},
+        }
+
+    config_path = tmp_path / "config.yaml"
+
+    def write(routes: list[dict[str, Any]]) -> None:
+        config = {"listen": {"port": 0}, "admin": {"port": 0}, "routes": routes}
+        config_path.write_text(yaml.safe_dump(config))
+
+    write([route("/acme", "T1")])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AMPERITY_")} | {
+        "T1": T1,
+        "T2": T2,
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "proxy",
+        "run",
+        "--config",
+        str(config_path),
+        "--log-format",
+        "json",
+        env=env,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+
+    async def until(predicate: Any) -> dict[str, Any]:
+        while True:
+            line = await asyncio.wait_for(proc.stderr.readline(), 30)  # type: ignore[union-attr]
+            assert line, "the proxy exited"
+            record: dict[str, Any] = json.loads(line)
+            if predicate(record):
+                return record
+
+    try:
+        listening = await until(lambda r: "listen" in r and "admin" in r)
+        base = f"http://{listening['listen'][0]}"
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+            held = asyncio.create_task(session.get(f"{base}/acme/_fake/hold"))
+            await asyncio.wait_for(fake.held.wait(), 30)
+
+            write([route("/acme", "T2"), route("/beta", "T1")])
+            proc.send_signal(signal.SIGHUP)
+            await until(lambda r: str(r.get("message", "")).startswith("config reloaded"))
+            assert (await session.get(f"{base}/beta/b")).status == 200
+            assert (await session.get(f"{base}/acme/a")).status == 200
+
+            config_path.write_text("routes: [{prefix: nope}]\n")  # invalid
+            proc.send_signal(signal.SIGHUP)
+            rejected = await until(lambda r: "config reload rejected" in str(r.get("message", "")))
+            assert "routes[0].prefix: must start with '/'" in rejected["message"]
+            assert (await session.get(f"{base}/acme/y")).status == 200  # still the last good one
+
+            fake.release.set()
+            response = await held
+            assert response.status == 200  # the in-flight request never failed
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await runner.cleanup()
+    by_path = {r.raw_path: subject(r.header("Authorization")) for r in fake.requests}
+    assert by_path == {"/api/_fake/hold": "one", "/api/b": "one", "/api/a": "two", "/api/y": "two"}
+    assert all(r.status == 200 for r in fake.requests)
