@@ -139,3 +139,15 @@ async def test_admin_is_not_on_the_proxy_port(make_proxy: ProxyFactory, upstream
     proxy = await make_proxy()
     assert (await proxy.client.get("/metrics")).status == 404
     assert upstream.requests == []
+
+
+async def test_docs_metrics_lists_every_exported_metric(make_proxy: ProxyFactory) -> None:
+    from pathlib import Path
+
+    proxy = await make_proxy()
+    families = {f.name for f in text_string_to_metric_families(await proxy.metrics_text())}
+    documented = (Path(__file__).resolve().parent.parent / "docs" / "metrics.md").read_text()
+    for name in families:
+        exported = name + ("_total" if f"{name}_total" in documented else "")
+        assert f"`{exported}`" in documented, f"{name} is not documented in docs/metrics.md"
+    assert "_created" not in await proxy.metrics_text()
