@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -29,6 +30,7 @@ async def samples(proxy: Proxy) -> dict[tuple[str, tuple[tuple[str, str], ...]],
 
 
 ACME = (("route", "acme"), ("tenant", "acme"))
+METRICS_DOC = Path(__file__).resolve().parent.parent / "docs" / "metrics.md"
 
 
 async def test_token_metrics_come_from_the_jwt_claims(
@@ -142,11 +144,9 @@ async def test_admin_is_not_on_the_proxy_port(make_proxy: ProxyFactory, upstream
 
 
 async def test_docs_metrics_lists_every_exported_metric(make_proxy: ProxyFactory) -> None:
-    from pathlib import Path
-
     proxy = await make_proxy()
     families = {f.name for f in text_string_to_metric_families(await proxy.metrics_text())}
-    documented = (Path(__file__).resolve().parent.parent / "docs" / "metrics.md").read_text()
+    documented = METRICS_DOC.read_text()
     for name in families:
         exported = name + ("_total" if f"{name}_total" in documented else "")
         assert f"`{exported}`" in documented, f"{name} is not documented in docs/metrics.md"
