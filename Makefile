@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 run: install
 	$(BIN)/amperity-proxy run --config config.example.yaml
 
-test: lint typecheck pytest rules-test
+test: lint typecheck rules-test pytest
 
 lint: install
 	$(BIN)/ruff check proxy tests bench
