@@ -25,6 +25,7 @@ from proxy import __version__
 from proxy.access import Gate
 from proxy.admit import Admission
 from proxy.config import Config, ConfigError, Route
+from proxy.connections import GuardedServer
 from proxy.forward import Upstream
 from proxy.handlers import AdminHandlers, Lifecycle, ProxyHandler, Target
 from proxy.metrics import ProxyMetrics, StateCollector, TokenCollector
@@ -180,7 +181,9 @@ class ProxyApp:
         scheduler. `strict` (serving): a route without a token is a StartupError (fail fast).
         Otherwise (diagnostics) the problems are returned and nothing runs in the background."""
         connector = aiohttp.TCPConnector(
-            resolver=self._resolver, limit=100, enable_cleanup_closed=True
+            resolver=self._resolver,
+            limit=self.config.limits.upstream_connections,  # bounded pool; waits count as connect
+            enable_cleanup_closed=True,
         )
         self._session = aiohttp.ClientSession(
             connector=connector,
@@ -217,9 +220,23 @@ class ProxyApp:
         return await self.handler.handle(request)
 
     def server(self) -> web.Server:
-        """A low-level server for every request. Not an Application: the proxy must see
-        CONNECT and `OPTIONS *`, which aiohttp's router would answer itself with a plain 404."""
-        return web.Server(self.handle, access_log=None)
+        """A low-level server for every request, with the connection limits. Not an
+        Application: the proxy must see CONNECT and `OPTIONS *`, which aiohttp's router would
+        answer itself with a plain 404."""
+        limits = self.config.limits
+        return GuardedServer(
+            self.handle,
+            max_connections=limits.max_connections,
+            header_timeout=limits.header_timeout,
+            max_request_line=limits.max_request_line,
+            max_header_size=limits.max_header_size,
+            max_headers=limits.max_headers,
+            reject=lambda reason: self.metrics.rejected.labels(reason).inc(),
+            access_log=None,
+            # The header deadline bounds idle keep-alive connections; aiohttp's own
+            # keep-alive timer would only add a second, longer one.
+            keepalive_timeout=limits.header_timeout + 1,
+        )
 
     # --- reloading ---------------------------------------------------------------------
 

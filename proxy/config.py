@@ -116,12 +116,65 @@ class Route:
     # Largest body kept in memory so a request can be replayed after a 401 (the only buffering).
     retry_body_limit: int = 1024 * 1024
     expired_token: ExpiredTokenPolicy = "forward"  # noqa: S105 (a policy name; reject = answer locally)
+    max_body_bytes: int | None = None  # larger request bodies get 413
 
 
 @dataclass(frozen=True)
 class LogSettings:
     format: LogFormat = "auto"
     level: str = "INFO"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Protocol and resource limits; every default is a safe one (see docs/security.md)."""
+
+    max_request_line: int = 8190  # bytes -> 414
+    max_header_size: int = 8190  # bytes per header line -> 431
+    max_headers: int = 100  # -> 431
+    header_timeout: float = 30.0  # seconds to receive complete request headers -> 408
+    body_timeout: float = 60.0  # longest silence while receiving a request body -> 408
+    max_connections: int = 4096  # concurrent client connections; beyond -> 503
+    upstream_connections: int = 100  # pooled connections to the upstreams
+    allow_pure_python_parser: bool = False  # start even without aiohttp's C (llhttp) parser
+
+
+_LIMIT_INTS = (
+    "max_request_line",
+    "max_header_size",
+    "max_headers",
+    "max_connections",
+    "upstream_connections",
+)
+_LIMIT_SECONDS = ("header_timeout", "body_timeout")
+
+
+def _limits(raw: object, errs: Errors) -> Limits:
+    if raw is None:
+        return Limits()
+    keys = (*_LIMIT_INTS, *_LIMIT_SECONDS, "allow_pure_python_parser")
+    m = mapping(raw, "limits", errs, keys)
+    if m is None:
+        return Limits()
+    values: dict[str, Any] = {}
+    for key in _LIMIT_INTS:
+        if key in m:
+            value = number(m[key], join("limits", key), errs, integer=True)
+            if value is not None and value < 1:
+                errs.add(join("limits", key), f"must be at least 1, got {int(value)}")
+            elif value is not None:
+                values[key] = int(value)
+    for key in _LIMIT_SECONDS:
+        if key in m:
+            seconds = positive(m[key], join("limits", key), errs)
+            if seconds is not None:
+                values[key] = seconds
+    if "allow_pure_python_parser" in m:
+        if isinstance(m["allow_pure_python_parser"], bool):
+            values["allow_pure_python_parser"] = m["allow_pure_python_parser"]
+        else:
+            errs.add("limits.allow_pure_python_parser", "expected true or false")
+    return Limits(**values)
 
 
 @dataclass(frozen=True)
@@ -133,6 +186,7 @@ class Config:
     log: LogSettings = LogSettings()
     warnings: tuple[str, ...] = ()  # non-fatal findings, logged at start-up
     enable_reload: bool = False  # admin: POST /-/reload
+    limits: Limits = Limits()
 
 
 def _timeouts(raw: object, path: str, errs: Errors, base: Timeouts) -> Timeouts:
@@ -194,6 +248,7 @@ class _Defaults:
     timeouts: Timeouts = Timeouts(connect=10.0, read=300.0)
     retry_body_limit: int = 1024 * 1024
     expired_token: ExpiredTokenPolicy = "forward"  # noqa: S105 (a policy name)
+    max_body_bytes: int | None = None
 
 
 _OVERRIDABLE = (
@@ -203,6 +258,7 @@ _OVERRIDABLE = (
     "timeouts",
     "retry_body_limit",
     "expired_token",
+    "max_body_bytes",
 )
 
 
@@ -240,7 +296,18 @@ def _overrides(m: Mapping[str, Any], path: str, errs: Errors, base: _Defaults) -
                 join(path, "expired_token"),
                 f"expected forward or reject, got {m['expired_token']!r}",
             )
-    return _Defaults(base_url, api_version, ca_file, timeouts, retry_body_limit, expired_token)
+    max_body_bytes = base.max_body_bytes
+    if "max_body_bytes" in m:
+        max_body_bytes = None
+        if m["max_body_bytes"] is not None:
+            limit = number(m["max_body_bytes"], join(path, "max_body_bytes"), errs, integer=True)
+            if limit is not None and limit < 0:
+                errs.add(join(path, "max_body_bytes"), f"must be 0 or more, got {int(limit)}")
+            elif limit is not None:
+                max_body_bytes = int(limit)
+    return _Defaults(
+        base_url, api_version, ca_file, timeouts, retry_body_limit, expired_token, max_body_bytes
+    )
 
 
 def _prefix(raw: object, path: str, errs: Errors) -> str | None:
@@ -328,6 +395,7 @@ def _route(raw: object, path: str, errs: Errors, defaults: _Defaults) -> Route |
         paths,
         own.retry_body_limit,
         own.expired_token,
+        own.max_body_bytes,
     )
 
 
@@ -368,7 +436,7 @@ def _log(raw: object, errs: Errors) -> LogSettings:
     return LogSettings(fmt, level)  # type: ignore[arg-type]
 
 
-_TOP_KEYS = ("listen", "admin", "defaults", "shutdown_timeout", "routes", "log")
+_TOP_KEYS = ("listen", "admin", "defaults", "shutdown_timeout", "routes", "log", "limits")
 
 
 def parse_config(
@@ -394,12 +462,15 @@ def parse_config(
         shutdown_timeout = positive(m["shutdown_timeout"], "shutdown_timeout", errs) or 15.0
     routes = _routes(m.get("routes"), errs, defaults)
     log = _log(m.get("log"), errs)
+    limits = _limits(m.get("limits"), errs)
     if not errs.messages:
         for problem in listen_problems(listen):
             errs.messages.append(problem)
     if errs.messages:
         raise ConfigError(errs.messages, source)
-    return Config(listen, admin, shutdown_timeout, routes, log, tuple(errs.warnings), enable_reload)
+    return Config(
+        listen, admin, shutdown_timeout, routes, log, tuple(errs.warnings), enable_reload, limits
+    )
 
 
 def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:

@@ -29,7 +29,21 @@ UPSTREAM_ERROR_REASONS = ("connect", "tls", "timeout", "reset")
 UNAUTHORIZED_CAUSES = ("expired", "rejected", "unknown")
 RETRY_REASONS = ("unauthorized",)
 REFRESH_RESULTS = ("success", "failure")
-REJECT_REASONS = ("no_route", "bad_path", "bad_target", "token_expired", *ACCESS_REJECT_REASONS)
+REJECT_REASONS = (
+    "no_route",
+    "bad_path",
+    "bad_target",
+    "token_expired",
+    # limits (proxy.connections and the body checks in proxy.forward)
+    "bad_request",
+    "request_line_too_long",
+    "headers_too_large",
+    "header_timeout",
+    "too_many_connections",
+    "body_timeout",
+    "body_too_large",
+    *ACCESS_REJECT_REASONS,
+)
 # Amperity API calls range from milliseconds to minutes (large exports).
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import jwt
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import RawTestServer, TestClient
 from prometheus_client import CollectorRegistry
 
@@ -111,10 +112,20 @@ def acme_route(upstream: Upstream, **overrides: Any) -> dict[str, Any]:
     return route
 
 
+class ProxyTestServer(RawTestServer):
+    """A test server running the proxy's own `GuardedServer` (limits included)."""
+
+    def __init__(self, app: ProxyApp) -> None:
+        super().__init__(app.handle)
+        self.app = app
+
+    async def _make_runner(self, debug: bool = True, **kwargs: Any) -> web.ServerRunner:
+        return web.ServerRunner(self.app.server(), **kwargs)
+
+
 @pytest.fixture
 async def make_proxy(
     aiohttp_client: AiohttpClient,
-    aiohttp_raw_server: Callable[..., Awaitable[RawTestServer]],
     upstream: Upstream,
     tls: FakeTLS,
 ) -> AsyncIterator[ProxyFactory]:
@@ -148,7 +159,7 @@ async def make_proxy(
         )
         await app.startup()
         started.append(app)
-        client = await aiohttp_client(await aiohttp_raw_server(app.handle, access_log=None))
+        client = await aiohttp_client(ProxyTestServer(app))
         admin = await aiohttp_client(create_admin_app(app))
         return Proxy(client, admin, app, config, registry, resolver, environment)
 
