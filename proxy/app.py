@@ -158,7 +158,7 @@ class ProxyApp:
         for route in config.routes:
             base = route.base_url
             target = Target(
-                Upstream.from_route(route, contexts[route.name]),
+                Upstream.from_route(route, contexts[route.name], config.limits.body_timeout),
                 self.metrics.for_route(route.name, route.tenant),
                 # A forward-mode client writes http:// with the base URL's host (and its port
                 # when it is not the default): that is where rewritten Locations point.

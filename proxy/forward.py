@@ -48,14 +48,22 @@ class Upstream:
     host_header: str
     ssl_context: ssl.SSLContext
     timeout: aiohttp.ClientTimeout
+    body_timeout: float  # longest silence while reading the client's body (limits.body_timeout)
 
     @classmethod
-    def from_route(cls, route: Route, ssl_context: ssl.SSLContext) -> Upstream:
+    def from_route(cls, route: Route, ssl_context: ssl.SSLContext, body_timeout: float) -> Upstream:
         t = route.timeouts
         timeout = aiohttp.ClientTimeout(
             total=t.total, connect=t.connect, sock_connect=t.connect, sock_read=t.read
         )
-        return cls(route, str(route.base_url), route.base_url.host_header, ssl_context, timeout)
+        return cls(
+            route,
+            str(route.base_url),
+            route.base_url.host_header,
+            ssl_context,
+            timeout,
+            body_timeout,
+        )
 
 
 @dataclass(slots=True)
@@ -68,6 +76,7 @@ class Outcome:
     bytes_in: int = 0
     bytes_out: int = 0
     client_gone: bool = False
+    body_error: str | None = None  # body_timeout or body_too_large: the client's fault
     retried: bool = False  # sent a second time after a 401
     deprecation: str | None = None  # the upstream's Deprecation/Sunset headers
 
@@ -106,10 +115,44 @@ def scrub(text: str, secret: str) -> str:
     return text.replace(secret, "<redacted>") if secret else text
 
 
-async def _counted(stream: aiohttp.StreamReader, outcome: Outcome) -> AsyncIterator[bytes]:
-    async for chunk in stream.iter_any():
+class BodyLimit(Exception):
+    """The client's body broke a limit (too slow, too large); the request is abandoned."""
+
+
+async def _counted(
+    stream: aiohttp.StreamReader, outcome: Outcome, upstream: Upstream
+) -> AsyncIterator[bytes]:
+    """The client's body, counted, with the idle timeout and the route's size cap."""
+    limit = upstream.route.max_body_bytes
+    while True:
+        try:
+            async with asyncio.timeout(upstream.body_timeout):
+                chunk = await stream.readany()
+        except TimeoutError:
+            outcome.body_error = "body_timeout"
+            raise BodyLimit from None
+        if not chunk:
+            return
         outcome.bytes_in += len(chunk)
+        if limit is not None and outcome.bytes_in > limit:
+            outcome.body_error = "body_too_large"
+            raise BodyLimit
         yield chunk
+
+
+_BODY_ERRORS = {
+    "body_timeout": (408, "the request body stalled for longer than limits.body_timeout"),
+    "body_too_large": (413, "the request body is larger than the route's max_body_bytes"),
+}
+
+
+def body_refusal(outcome: Outcome, request_id: str) -> web.Response:
+    """The answer when the client's body broke a limit; the connection can't be reused."""
+    assert outcome.body_error is not None
+    status, message = _BODY_ERRORS[outcome.body_error]
+    response = envelope(status, message, request_id)
+    response.force_close()  # the rest of the body was never read
+    return response
 
 
 # Methods whose request can be sent again after a 401 (RFC 9110 idempotent methods, without
@@ -119,11 +162,14 @@ REPLAYABLE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 OnUnauthorized = Callable[[Credential, bool], Awaitable[Credential | None]]
 
 
-async def read_replayable_body(request: web.BaseRequest, limit: int) -> bytes | bool | None:
+async def read_replayable_body(
+    request: web.BaseRequest, limit: int, body_timeout: float, outcome: Outcome
+) -> bytes | bool:
     """The request body when the request could be replayed after a 401: b"" for none, the bytes
     when Content-Length <= `limit`; False when it can't be replayed (method, size, chunked).
 
-    This is the one place a body is held in memory, capped by `retry_body_limit`.
+    This is the one place a body is held in memory, capped by `retry_body_limit`. Raises
+    BodyLimit when the client stalls for longer than `body_timeout` between bytes.
     """
     if request.method not in REPLAYABLE_METHODS:
         return False
@@ -132,7 +178,18 @@ async def read_replayable_body(request: web.BaseRequest, limit: int) -> bytes | 
     length = request.content_length
     if length is None or length > limit:
         return False
-    return await request.content.readexactly(length)
+    data = bytearray()
+    while len(data) < length:
+        try:
+            async with asyncio.timeout(body_timeout):
+                chunk = await request.content.readany()
+        except TimeoutError:
+            outcome.body_error = "body_timeout"
+            raise BodyLimit from None
+        if not chunk:
+            raise asyncio.IncompleteReadError(bytes(data), length)
+        data += chunk
+    return bytes(data)
 
 
 async def forward(
@@ -177,7 +234,7 @@ async def forward(
             outcome.bytes_in = len(body)
             data = body if body or request.body_exists else None
         else:
-            data = _counted(request.content, outcome) if request.body_exists else None
+            data = _counted(request.content, outcome, upstream) if request.body_exists else None
         return await session.request(
             request.method,
             url,
@@ -229,7 +286,12 @@ async def forward(
                 response = web.StreamResponse(status=499)
             return response
         return _failed(exc, request, upstream, credential, request_id, outcome, response)
-    except (TimeoutError, aiohttp.ClientError, ssl.SSLError, OSError) as exc:
+    except (TimeoutError, aiohttp.ClientError, ssl.SSLError, OSError, BodyLimit) as exc:
+        if outcome.body_error is not None:  # the client's body, not the upstream, failed
+            if response is not None and response.prepared:
+                request.protocol.force_close()
+                return response
+            return body_refusal(outcome, request_id)
         return _failed(exc, request, upstream, credential, request_id, outcome, response)
     finally:
         if upstream_response is not None:

@@ -21,7 +21,14 @@ from proxy.access import peer_uid
 from proxy.admit import Admission
 from proxy.config import Route
 from proxy.errors import Refusal, envelope
-from proxy.forward import Outcome, Upstream, forward, read_replayable_body
+from proxy.forward import (
+    BodyLimit,
+    Outcome,
+    Upstream,
+    body_refusal,
+    forward,
+    read_replayable_body,
+)
 from proxy.headers import query_has_api_version, request_id
 from proxy.metrics import ProxyMetrics, RouteMetrics
 from proxy.recovery import Recovery, expired_refusal
@@ -112,10 +119,19 @@ class ProxyHandler:
                     self.metrics.rejected.labels(refusal.reason).inc()
                     result = envelope(refusal.status, refusal.message, rid)
                     return result
+            length = request.content_length
+            limit = route.max_body_bytes
+            if limit is not None and length is not None and length > limit:
+                outcome.body_error = "body_too_large"
+                self.metrics.rejected.labels("body_too_large").inc()
+                result = body_refusal(outcome, rid)
+                return result
             assert self.session is not None
             self.metrics.in_flight.inc()
             try:
-                body = await read_replayable_body(request, route.retry_body_limit)
+                body = await read_replayable_body(
+                    request, route.retry_body_limit, target.upstream.body_timeout, outcome
+                )
 
                 async def on_unauthorized(cred: Credential, replayable: bool) -> Credential | None:
                     return await self.recovery.unauthorized(
@@ -136,12 +152,17 @@ class ProxyHandler:
                     body=body if isinstance(body, bytes) else None,
                     on_unauthorized=on_unauthorized,
                 )
+            except BodyLimit:  # stalled while its replayable body was being read
+                result = body_refusal(outcome, rid)
+                return result
             except (asyncio.IncompleteReadError, ConnectionError):
                 outcome.client_gone = True  # the client left while sending its body
                 result = web.StreamResponse(status=499)
                 return result
             finally:
                 self.metrics.in_flight.dec()
+                if outcome.body_error is not None:
+                    self.metrics.rejected.labels(outcome.body_error).inc()
             self._observe(target, outcome, rid)
             return result
         finally:

@@ -22,6 +22,7 @@ from proxy import __version__
 from proxy.app import ConfigLoader, StartupError, create_admin_app, create_app
 from proxy.config import Config
 from proxy.listen_config import Listen, UnixListen
+from proxy.selfcheck import self_check
 
 log = logging.getLogger("amperity_proxy")
 
@@ -77,6 +78,9 @@ async def serve(
     """Run until SIGTERM/SIGINT, then drain in-flight requests; return the exit code.
     `config_loader` re-reads the config for SIGHUP and `POST /-/reload`."""
     app = create_app(config, env=env)
+    problems = self_check(config, app.ssl_contexts.values())
+    if problems:
+        raise StartupError(problems)
     app.config_loader = config_loader
     admin = create_admin_app(app)
     await app.startup()
