@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hmac
 import ipaddress
+import re
 import socket
 import struct
 
@@ -40,14 +41,17 @@ REJECT_REASONS = (
 )
 
 
+_HOST_RE = re.compile(r"(\[[0-9a-f:.]+\]|[a-z0-9._-]+)(:[0-9]{0,5})?")
+
+
 def host_part(host_header: str) -> str:
-    """The host of a Host header without its port: `[::1]:8080` → `::1`, lower case."""
+    """The host of a Host header without its port: `[::1]:8080` → `::1`, lower case; "" when
+    the value is not a well-formed `host[:port]` (user info, commas, spaces, ...)."""
     host = host_header.strip().lower()
-    if host.startswith("["):
-        return host[1:].partition("]")[0]
-    if host.count(":") == 1:
-        host = host.partition(":")[0]
-    return host.rstrip(".")
+    match = _HOST_RE.fullmatch(host)
+    if match is None:
+        return ""
+    return match.group(1).strip("[]").rstrip(".")
 
 
 def peer_uid(request: web.BaseRequest) -> int | None:

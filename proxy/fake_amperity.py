@@ -240,7 +240,11 @@ class FakeAmperity:
             {
                 "method": request.method,
                 "path": request.raw_path,
-                "headers": [[k, v] for k, v in request.headers.items()],
+                # Like a real API, never echo the credential back; `requests` has it all.
+                "headers": [
+                    [k, "<redacted>" if k.lower() == "authorization" else v]
+                    for k, v in request.headers.items()
+                ],
                 "body_length": length,
                 "body_sha256": digest,
             }
