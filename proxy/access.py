@@ -26,6 +26,7 @@ _LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 # or from the proxy's own origin; anything else (same-site, cross-site) is a page's request.
 _SAFE_FETCH_SITES = frozenset({"none", "same-origin"})
 _CACHE_LIMIT = 4096
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 REJECT_REASONS = (
     "forbidden_client",
@@ -189,6 +190,15 @@ def method_refusal(request: web.BaseRequest) -> Refusal | None:
         )
     if request.method == "TRACE":
         return Refusal(405, "forbidden_method", "TRACE is not allowed")
+    if request.method not in _METHODS:
+        # Methods are case-sensitive tokens; `get` is not GET. llhttp refuses unknown methods
+        # itself; the pure-Python parser accepts any token, so both end up here.
+        return Refusal(
+            405,
+            "forbidden_method",
+            f"method {request.method[:20]!r} is not supported; use one of "
+            + ", ".join(sorted(_METHODS)),
+        )
     if "Upgrade" in request.headers:
         return Refusal(
             400, "upgrade", "protocol upgrades (WebSocket, h2c) are not supported by this proxy"
