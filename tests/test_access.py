@@ -28,7 +28,15 @@ def message(body: bytes) -> str:
 
 @pytest.mark.parametrize(
     "host",
-    ["127.0.0.1:8080", "localhost", "LOCALHOST:1", "[::1]:8080", "[::1]", "127.0.0.1", "localhost."],
+    [
+        "127.0.0.1:8080",
+        "localhost",
+        "LOCALHOST:1",
+        "[::1]:8080",
+        "[::1]",
+        "127.0.0.1",
+        "localhost.",
+    ],
 )
 async def test_loopback_host_names_are_accepted(
     make_proxy: ProxyFactory, upstream: Upstream, host: str

@@ -22,10 +22,16 @@ C = "Connection: close"
         ("X-Amperity-Tenant: acme-sb",),
         ("x_amperity_tenant: acme-sb",),
         ("Proxy-Authorization: Bearer x",),
-        ("Authorization: Basic dXNlcjpwYXNz", "Amperity-Tenant: acme-sb", "X-Amperity-Tenant: acme-sb"),
+        (
+            "Authorization: Basic dXNlcjpwYXNz",
+            "Amperity-Tenant: acme-sb",
+            "X-Amperity-Tenant: acme-sb",
+        ),
     ],
 )
-def test_client_credentials_never_reach_the_upstream(hostile: Checked, headers: tuple[str, ...]) -> None:
+def test_client_credentials_never_reach_the_upstream(
+    hostile: Checked, headers: tuple[str, ...]
+) -> None:
     exchange, forwarded = hostile(request("/acme/x", H, C, *headers))
     assert exchange.status == 200
     [seen] = forwarded  # `hostile` already checked: acme's token and tenant, nothing else
@@ -42,7 +48,9 @@ def test_client_credentials_never_reach_the_upstream(hostile: Checked, headers: 
         "Connection: api-version, close",
     ],
 )
-def test_connection_naming_injected_headers_does_not_remove_them(hostile: Checked, connection: str) -> None:
+def test_connection_naming_injected_headers_does_not_remove_them(
+    hostile: Checked, connection: str
+) -> None:
     exchange, forwarded = hostile(request("/acme/x", H, connection))
     assert exchange.status == 200
     [seen] = forwarded

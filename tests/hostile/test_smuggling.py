@@ -10,24 +10,42 @@ from tests.hostile.conftest import Checked
 SMUGGLED = b"GET /acme-sb/smuggled HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 
 CASES = {
-    "CL.TE": b"POST /acme/x HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n" + SMUGGLED,
-    "TE.CL": b"POST /acme/x HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 60\r\n\r\n0\r\n\r\n" + SMUGGLED,
-    "duplicate CL": b"POST /acme/x HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nContent-Length: 52\r\n\r\n" + SMUGGLED,
-    "comma-joined CL": b"POST /acme/x HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0, 52\r\n\r\n" + SMUGGLED,
-    "CL with sign": b"POST /acme/x HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: +0\r\n\r\n" + SMUGGLED,
-    "xchunked": b"POST /acme/x HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n" + SMUGGLED,
-    "TE chunked, identity": b"POST /acme/x HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n" + SMUGGLED,
-    "space before colon": b"POST /acme/x HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n" + SMUGGLED,
-    "vertical tab": b"POST /acme/x HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding:\x0bchunked\r\n\r\n0\r\n\r\n" + SMUGGLED,
-    "repeated TE": b"POST /acme/x HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n" + SMUGGLED,
-    "odd chunk size": b"POST /acme/x HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n0x0\r\n\r\n" + SMUGGLED,
-    "negative chunk size": b"POST /acme/x HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n-1\r\n\r\n" + SMUGGLED,
-    "chunk size with junk": b"POST /acme/x HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n1 x\r\na\r\n0\r\n\r\n" + SMUGGLED,
-    "LF in chunk extension": b"POST /acme/x HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n1;a\nb\r\nx\r\n0\r\n\r\n" + SMUGGLED,
-    "TE on HTTP/1.0": b"POST /acme/x HTTP/1.0\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n" + SMUGGLED,
-    "bare LF line ends": b"GET /acme/x HTTP/1.1\nHost: 127.0.0.1\nContent-Length: 52\n\n" + SMUGGLED,
-    "CR in header value": b"GET /acme/x HTTP/1.1\r\nHost: 127.0.0.1\r\nX-A: b\rTransfer-Encoding: chunked\r\n\r\n" + SMUGGLED,
-    "LF in header value": b"GET /acme/x HTTP/1.1\r\nHost: 127.0.0.1\r\nX-A: b\nTransfer-Encoding: chunked\r\n\r\n" + SMUGGLED,
+    "CL.TE": b"POST /acme/x HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+    + SMUGGLED,
+    "TE.CL": b"POST /acme/x HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 60\r\n\r\n0\r\n\r\n"
+    + SMUGGLED,
+    "duplicate CL": b"POST /acme/x HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nContent-Length: 52\r\n\r\n"
+    + SMUGGLED,
+    "comma-joined CL": b"POST /acme/x HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0, 52\r\n\r\n"
+    + SMUGGLED,
+    "CL with sign": b"POST /acme/x HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: +0\r\n\r\n"
+    + SMUGGLED,
+    "xchunked": b"POST /acme/x HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n"
+    + SMUGGLED,
+    "TE chunked, identity": b"POST /acme/x HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n"
+    + SMUGGLED,
+    "space before colon": b"POST /acme/x HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n"
+    + SMUGGLED,
+    "vertical tab": b"POST /acme/x HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding:\x0bchunked\r\n\r\n0\r\n\r\n"
+    + SMUGGLED,
+    "repeated TE": b"POST /acme/x HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+    + SMUGGLED,
+    "odd chunk size": b"POST /acme/x HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n0x0\r\n\r\n"
+    + SMUGGLED,
+    "negative chunk size": b"POST /acme/x HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n-1\r\n\r\n"
+    + SMUGGLED,
+    "chunk size with junk": b"POST /acme/x HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n1 x\r\na\r\n0\r\n\r\n"
+    + SMUGGLED,
+    "LF in chunk extension": b"POST /acme/x HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n1;a\nb\r\nx\r\n0\r\n\r\n"
+    + SMUGGLED,
+    "TE on HTTP/1.0": b"POST /acme/x HTTP/1.0\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+    + SMUGGLED,
+    "bare LF line ends": b"GET /acme/x HTTP/1.1\nHost: 127.0.0.1\nContent-Length: 52\n\n"
+    + SMUGGLED,
+    "CR in header value": b"GET /acme/x HTTP/1.1\r\nHost: 127.0.0.1\r\nX-A: b\rTransfer-Encoding: chunked\r\n\r\n"
+    + SMUGGLED,
+    "LF in header value": b"GET /acme/x HTTP/1.1\r\nHost: 127.0.0.1\r\nX-A: b\nTransfer-Encoding: chunked\r\n\r\n"
+    + SMUGGLED,
     "NUL in header value": b"GET /acme/x HTTP/1.1\r\nHost: 127.0.0.1\r\nX-A: b\x00c\r\n\r\n",
     "NUL in header name": b"GET /acme/x HTTP/1.1\r\nHost: 127.0.0.1\r\nX-\x00A: b\r\n\r\n",
     "space in header name": b"GET /acme/x HTTP/1.1\r\nHost: 127.0.0.1\r\nX A: b\r\n\r\n",
