@@ -66,6 +66,12 @@ class GuardedHandler(RequestHandler):
             self._partial = True
         super().data_received(data)
 
+    def abandon_body(self) -> None:
+        """Close after the current response instead of reading the rest of an unwanted body
+        (aiohttp would otherwise linger up to 10 s draining it)."""
+        self._lingering_time = 0.0
+        self.close()
+
     def request_started(self) -> None:
         self._busy = True
         self._disarm()

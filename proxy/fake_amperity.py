@@ -14,6 +14,8 @@ Special paths (under any base path, e.g. `/api/_fake/bytes/1024`):
 - `_fake/hold`        waits until `FakeAmperity.release` is set (for drain and timeout tests)
 - `_fake/cut/N`       announces 2N bytes, sends N, then drops the connection
                       (`?chunked`: chunked encoding, dropped before the last chunk)
+- `_fake/stall/N`     announces 2N bytes, sends N, then goes silent until `release`
+- `_fake/reset`       sends headers, then resets the connection
 - `_fake/hop`         answers with hop-by-hop and CORS headers a proxy must remove
 - `_fake/deprecated`  answers with `Deprecation` and `Sunset` headers
 
@@ -24,6 +26,7 @@ Special paths (under any base path, e.g. `/api/_fake/bytes/1024`):
 from __future__ import annotations
 
 import asyncio
+import datetime
 import gzip
 import hashlib
 import socket
@@ -116,6 +119,7 @@ class FakeAmperity:
         self.token_failures = 0  # answer the next N token requests with 503
         self.mint_gate: asyncio.Event | None = None  # when set, token requests wait for it
         self.mints: list[dict[str, str]] = []  # client_id, tenant, status: never the secret
+        self.streamed = 0  # bytes written by `_fake/bytes/N` so far (back-pressure tests)
         self.app = web.Application()
         self.app.router.add_post("/{base:.*}/v0/oauth2/token", self._token)
         self.app.router.add_route("*", "/{tail:.*}", self._handle)
@@ -219,6 +223,21 @@ class FakeAmperity:
             return web.json_response({"held": True})
         if kind == "cut":
             return await self._cut(request, int(arg))
+        if kind == "stall":  # N bytes of a 2N-byte body, then silence until `release`
+            stalled = web.StreamResponse()
+            stalled.content_length = 2 * int(arg)
+            await stalled.prepare(request)
+            await stalled.write(b"s" * int(arg))
+            await self.release.wait()
+            return stalled
+        if kind == "reset":  # headers, then a TCP reset
+            reset = web.StreamResponse()
+            reset.content_length = 1000
+            await reset.prepare(request)
+            await reset.drain()
+            assert request.transport is not None
+            request.transport.abort()
+            return reset
         if kind == "deprecated":
             return web.json_response(
                 {"old": True},
@@ -258,6 +277,7 @@ class FakeAmperity:
         if request.method != "HEAD":
             for block in pattern(n):
                 await response.write(block)
+                self.streamed += len(block)
         await response.write_eof()
         return response
 
@@ -305,6 +325,18 @@ class FakeTLS:
     ca_pem: bytes
     server: ssl.SSLContext
     client: ssl.SSLContext
+    ca: Any = None  # the trustme.CA, to issue more certificates
+
+    def issue_pem(
+        self,
+        *hostnames: str,
+        not_before: datetime.datetime | None = None,
+        not_after: datetime.datetime | None = None,
+    ) -> bytes:
+        """Private key and certificate chain (PEM) from this CA, e.g. an expired one."""
+        cert = self.ca.issue_cert(*hostnames, not_before=not_before, not_after=not_after)
+        pem: bytes = cert.private_key_and_cert_chain_pem.bytes()
+        return pem
 
 
 def make_tls(*hostnames: str) -> FakeTLS:
@@ -317,7 +349,7 @@ def make_tls(*hostnames: str) -> FakeTLS:
     cert.configure_cert(server)
     client = ssl.create_default_context()
     ca.configure_trust(client)
-    return FakeTLS(ca.cert_pem.bytes(), server, client)
+    return FakeTLS(ca.cert_pem.bytes(), server, client, ca)
 
 
 async def start_fake(

@@ -71,6 +71,13 @@ class Lifecycle:
         return not self.draining and all(s.current is not None for s in store.snapshot())
 
 
+def _abandon_body(request: web.BaseRequest) -> None:
+    """Don't drain a body the proxy refused; close once the answer is out."""
+    abandon = getattr(request.protocol, "abandon_body", None)  # GuardedHandler connections
+    if abandon is not None:
+        abandon()
+
+
 class ProxyHandler:
     """The handler for every request on the proxy listener."""
 
@@ -124,6 +131,7 @@ class ProxyHandler:
             if limit is not None and length is not None and length > limit:
                 outcome.body_error = "body_too_large"
                 self.metrics.rejected.labels("body_too_large").inc()
+                _abandon_body(request)
                 result = body_refusal(outcome, rid)
                 return result
             assert self.session is not None
@@ -163,6 +171,7 @@ class ProxyHandler:
                 self.metrics.in_flight.dec()
                 if outcome.body_error is not None:
                     self.metrics.rejected.labels(outcome.body_error).inc()
+                    _abandon_body(request)
             self._observe(target, outcome, rid)
             return result
         finally:
