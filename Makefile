@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test lint typecheck pytest rules-test demo bench lock docker-build clean
+.PHONY: install run test lint typecheck pytest rules-test security demo bench lock docker-build clean
 
 install: $(STAMP)
 
@@ -45,6 +45,14 @@ RULES    := deploy/kubernetes/rules
 rules-test: $(PROMTOOL)
 	$(PROMTOOL) check rules $(RULES)/amperity-proxy.rules.yaml
 	$(PROMTOOL) test rules $(RULES)/amperity-proxy.rules.test.yaml
+
+# The hostile-input and fault suites, pip-audit on the lock, slowhttptest when installed, and a
+# scorecard. pip-audit needs a vulnerability database; offline, the scorecard says so.
+security: install
+	@mkdir -p .tools
+	-$(BIN)/pip install --quiet pip-audit
+	AMPERITY_SCORECARD=.tools/ledger.json $(BIN)/pytest -q tests/hostile tests/test_faults.py; \
+	SUITE_FAILED=$$?; export SUITE_FAILED; $(BIN)/python -m tests.hostile.scorecard .tools/ledger.json
 
 # Refresh the pinned, hashed runtime dependency lock the Dockerfile installs from.
 lock: install
