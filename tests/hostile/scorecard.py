@@ -157,7 +157,7 @@ def slowhttptest() -> list[tuple[str, str, bool | None]]:
 def main() -> int:
     ledger = json.loads(Path(sys.argv[1]).read_text()) if len(sys.argv) > 1 else {}
     failed_cases = int(os.environ.get("SUITE_FAILED", "0"))
-    rows = [
+    rows: list[tuple[str, str, bool | None]] = [
         (
             "hostile requests tried",
             str(ledger.get("hostile_requests", 0)),
@@ -182,9 +182,10 @@ def main() -> int:
     width = max(len(r[0]) for r in rows)
     print("\namperity-auth-proxy security scorecard\n")
     for name, value, ok in rows:
-        print(f"  {'ok  ' if ok else 'FAIL'}  {name.ljust(width)}  {value}")
+        mark = "n/a " if ok is None else ("ok  " if ok else "FAIL")
+        print(f"  {mark}  {name.ljust(width)}  {value}")
     print()
-    return 0 if all(ok for _, _, ok in rows) else 1
+    return 1 if any(ok is False for _, _, ok in rows) else 0
 
 
 if __name__ == "__main__":
