@@ -147,7 +147,7 @@ async def _slowhttptest(mode: str, seconds: int) -> str:
 def slowhttptest() -> list[tuple[str, str, bool | None]]:
     if shutil.which("slowhttptest") is None:
         return [("slowhttptest", "not installed (apt-get install slowhttptest)", None)]
-    results = []
+    results: list[tuple[str, str, bool | None]] = []
     for name, mode in (("slow headers", "-H"), ("slow body", "-B")):
         summary = asyncio.run(_slowhttptest(mode, 30))
         results.append((f"slowhttptest {name}", summary, summary.startswith("0 of")))
