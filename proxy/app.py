@@ -20,6 +20,7 @@ import aiohttp
 from aiohttp import web
 from aiohttp.abc import AbstractResolver
 from prometheus_client import CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from proxy import __version__
 from proxy.access import Gate
@@ -121,13 +122,23 @@ class ProxyApp:
             file_poll_interval=token_poll_interval,
         )
         self.metrics = ProxyMetrics(registry, __version__)
-        registry.register(TokenCollector(self.store.snapshot))
-        registry.register(
+        collectors = (
+            TokenCollector(self.store.snapshot),
             StateCollector(
                 lambda: self.lifecycle.ready(self.store),
                 lambda: (self.lifecycle.reload_successful, self.lifecycle.reload_success_at),
-            )
+            ),
         )
+        # What /metrics serves: this process's registry, or with `run --workers N`
+        # (prometheus-client multiprocess mode) the counters of every worker, aggregated.
+        self.exposition = registry
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            self.exposition = CollectorRegistry()
+            MultiProcessCollector(self.exposition)  # type: ignore[no-untyped-call]
+        for collector in collectors:
+            registry.register(collector)
+            if self.exposition is not registry:
+                self.exposition.register(collector)
         self.handler = ProxyHandler(
             self._admission(config, contexts), self.store, self.metrics, clock
         )
@@ -344,7 +355,7 @@ def create_app(
 
 def create_admin_app(proxy: ProxyApp) -> web.Application:
     """The admin application (/healthz, /livez, /readyz, /metrics, POST /-/reload)."""
-    handlers = AdminHandlers(proxy.store, proxy.registry, proxy.lifecycle)
+    handlers = AdminHandlers(proxy.store, proxy.exposition, proxy.lifecycle)
 
     async def reload(request: web.Request) -> web.Response:
         if not proxy.config.enable_reload:

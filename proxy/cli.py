@@ -20,6 +20,7 @@ from proxy.diagnose import doctor, parse_duration, token_info
 from proxy.listen_config import listen_problems, parse_listen
 from proxy.logs import setup_logging
 from proxy.server import serve
+from proxy.workers import supervise
 
 EXIT_STARTUP = 1
 EXIT_CONFIG = 2
@@ -46,6 +47,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--config", default=default_config, help=config_help)
     run.add_argument("--listen", type=_listen_arg, metavar="HOST:PORT", help="proxy listener")
     run.add_argument("--admin-listen", type=_listen_arg, metavar="HOST:PORT", help="admin listener")
+    run.add_argument(
+        "--workers", type=int, default=1, metavar="N", help="worker processes sharing the port"
+    )
+    run.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # set by the supervisor
     run.add_argument(
         "--log-format", choices=("json", "text"), help="default: json unless stderr is a terminal"
     )
@@ -112,11 +117,17 @@ def _configure(args: argparse.Namespace) -> Config:
     return config
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     config = _configure(args)
     setup_logging(args.log_format or config.log.format, args.log_level or config.log.level)
+    if args.workers < 1:
+        raise ConfigError([f"--workers must be at least 1, got {args.workers}"], "amperity-proxy")
+    if args.workers > 1 and args.worker is None:
+        return supervise(argv, args.workers)
     try:
-        return asyncio.run(serve(config, config_loader=lambda: _configure(args)))
+        return asyncio.run(
+            serve(config, config_loader=lambda: _configure(args), worker=args.worker)
+        )
     except StartupError as exc:
         for line in exc.lines:
             print(f"amperity-proxy: {line}", file=sys.stderr)
@@ -151,13 +162,14 @@ def _diagnose(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     try:
         if args.command == "check-config":
             return _check(args)
         if args.command in ("token-info", "doctor"):
             return _diagnose(args)
-        return _run(args)
+        return _run(args, argv)
     except ConfigError as exc:
         print(exc.render(), file=sys.stderr)
         return EXIT_CONFIG

@@ -93,6 +93,7 @@ class ProxyMetrics:
             "amperity_proxy_requests_in_flight",
             "Requests being proxied right now.",
             registry=registry,
+            multiprocess_mode="livesum",  # summed over live workers (`run --workers N`)
         )
         self.rejected = Counter(
             "amperity_proxy_rejected_requests",
@@ -105,6 +106,7 @@ class ProxyMetrics:
             "Always 1; the version label tells which build runs.",
             ["version"],
             registry=registry,
+            multiprocess_mode="max",
         )
         build_info.labels(version).set(1)
         for reason in REJECT_REASONS:

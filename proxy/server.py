@@ -51,11 +51,15 @@ def _unix_socket(unix: UnixListen) -> socket.socket:
     return sock
 
 
-async def _start_site(runner: web.BaseRunner, listen: Listen, what: str) -> list[str]:
+async def _start_site(
+    runner: web.BaseRunner, listen: Listen, what: str, reuse_port: bool = False
+) -> list[str]:
     if listen.unix is not None:
         await web.SockSite(runner, _unix_socket(listen.unix)).start()
         return [f"unix:{listen.unix.path}"]
-    site = web.TCPSite(runner, listen.host, listen.port, reuse_address=True)
+    site = web.TCPSite(
+        runner, listen.host, listen.port, reuse_address=True, reuse_port=reuse_port or None
+    )
     try:
         await site.start()
     except OSError as exc:
@@ -74,6 +78,7 @@ async def serve(
     *,
     env: Mapping[str, str] | None = None,
     config_loader: ConfigLoader | None = None,
+    worker: int | None = None,
 ) -> int:
     """Run until SIGTERM/SIGINT, then drain in-flight requests; return the exit code.
     `config_loader` re-reads the config for SIGHUP and `POST /-/reload`."""
@@ -93,8 +98,11 @@ async def serve(
     await runner.setup()
     await admin_runner.setup()
     try:
-        proxy_addrs = await _start_site(runner, config.listen, "proxy")
-        admin_addrs = await _start_site(admin_runner, config.admin, "admin")
+        # Workers share the proxy port (SO_REUSEPORT); only worker 0 serves the admin port.
+        proxy_addrs = await _start_site(runner, config.listen, "proxy", worker is not None)
+        admin_addrs: list[str] = []
+        if worker in (None, 0):
+            admin_addrs = await _start_site(admin_runner, config.admin, "admin")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -113,7 +121,14 @@ async def serve(
             ", ".join(proxy_addrs),
             ", ".join(admin_addrs),
             ", ".join(f"{r.prefix} -> {r.base_url} ({r.tenant})" for r in config.routes),
-            extra={"fields": {"listen": proxy_addrs, "admin": admin_addrs}},
+            extra={
+                "fields": {
+                    "listen": proxy_addrs,
+                    "admin": admin_addrs,
+                    "worker": worker,
+                    "pid": os.getpid(),
+                }
+            },
         )
         await stop.wait()
         app.lifecycle.draining = True
