@@ -115,6 +115,14 @@ def scrub(text: str, secret: str) -> str:
     return text.replace(secret, "<redacted>") if secret else text
 
 
+class _CoalescedResponse(web.StreamResponse):
+    """A streamed response whose headers leave with its first body bytes (or its end) in one
+    socket write, instead of a write of their own: for small API answers that halves the
+    writes. The upstream's read timeout bounds how long headers can wait for body bytes."""
+
+    _send_headers_immediately = False
+
+
 class BodyLimit(Exception):
     """The client's body broke a limit (too slow, too large); the request is abandoned."""
 
@@ -258,7 +266,7 @@ async def forward(
                 upstream_response = await send(credential)
         outcome.upstream_status = upstream_response.status
         outcome.deprecation = _deprecation(upstream_response.headers)
-        response = web.StreamResponse(
+        response = _CoalescedResponse(
             status=upstream_response.status, reason=upstream_response.reason
         )
         response.headers.extend(response_headers(upstream_response.headers.items()))
@@ -273,10 +281,17 @@ async def forward(
                 public_base=public_base,
             )
         response.headers["X-Request-ID"] = request_id
+        # The first body bytes are read before anything goes to the client: headers and
+        # first bytes then leave in one write, and an upstream that fails before sending any
+        # body still gets an honest 502/504 instead of a cut connection.
+        first = await upstream_response.content.readany()
         await response.prepare(request)
-        async for chunk in upstream_response.content.iter_any():
-            await response.write(chunk)
-            outcome.bytes_out += len(chunk)
+        if first:
+            await response.write(first)
+            outcome.bytes_out += len(first)
+            async for chunk in upstream_response.content.iter_any():
+                await response.write(chunk)
+                outcome.bytes_out += len(chunk)
         await response.write_eof()
         return response
     except (ConnectionResetError, aiohttp.ClientConnectionResetError) as exc:
@@ -322,3 +337,4 @@ def _failed(
         request.protocol.force_close()
         return response
     return envelope(status, _message(reason, upstream), request_id)
+

@@ -49,13 +49,26 @@ _DROP_UPSTREAM = HOP_BY_HOP | CREDENTIAL | _REPLACED
 _REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
+_NORMALIZED: dict[str, str] = {}
+
+
 def normalize(name: str) -> str:
     """Header names compare case-insensitively and with `_` read as `-`."""
-    return name.lower().replace("_", "-")
+    normalized = _NORMALIZED.get(name)
+    if normalized is None:
+        normalized = name.lower().replace("_", "-")
+        if len(_NORMALIZED) < 4096:  # header names repeat; a bounded cache saves the work
+            _NORMALIZED[name] = normalized
+    return normalized
+
+
+_NOTHING: frozenset[str] = frozenset()
 
 
 def _connection_listed(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> frozenset[str]:
     """Names listed in every `Connection` header (RFC 9110 §7.6.1), normalized."""
+    if "Connection" not in headers:  # no `_` can hide in "connection": one lookup suffices
+        return _NOTHING
     listed: set[str] = set()
     for key, value in headers.items():
         if normalize(key) == "connection":

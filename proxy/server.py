@@ -22,6 +22,7 @@ from proxy import __version__
 from proxy.app import ConfigLoader, StartupError, create_admin_app, create_app
 from proxy.config import Config
 from proxy.listen_config import Listen, UnixListen
+from proxy.logs import flush_logs
 from proxy.selfcheck import self_check
 
 log = logging.getLogger("amperity_proxy")
@@ -71,6 +72,13 @@ async def _start_site(
         else f"{s.getsockname()[0]}:{s.getsockname()[1]}"
         for s in sockets
     ]
+
+
+async def _flush_logs_periodically(interval: float = 0.2) -> None:
+    """Buffered access-log lines reach stderr within `interval` even when traffic stops."""
+    while True:
+        await asyncio.sleep(interval)
+        flush_logs()
 
 
 async def serve(
@@ -130,7 +138,9 @@ async def serve(
                 }
             },
         )
+        flusher = asyncio.create_task(_flush_logs_periodically(), name="log-flush")
         await stop.wait()
+        flusher.cancel()
         app.lifecycle.draining = True
         log.info(
             "shutting down: /readyz is 503, finishing in-flight requests (up to %ss)",
@@ -147,4 +157,5 @@ async def serve(
             with contextlib.suppress(OSError):
                 os.unlink(config.listen.unix.path)
     log.info("stopped")
+    flush_logs()
     return 0

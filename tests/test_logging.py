@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from proxy.fake_amperity import make_tls, make_token
-from proxy.logs import JsonFormatter, TextFormatter, setup_logging
+from proxy.logs import JsonFormatter, TextFormatter, flush_logs, setup_logging
 from proxy.tokens import fingerprint
 from tests.conftest import ACME_TOKEN, ProxyFactory, Upstream, acme_route, get, raw_request
 
@@ -160,6 +160,8 @@ def test_setup_logging_chooses_the_format() -> None:
     stream = io.StringIO()
     setup_logging("auto", "info", stream)  # not a terminal: JSON
     logging.getLogger("amperity_proxy.test").info("hello", extra={"fields": {"k": 1}})
+    assert stream.getvalue() == ""  # info lines are batched ...
+    flush_logs()  # ... and written within 0.2 s by the server, or on flush
     line = json.loads(stream.getvalue())
     assert (line["message"], line["k"], line["level"]) == ("hello", 1, "info")
     text_stream = io.StringIO()
