@@ -71,8 +71,14 @@ docker-build:
 demo: install
 	$(BIN)/python -m proxy.demo
 
+# wrk, nginx and curl come from Debian's packages; installed here when missing.
 bench: install
-	$(BIN)/python bench/stream.py
+	@command -v wrk >/dev/null && command -v nginx >/dev/null && command -v curl >/dev/null || \
+		(apt-get update -qq && apt-get install -y -qq wrk nginx-light curl >/dev/null)
+	$(PYTHON) -m venv .venv-runtime
+	.venv-runtime/bin/pip install --quiet --require-hashes --no-deps -r requirements.lock
+	.venv-runtime/bin/pip install --quiet --no-deps --force-reinstall .
+	BENCH_PYTHON=.venv-runtime/bin/python $(BIN)/python bench/run.py
 
 clean:
-	rm -rf $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .venv-runtime .tools .mypy_cache .ruff_cache .pytest_cache

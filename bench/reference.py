@@ -23,7 +23,9 @@ HOP = {"connection", "keep-alive", "transfer-encoding", "host", "te", "trailer",
 async def main(port: int, base: str, ca_file: str | None) -> None:
     context = ssl.create_default_context(cafile=ca_file) if ca_file else None
     session = aiohttp.ClientSession(
-        auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(), timeout=aiohttp.ClientTimeout(total=None)
+        auto_decompress=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        timeout=aiohttp.ClientTimeout(total=None),
     )
 
     async def handle(request: web.BaseRequest) -> web.StreamResponse:

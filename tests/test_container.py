@@ -124,9 +124,18 @@ def test_lock_pins_every_runtime_dependency_with_hashes() -> None:
 
 @pytest.fixture
 def image_root(tmp_path: Path) -> Iterator[Path]:
-    """A read-only copy of the package, as the image's /venv would hold it."""
+    """The package installed the way the Dockerfile installs it (`pip install --no-deps .`, so
+    packaging mistakes show), made read-only, as the image's /venv would hold it."""
     site = tmp_path / "site"
-    shutil.copytree(ROOT / "proxy", site / "proxy", ignore=shutil.ignore_patterns("__pycache__"))
+    build = tmp_path / "src"
+    shutil.copytree(
+        ROOT, build, ignore=shutil.ignore_patterns(".venv*", ".git", ".tools", "*cache*", "build")
+    )
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site), str(build)],
+        check=True,
+        capture_output=True,
+    )
     for path in [site, *site.rglob("*")]:
         mode = path.stat().st_mode
         path.chmod(
