@@ -127,12 +127,23 @@ def image_root(tmp_path: Path) -> Iterator[Path]:
     """The package installed the way the Dockerfile installs it (`pip install --no-deps .`, so
     packaging mistakes show), made read-only, as the image's /venv would hold it."""
     site = tmp_path / "site"
-    build = tmp_path / "src"
-    shutil.copytree(
-        ROOT, build, ignore=shutil.ignore_patterns(".venv*", ".git", ".tools", "*cache*", "build")
-    )
+    build = tmp_path / "src"  # exactly what the Dockerfile COPYs into its build stage
+    build.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, build / name)
+    shutil.copytree(ROOT / "proxy", build / "proxy", ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site), str(build)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--target",
+            str(site),
+            str(build),
+        ],
         check=True,
         capture_output=True,
     )
@@ -203,6 +214,10 @@ async def test_entrypoint_runs_read_only_as_the_image_user(
         "HOME": "/nonexistent",
     }
     assert imported_from(env) == str(image_root / "proxy" / "__init__.py")
+    # Every module of the source tree made it into the install (subpackages included).
+    source = {p.relative_to(ROOT) for p in (ROOT / "proxy").rglob("*.py")}
+    installed = {p.relative_to(image_root) for p in (image_root / "proxy").rglob("*.py")}
+    assert source <= installed, f"missing from the install: {sorted(map(str, source - installed))}"
     before = listing(tmp_path)
     proc = await asyncio.create_subprocess_exec(
         *argv, env=env, cwd="/", stderr=asyncio.subprocess.PIPE, **_demote()
