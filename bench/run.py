@@ -396,7 +396,7 @@ def main() -> None:
     text = "\n".join(header + [f"| {a} | {b} | {c} |" for a, b, c in rows]) + "\n"
     print(text)
     if not QUICK:
-        (HERE / "RESULTS.md").write_text(text)
+        (HERE / "RESULTS.md").write_text(text + (HERE / "ANALYSIS.md").read_text())
     print(json.dumps({"written": not QUICK}))
 
 
