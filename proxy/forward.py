@@ -337,4 +337,3 @@ def _failed(
         request.protocol.force_close()
         return response
     return envelope(status, _message(reason, upstream), request_id)
-
