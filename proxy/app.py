@@ -12,9 +12,10 @@ import contextlib
 import dataclasses
 import logging
 import os
+import random
 import ssl
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 import aiohttp
 from aiohttp import web
@@ -27,9 +28,10 @@ from proxy.access import Gate
 from proxy.admit import Admission
 from proxy.config import Config, ConfigError, Route
 from proxy.connections import GuardedServer
-from proxy.forward import Upstream
+from proxy.forward import Backoff, Upstream
 from proxy.handlers import AdminHandlers, Lifecycle, ProxyHandler, Target
 from proxy.metrics import ProxyMetrics, StateCollector, TokenCollector
+from proxy.pacing import retry_delay
 from proxy.routing import HostEntry, HostTable, RouteTable
 from proxy.tokens import TokenError, TokenStore, make_sources, read_source
 from proxy.tokens.sources import Source
@@ -101,6 +103,8 @@ class ProxyApp:
         env: Mapping[str, str],
         token_poll_interval: float,
         clock: Callable[[], float],
+        sleep: Callable[[float], Awaitable[None]],
+        rng: random.Random,
     ) -> None:
         self.config = config
         self.registry = registry
@@ -113,6 +117,8 @@ class ProxyApp:
         self._session: aiohttp.ClientSession | None = None
         self._poller: asyncio.Task[None] | None = None
         self._reload_lock = asyncio.Lock()
+        self._sleep = sleep
+        self._rng = rng
         contexts = self._contexts(config)
         self.ssl_contexts = contexts  # route name -> the context its upstream uses
         self.store = TokenStore(
@@ -140,7 +146,7 @@ class ProxyApp:
             if self.exposition is not registry:
                 self.exposition.register(collector)
         self.handler = ProxyHandler(
-            self._admission(config, contexts), self.store, self.metrics, clock
+            self._admission(config, contexts), self.store, self.metrics, clock, sleep
         )
 
     # --- building ----------------------------------------------------------------------
@@ -168,12 +174,18 @@ class ProxyApp:
         prefixes, hosts = [], []
         for route in config.routes:
             base = route.base_url
+            route_metrics = self.metrics.for_route(route.name, route.tenant)
             target = Target(
                 Upstream.from_route(route, contexts[route.name], config.limits.body_timeout),
-                self.metrics.for_route(route.name, route.tenant),
+                route_metrics,
                 # A forward-mode client writes http:// with the base URL's host (and its port
                 # when it is not the default): that is where rewritten Locations point.
                 forward_base=f"http://{base.host_header}{base.path}",
+                backoff=Backoff(
+                    self._sleep,
+                    lambda policy, attempt, after: retry_delay(policy, attempt, after, self._rng),
+                    route_metrics.retry,
+                ),
             )
             prefixes.append((route.prefix, target))
             hosts.append(
@@ -337,6 +349,8 @@ def create_app(
     env: Mapping[str, str] | None = None,
     token_poll_interval: float = FILE_POLL_INTERVAL,
     clock: Callable[[], float] = time.time,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    rng: random.Random | None = None,
 ) -> ProxyApp:
     """Build the proxy (tokens load in `ProxyApp.startup`); raise StartupError when the client
     token or a ca_file can't be loaded."""
@@ -350,6 +364,8 @@ def create_app(
         env=os.environ if env is None else env,
         token_poll_interval=token_poll_interval,
         clock=clock,
+        sleep=sleep,
+        rng=rng or random.Random(),  # noqa: S311 (back-off jitter, not security)
     )
 
 

@@ -23,6 +23,7 @@ from proxy.listen_config import (
     parse_proxy_listen,
 )
 from proxy.token_config import TokenSource, parse_sources
+from proxy.traffic_config import RateLimit, RetryPolicy, parse_rate_limit, parse_retry
 from proxy.validation import (
     Errors,
     expand_env,
@@ -117,6 +118,8 @@ class Route:
     retry_body_limit: int = 1024 * 1024
     expired_token: ExpiredTokenPolicy = "forward"  # noqa: S105 (a policy name; reject = answer locally)
     max_body_bytes: int | None = None  # larger request bodies get 413
+    rate_limit: RateLimit | None = None  # pacing toward Amperity's per-endpoint limits
+    retry: RetryPolicy | None = None  # back-off on 429/503 for replayable requests
 
 
 @dataclass(frozen=True)
@@ -249,6 +252,8 @@ class _Defaults:
     retry_body_limit: int = 1024 * 1024
     expired_token: ExpiredTokenPolicy = "forward"  # noqa: S105 (a policy name)
     max_body_bytes: int | None = None
+    rate_limit: RateLimit | None = None
+    retry: RetryPolicy | None = None
 
 
 _OVERRIDABLE = (
@@ -259,6 +264,8 @@ _OVERRIDABLE = (
     "retry_body_limit",
     "expired_token",
     "max_body_bytes",
+    "rate_limit",
+    "retry",
 )
 
 
@@ -305,8 +312,22 @@ def _overrides(m: Mapping[str, Any], path: str, errs: Errors, base: _Defaults) -
                 errs.add(join(path, "max_body_bytes"), f"must be 0 or more, got {int(limit)}")
             elif limit is not None:
                 max_body_bytes = int(limit)
+    rate_limit = base.rate_limit
+    if "rate_limit" in m:
+        rate_limit = parse_rate_limit(m["rate_limit"], join(path, "rate_limit"), errs)
+    retry = base.retry
+    if "retry" in m:
+        retry = parse_retry(m["retry"], join(path, "retry"), errs)
     return _Defaults(
-        base_url, api_version, ca_file, timeouts, retry_body_limit, expired_token, max_body_bytes
+        base_url,
+        api_version,
+        ca_file,
+        timeouts,
+        retry_body_limit,
+        expired_token,
+        max_body_bytes,
+        rate_limit,
+        retry,
     )
 
 
@@ -396,6 +417,8 @@ def _route(raw: object, path: str, errs: Errors, defaults: _Defaults) -> Route |
         own.retry_body_limit,
         own.expired_token,
         own.max_body_bytes,
+        own.rate_limit,
+        own.retry,
     )
 
 

@@ -51,6 +51,7 @@ class GuardedHandler(RequestHandler):
         self._deadline: asyncio.TimerHandle | None = None
         self._busy = False
         self._partial = False  # bytes of a request arrived since the deadline was armed
+        self.gone = asyncio.Event()  # set when the client disconnects (queued requests give up)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -59,6 +60,7 @@ class GuardedHandler(RequestHandler):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._disarm()
+        self.gone.set()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:

@@ -33,6 +33,7 @@ from proxy.config import Route
 from proxy.errors import envelope
 from proxy.headers import response_headers, rewrite_location, upstream_headers
 from proxy.tokens import Credential
+from proxy.traffic_config import RetryPolicy
 
 log = logging.getLogger("amperity_proxy.forward")
 
@@ -170,6 +171,15 @@ REPLAYABLE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 OnUnauthorized = Callable[[Credential, bool], Awaitable[Credential | None]]
 
 
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """How `forward` waits between retries on 429/503 (injected, so tests control time)."""
+
+    sleep: Callable[[float], Awaitable[None]]
+    delay: Callable[[RetryPolicy, int, str | None], float]
+    retried: Callable[[str], None]  # counts the retry by reason
+
+
 async def read_replayable_body(
     request: web.BaseRequest, limit: int, body_timeout: float, outcome: Outcome
 ) -> bytes | bool:
@@ -214,6 +224,7 @@ async def forward(
     *,
     body: bytes | None = None,
     on_unauthorized: OnUnauthorized | None = None,
+    backoff: Backoff | None = None,
 ) -> web.StreamResponse:
     """Send `request` to `upstream` with the credential and stream the response back.
 
@@ -264,6 +275,21 @@ async def forward(
                 outcome.retried = True
                 credential = replacement
                 upstream_response = await send(credential)
+        attempt = 1
+        policy = route.retry
+        while (
+            backoff is not None
+            and policy is not None
+            and body is not None  # replayable: idempotent method, body kept (never POST/PATCH)
+            and upstream_response.status in policy.on
+            and attempt < policy.attempts
+        ):
+            delay = backoff.delay(policy, attempt, upstream_response.headers.get("Retry-After"))
+            upstream_response.release()
+            backoff.retried(f"status_{upstream_response.status}")
+            await backoff.sleep(delay)
+            attempt += 1
+            upstream_response = await send(credential)
         outcome.upstream_status = upstream_response.status
         outcome.deprecation = _deprecation(upstream_response.headers)
         response = _CoalescedResponse(

@@ -10,7 +10,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -22,6 +22,7 @@ from proxy.admit import Admission
 from proxy.config import Route
 from proxy.errors import Refusal, envelope
 from proxy.forward import (
+    Backoff,
     BodyLimit,
     Outcome,
     Upstream,
@@ -31,6 +32,7 @@ from proxy.forward import (
 )
 from proxy.headers import query_has_api_version, request_id
 from proxy.metrics import ProxyMetrics, RouteMetrics
+from proxy.pacing import ClientGone, Pacer, RateLimited
 from proxy.recovery import Recovery, expired_refusal
 from proxy.tokens import Credential, TokenStore
 
@@ -48,6 +50,7 @@ class Target:
     upstream: Upstream
     metrics: RouteMetrics
     forward_base: str  # http://<base host>[:port]<base path>: a forward-mode client's view
+    backoff: Backoff  # how retries on 429/503 wait and are counted
 
     @property
     def route(self) -> Route:
@@ -87,12 +90,14 @@ class ProxyHandler:
         store: TokenStore,
         metrics: ProxyMetrics,
         clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.admission = admission
         self.store = store
         self.metrics = metrics
         self.session: aiohttp.ClientSession | None = None  # set while the proxy runs
         self.recovery = Recovery(store, clock)
+        self.pacer = Pacer(clock, sleep)
         self.clock = clock
         self._deprecation_logged: set[str] = set()
 
@@ -126,6 +131,28 @@ class ProxyHandler:
                     self.metrics.rejected.labels(refusal.reason).inc()
                     result = envelope(refusal.status, refusal.message, rid)
                     return result
+            if route.rate_limit is not None:
+                # Before the body is read: a queued request holds no body in memory.
+                gone = getattr(request.protocol, "gone", None)
+                try:
+                    waited = await self.pacer.pace(route, request.method, admitted.rest, gone)
+                except RateLimited as exc:
+                    target.metrics.ratelimit_rejected.inc()
+                    self.metrics.rejected.labels("rate_limited").inc()
+                    result = envelope(
+                        429,
+                        f"route {route.name} is over its rate limit "
+                        f"({route.rate_limit.requests_per_second:g}/s); retry after "
+                        f"{exc.retry_after}s",
+                        rid,
+                        {"Retry-After": str(exc.retry_after)},
+                    )
+                    return result
+                except ClientGone:
+                    outcome.client_gone = True
+                    result = web.StreamResponse(status=499)
+                    return result
+                target.metrics.ratelimit_wait.observe(waited)
             length = request.content_length
             limit = route.max_body_bytes
             if limit is not None and length is not None and length > limit:
@@ -159,6 +186,7 @@ class ProxyHandler:
                     query_has_api_version(admitted.query[1:]) if admitted.query else False,
                     body=body if isinstance(body, bytes) else None,
                     on_unauthorized=on_unauthorized,
+                    backoff=target.backoff,
                 )
             except BodyLimit:  # stalled while its replayable body was being read
                 result = body_refusal(outcome, rid)

@@ -27,7 +27,8 @@ disable_created_metrics()  # type: ignore[no-untyped-call]
 
 UPSTREAM_ERROR_REASONS = ("connect", "tls", "timeout", "reset")
 UNAUTHORIZED_CAUSES = ("expired", "rejected", "unknown")
-RETRY_REASONS = ("unauthorized",)
+RETRY_REASONS = ("unauthorized", "status_429", "status_503")
+WAIT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 REFRESH_RESULTS = ("success", "failure")
 REJECT_REASONS = (
     "no_route",
@@ -42,6 +43,7 @@ REJECT_REASONS = (
     "too_many_connections",
     "body_timeout",
     "body_too_large",
+    "rate_limited",
     *ACCESS_REJECT_REASONS,
 )
 # Amperity API calls range from milliseconds to minutes (large exports).
@@ -62,6 +64,19 @@ class ProxyMetrics:
             "amperity_proxy_upstream_retries",
             "Requests sent upstream again, by reason.",
             ["route", "tenant", "reason"],
+            registry=registry,
+        )
+        self.ratelimit_wait = Histogram(
+            "amperity_proxy_ratelimit_wait_seconds",
+            "Time requests waited for a rate-limit slot (rate_limit: on the route).",
+            ["route"],
+            buckets=WAIT_BUCKETS,
+            registry=registry,
+        )
+        self.ratelimit_rejected = Counter(
+            "amperity_proxy_ratelimit_rejected",
+            "Requests answered with a local 429 because their wait would exceed max_wait.",
+            ["route"],
             registry=registry,
         )
         self.deprecations = Counter(
@@ -131,12 +146,21 @@ class RouteMetrics:
             reason: metrics.retries.labels(route, tenant, reason) for reason in RETRY_REASONS
         }
         self.deprecations = metrics.deprecations.labels(route, tenant)
+        self.ratelimit_wait = metrics.ratelimit_wait.labels(route)
+        self.ratelimit_rejected = metrics.ratelimit_rejected.labels(route)
         self.duration = metrics.duration.labels(route, tenant)
         self.errors = {
             reason: metrics.upstream_errors.labels(route, tenant, reason)
             for reason in UPSTREAM_ERROR_REASONS
         }
         self._responses: dict[int, Counter] = {}
+
+    def retry(self, reason: str) -> None:
+        child = self.retries.get(reason)
+        if child is None:
+            child = self._metrics.retries.labels(*self._labels, reason)
+            self.retries[reason] = child
+        child.inc()
 
     def response(self, status: int) -> None:
         child = self._responses.get(status)
