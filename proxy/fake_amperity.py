@@ -18,6 +18,8 @@ Special paths (under any base path, e.g. `/api/_fake/bytes/1024`):
 - `_fake/reset`       sends headers, then resets the connection
 - `_fake/hop`         answers with hop-by-hop and CORS headers a proxy must remove
 - `_fake/deprecated`  answers with `Deprecation` and `Sunset` headers
+- `_fake/flaky/N`     the first N answers per path are `?status=` (429) with `?after=` as
+                      Retry-After, then 200
 
 `POST <base>/v0/oauth2/token` is Amperity's client-credentials endpoint (see `clients`,
 `token_ttl`, `token_failures`, `mint_gate`, `mints`); `revoked` tokens get 401 although valid.
@@ -33,7 +35,8 @@ import socket
 import ssl
 import time
 import uuid
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,6 +97,7 @@ class RecordedRequest:
     body_length: int
     body_sha256: str
     status: int
+    received_at: float = 0.0  # FakeAmperity.clock() when it arrived
 
     def header(self, name: str) -> str | None:
         values = self.header_all(name)
@@ -120,6 +124,8 @@ class FakeAmperity:
         self.mint_gate: asyncio.Event | None = None  # when set, token requests wait for it
         self.mints: list[dict[str, str]] = []  # client_id, tenant, status: never the secret
         self.streamed = 0  # bytes written by `_fake/bytes/N` so far (back-pressure tests)
+        self.clock: Callable[[], float] = time.time  # stamps `received_at`
+        self.flaky: Counter[str] = Counter()  # answers so far per `_fake/flaky/...` path
         self.app = web.Application()
         self.app.router.add_post("/{base:.*}/v0/oauth2/token", self._token)
         self.app.router.add_route("*", "/{tail:.*}", self._handle)
@@ -180,7 +186,13 @@ class FakeAmperity:
 
     async def _record(self, request: web.Request, length: int, digest: str, status: int) -> None:
         recorded = RecordedRequest(
-            request.method, request.raw_path, tuple(request.headers.items()), length, digest, status
+            request.method,
+            request.raw_path,
+            tuple(request.headers.items()),
+            length,
+            digest,
+            status,
+            self.clock(),
         )
         async with self._recorded:
             self.requests.append(recorded)
@@ -238,6 +250,16 @@ class FakeAmperity:
             assert request.transport is not None
             request.transport.abort()
             return reset
+        if kind == "flaky":  # the first N answers carry `status` (and `after` as Retry-After)
+            path = request.raw_path.split("?", 1)[0]
+            self.flaky[path] += 1
+            if self.flaky[path] <= int(arg):
+                headers = (
+                    {"Retry-After": request.query["after"]} if "after" in request.query else {}
+                )
+                status = int(request.query.get("status", "429"))
+                return web.json_response({"status": status}, status=status, headers=headers)
+            return web.json_response({"ok": True})
         if kind == "deprecated":
             return web.json_response(
                 {"old": True},

@@ -21,6 +21,7 @@ from proxy.traffic_config import RetryPolicy
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
+_EPSILON = 1e-6  # refills are floats on epoch-sized clocks: 0.1 s at 10/s may be 0.9999998
 _MAX_BUCKETS = 10_000  # idle buckets beyond this are dropped (hostile paths can't grow memory)
 
 
@@ -50,6 +51,10 @@ class Bucket:
         self._dispatcher: asyncio.Task[None] | None = None
 
     @property
+    def waiting(self) -> int:
+        return sum(1 for w in self._waiters if not w.done())
+
+    @property
     def idle(self) -> bool:
         self._refill()
         return not self._waiters and self.tokens >= self.burst
@@ -63,7 +68,7 @@ class Bucket:
         """Wait for a token in arrival order; return the seconds waited."""
         self._refill()
         live = [w for w in self._waiters if not w.done()]
-        if not live and self.tokens >= 1:
+        if not live and self.tokens >= 1 - _EPSILON:
             self.tokens -= 1
             return 0.0
         expected = (len(live) + 1 - self.tokens) / self.rate
@@ -95,7 +100,7 @@ class Bucket:
             if not self._waiters:
                 return
             self._refill()
-            if self.tokens >= 1:
+            if self.tokens >= 1 - _EPSILON:
                 self.tokens -= 1
                 self._waiters.popleft().set_result(None)
                 continue
@@ -109,6 +114,10 @@ class Pacer:
         self.clock = clock
         self.sleep = sleep
         self._buckets: dict[tuple[str, ...], Bucket] = {}
+
+    def queued(self) -> int:
+        """Requests waiting for a slot right now, over all buckets."""
+        return sum(bucket.waiting for bucket in self._buckets.values())
 
     @staticmethod
     def endpoint(route: Route, method: str, rest: str) -> tuple[str, ...]:

@@ -140,6 +140,8 @@ async def make_proxy(
         extra: dict[str, Any] | None = None,
         token_poll_interval: float = 3600,
         clock: Callable[[], float] | None = None,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
+        rng: Any = None,
     ) -> Proxy:
         raw: dict[str, Any] = {"routes": routes or [acme_route(upstream)]}
         raw.update(extra or {})
@@ -156,6 +158,8 @@ async def make_proxy(
             env=environment,
             token_poll_interval=token_poll_interval,
             **({"clock": clock} if clock is not None else {}),
+            **({"sleep": sleep} if sleep is not None else {}),
+            **({"rng": rng} if rng is not None else {}),
         )
         await app.startup()
         started.append(app)
