@@ -7,6 +7,7 @@ through a fake resolver, with TLS verification on against the test CA.
 from __future__ import annotations
 
 import asyncio
+import random
 import ssl
 import sys
 import time
@@ -141,7 +142,7 @@ async def make_proxy(
         token_poll_interval: float = 3600,
         clock: Callable[[], float] | None = None,
         sleep: Callable[[float], Awaitable[None]] | None = None,
-        rng: Any = None,
+        rng: random.Random | None = None,
     ) -> Proxy:
         raw: dict[str, Any] = {"routes": routes or [acme_route(upstream)]}
         raw.update(extra or {})
@@ -157,9 +158,9 @@ async def make_proxy(
             registry=registry,
             env=environment,
             token_poll_interval=token_poll_interval,
-            **({"clock": clock} if clock is not None else {}),
-            **({"sleep": sleep} if sleep is not None else {}),
-            **({"rng": rng} if rng is not None else {}),
+            clock=clock or time.time,
+            sleep=sleep or asyncio.sleep,
+            rng=rng,
         )
         await app.startup()
         started.append(app)

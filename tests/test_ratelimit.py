@@ -160,7 +160,7 @@ async def test_a_disconnected_client_gives_its_place_to_the_next(
     route = paced(upstream, requests_per_second=1, burst=1, key="route")
     proxy = await make(make_proxy, upstream, route, ft)
     assert (await proxy.client.get("/acme/x")).status == 200
-    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    _, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
     writer.write(b"GET /acme/x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
     await writer.drain()
     await until(lambda: proxy.app.handler.pacer.queued() == 1, "the first client queued")
