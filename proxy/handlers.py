@@ -34,6 +34,7 @@ from proxy.headers import query_has_api_version, request_id
 from proxy.metrics import ProxyMetrics, RouteMetrics
 from proxy.pacing import ClientGone, Pacer, RateLimited
 from proxy.recovery import Recovery, expired_refusal
+from proxy.status import Activity
 from proxy.tokens import Credential, TokenStore
 
 access_log = logging.getLogger("amperity_proxy.access")
@@ -96,7 +97,8 @@ class ProxyHandler:
         self.store = store
         self.metrics = metrics
         self.session: aiohttp.ClientSession | None = None  # set while the proxy runs
-        self.recovery = Recovery(store, clock)
+        self.activity = Activity()  # the status page's per-route traffic; survives reloads
+        self.recovery = Recovery(store, clock, self.activity)
         self.pacer = Pacer(clock, sleep)
         self.clock = clock
         self._deprecation_logged: set[str] = set()
@@ -211,7 +213,11 @@ class ProxyHandler:
         fields = {"request_id": rid, "route": route.name, "tenant": route.tenant}
         if outcome.upstream_status is not None:
             target.metrics.response(outcome.upstream_status)
+        status = outcome.upstream_status or 0
+        now = self.clock()
+        self.activity.route(route.name).record(now, outcome.error is not None or status >= 500)
         if outcome.error is not None:
+            self.activity.upstream_error(route.name, outcome.error, now)
             target.metrics.errors[outcome.error].inc()
             log.warning(
                 "upstream %s error: %s", outcome.error, outcome.detail, extra={"fields": fields}

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from proxy.config import Route
 from proxy.errors import Refusal
 from proxy.metrics import RouteMetrics
+from proxy.status import Activity
 from proxy.tokens import Credential, RouteStatus, TokenStore, in_words
 
 log = logging.getLogger("amperity_proxy.proxy")
@@ -37,9 +38,15 @@ def _utc(timestamp: float) -> str:
 class Recovery:
     """The 401 path of one proxy: classify, count, log, recover, decide on a retry."""
 
-    def __init__(self, store: TokenStore, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        store: TokenStore,
+        clock: Callable[[], float] = time.time,
+        activity: Activity | None = None,
+    ) -> None:
         self.store = store
         self.clock = clock
+        self.activity = activity
 
     async def unauthorized(
         self,
@@ -53,6 +60,8 @@ class Recovery:
         now = self.clock()
         cause = unauthorized_cause(credential, now)
         metrics.unauthorized[cause].inc()
+        if self.activity is not None:
+            self.activity.unauthorized(route.name, cause, now)
         expiry = credential.expires_at
         if expiry is None:
             expires = "no exp claim"

@@ -1,0 +1,179 @@
+"""The status page and /status.json: token states, traffic, nothing secret, strict headers, and
+a real headless Chromium that renders it without console errors or CSP violations."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from proxy.fake_amperity import make_token
+from tests.conftest import ACME_TOKEN, Proxy, ProxyFactory, Upstream, acme_route
+
+ROOT = Path(__file__).resolve().parent.parent
+DAY = 86400
+
+
+def three_routes(upstream: Upstream) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    tokens = {
+        "FINE": make_token("acme", ttl=30 * DAY, subject="fine"),
+        "SOON": make_token("acme", ttl=2 * DAY, subject="soon"),
+        "OLD": make_token("acme", issued_at=time.time() - 10 * DAY, ttl=DAY, subject="old"),
+    }
+    routes = [
+        acme_route(upstream, prefix="/fine", token={"env": "FINE"}),
+        acme_route(upstream, prefix="/soon", token={"env": "SOON"}),
+        acme_route(upstream, prefix="/old", token={"env": "OLD"}),
+    ]
+    return routes, tokens
+
+
+async def status(proxy: Proxy) -> dict[str, Any]:
+    response = await proxy.admin.get("/status.json")
+    assert response.status == 200
+    body: dict[str, Any] = await response.json()
+    return body
+
+
+async def test_status_json_states_for_each_token_situation(
+    make_proxy: ProxyFactory, upstream: Upstream, tmp_path: Path
+) -> None:
+    routes, tokens = three_routes(upstream)
+    failing_file = tmp_path / "token"
+    failing_file.write_text(make_token("acme", ttl=30 * DAY))
+    routes.append(acme_route(upstream, prefix="/failing", token={"file": str(failing_file)}))
+    proxy = await make_proxy(routes, env=tokens)
+    failing_file.unlink()
+    await proxy.store.reload_files()
+    doc = await status(proxy)
+    states = {r["name"]: r["state"] for r in doc["routes"]}
+    assert states == {"fine": "ok", "soon": "expiring", "old": "expired", "failing": "failing"}
+    fine = doc["routes"][0]
+    assert fine["prefix"] == "/fine" and fine["tenant"] == "acme"
+    assert fine["token"]["source"] == "environment variable FINE"
+    assert 29 * DAY < fine["token"]["seconds_left"] <= 30 * DAY
+    assert doc["ready"] is True and doc["reload"]["successful"] is True
+    text = await (await proxy.admin.get("/status.json")).text()
+    for token in tokens.values():
+        assert token not in text and token.split(".")[2] not in text
+
+
+async def test_traffic_and_401_causes_over_the_last_five_minutes(
+    make_proxy: ProxyFactory, upstream: Upstream
+) -> None:
+    proxy = await make_proxy(
+        [acme_route(upstream), acme_route(upstream, prefix="/bad", tenant="bad")]
+    )
+    for _ in range(3):
+        assert (await proxy.client.get("/acme/x?secret=1")).status == 200
+    assert (await proxy.client.get("/acme/_fake/status/503")).status == 503
+    assert (await proxy.client.get("/bad/x")).status == 401
+    doc = await status(proxy)
+    acme, bad = doc["routes"]
+    assert acme["traffic"] == {
+        "window_seconds": 300,
+        "requests": 4,
+        "errors": 1,
+        "error_rate": 0.25,
+    }
+    assert bad["unauthorized"]["by_cause"] == {"rejected": 1}
+    assert bad["unauthorized"]["last_at"] is not None
+    assert "secret" not in str(doc) and ACME_TOKEN not in str(doc)
+
+
+async def test_page_headers_and_content(make_proxy: ProxyFactory, upstream: Upstream) -> None:
+    routes, tokens = three_routes(upstream)
+    proxy = await make_proxy(routes, env=tokens)
+    response = await proxy.admin.get("/")
+    assert response.status == 200
+    assert response.headers["Content-Type"].startswith("text/html")
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.headers["Cache-Control"] == "no-store"
+    csp = response.headers["Content-Security-Policy"]
+    assert "default-src 'none'" in csp and "script-src 'nonce-" in csp
+    html = await response.text()
+    nonce = csp.split("script-src 'nonce-", 1)[1].split("'", 1)[0]
+    assert f'<script nonce="{nonce}">' in html and f'<style nonce="{nonce}">' in html
+    assert 'http-equiv="refresh"' in html and "src=" not in html and "href=" not in html
+    assert "expires within 7 days" in html and "EXPIRED" in html
+    for token in tokens.values():
+        assert token not in html
+    assert (await proxy.client.get("/")).status == 404  # only on the admin listener
+
+
+def _chromium() -> tuple[str, str] | None:
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    return (browser, driver) if browser and driver else None
+
+
+@pytest.mark.skipif(
+    _chromium() is None,
+    reason="headless Chromium missing: apt-get install chromium chromium-driver (.ci/run does)",
+)
+async def test_a_real_browser_renders_the_page(
+    make_proxy: ProxyFactory, upstream: Upstream
+) -> None:
+    import asyncio
+
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+
+    routes, tokens = three_routes(upstream)
+    proxy = await make_proxy(routes, env=tokens)
+    for _ in range(5):
+        await proxy.client.get("/fine/segments")
+    await proxy.client.get("/old/segments")  # an upstream 401 (expired)
+    browser, driver_path = _chromium()  # type: ignore[misc]
+    url = f"http://127.0.0.1:{proxy.admin.server.port}/"
+
+    def browse() -> tuple[dict[str, str], list[dict[str, Any]], str]:
+        options = webdriver.ChromeOptions()
+        options.binary_location = browser
+        for flag in (
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--window-size=1280,900",
+        ):
+            options.add_argument(flag)
+        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+        driver = webdriver.Chrome(options=options, service=Service(driver_path))
+        try:
+            driver.get(url)
+            badges = {
+                section.get_attribute("data-route") or "": section.find_element(
+                    By.CSS_SELECTOR, ".badge"
+                ).text
+                for section in driver.find_elements(By.CSS_SELECTOR, "section[data-route]")
+            }
+            logs = driver.get_log("browser")  # type: ignore[no-untyped-call]
+            first_time = driver.find_element(By.CSS_SELECTOR, "time").text
+            driver.save_screenshot(str(ROOT / "docs" / "status-page.png"))
+            return badges, logs, first_time
+        finally:
+            driver.quit()
+
+    badges, logs, first_time = await asyncio.to_thread(browse)
+    assert badges == {
+        "fine": "OK",
+        "soon": "EXPIRES WITHIN 7 DAYS",
+        "old": "EXPIRED",
+    } or badges == {
+        "fine": "OK",
+        "soon": "expires within 7 days",
+        "old": "EXPIRED",
+    }
+    assert logs == []  # no console errors, no CSP violations
+    assert "UTC" not in first_time  # the script ran: times are in the viewer's local format
+    assert (ROOT / "docs" / "status-page.png").stat().st_size > 10_000
