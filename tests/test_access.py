@@ -9,17 +9,15 @@ import logging
 import os
 import signal
 import stat
-import sys
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-import yaml
 
 from proxy.config import ConfigError, parse_config
 from proxy.fake_amperity import FakeAmperity, FakeTLS, make_token
-from tests.conftest import ProxyFactory, Upstream, acme_route, get, raw_request
+from tests.conftest import ProxyFactory, Upstream, acme_route, get, raw_request, spawn_proxy
 
 
 def message(body: bytes) -> str:
@@ -288,33 +286,10 @@ async def test_unix_socket_listener_with_mode(tmp_path: Path, tls: FakeTLS) -> N
             }
         ],
     }
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("AMPERITY_")},
-        "ACME_TOKEN": make_token("acme"),
-    }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "proxy",
-        "run",
-        "--config",
-        str(tmp_path / "config.yaml"),
-        "--log-format",
-        "json",
-        env=env,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    process = await spawn_proxy(tmp_path, config, {"ACME_TOKEN": make_token("acme")})
+    proc = process.proc
     try:
-        assert proc.stderr is not None
-        lines: list[bytes] = []
-        while True:
-            line = await asyncio.wait_for(proc.stderr.readline(), 30)
-            assert line, b"".join(lines)
-            lines.append(line)
-            if b'"listen"' in line:
-                assert json.loads(line)["listen"] == [f"unix:{sock_path}"]
-                break
+        assert process.listening["listen"] == [f"unix:{sock_path}"]
         assert stat.S_IMODE(sock_path.stat().st_mode) == 0o660
         assert stat.S_ISSOCK(sock_path.stat().st_mode)
         connector = aiohttp.UnixConnector(path=str(sock_path))
@@ -323,14 +298,12 @@ async def test_unix_socket_listener_with_mode(tmp_path: Path, tls: FakeTLS) -> N
             session.get("http://localhost/acme/x") as response,
         ):
             assert response.status == 200
-        access = json.loads(await asyncio.wait_for(proc.stderr.readline(), 30))
+        access = await process.log_until(lambda r: r.get("logger") == "amperity_proxy.access")
         assert access["client"] == f"uid:{os.getuid()}"
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 30) == 0
         assert not sock_path.exists()  # removed on shutdown
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        await process.stop()
         await runner.cleanup()
     assert [r.raw_path for r in fake.requests] == ["/api/x"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import socket
@@ -12,7 +11,6 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
@@ -21,6 +19,7 @@ import yaml
 from proxy import __version__
 from proxy.cli import main
 from proxy.fake_amperity import FakeAmperity, FakeTLS, make_token, start_fake
+from tests.conftest import spawn_proxy
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -119,15 +118,6 @@ def test_bad_listen_flag_is_a_usage_error(capsys: pytest.CaptureFixture[str]) ->
     assert "expected HOST:PORT" in capsys.readouterr().err
 
 
-async def _read_until_listening(stream: asyncio.StreamReader) -> dict[str, Any]:
-    while True:
-        line = await asyncio.wait_for(stream.readline(), 30)
-        assert line, "the proxy exited before listening"
-        record: dict[str, Any] = json.loads(line)
-        if "listen" in record:
-            return record
-
-
 @pytest.fixture
 async def process_upstream(tls: FakeTLS) -> AsyncIterator[tuple[FakeAmperity, int]]:
     fake = FakeAmperity()
@@ -156,25 +146,10 @@ async def test_sigterm_drains_in_flight_requests_then_exits_zero(
             }
         ],
     }
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AMPERITY_")}
-    env["ACME_TOKEN"] = make_token("acme")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "proxy",
-        "run",
-        "--config",
-        str(tmp_path / "config.yaml"),
-        "--log-format",
-        "json",
-        env=env,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    process = await spawn_proxy(tmp_path, config, {"ACME_TOKEN": make_token("acme")})
+    proc = process.proc
     try:
-        assert proc.stderr is not None
-        listening = await _read_until_listening(proc.stderr)
-        proxy_addr, admin_addr = listening["listen"][0], listening["admin"][0]
+        proxy_addr, admin_addr = process.proxy, process.admin
         proxy_port = int(proxy_addr.rsplit(":", 1)[1])
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
             assert (await session.get(f"http://{admin_addr}/readyz")).status == 200
@@ -202,9 +177,7 @@ async def test_sigterm_drains_in_flight_requests_then_exits_zero(
             assert await response.json() == {"held": True}
         assert await asyncio.wait_for(proc.wait(), 30) == 0
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        await process.stop()
     assert [r.raw_path for r in fake.requests] == ["/api/_fake/hold"]
 
 

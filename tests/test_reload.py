@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import os
 import signal
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +14,16 @@ import yaml
 
 from proxy.config import Config, ConfigError, parse_config
 from proxy.fake_amperity import FakeAmperity, FakeTLS, make_token, start_fake
-from tests.conftest import Proxy, ProxyFactory, Upstream, acme_route, exec_source, metric, subject
+from tests.conftest import (
+    Proxy,
+    ProxyFactory,
+    Upstream,
+    acme_route,
+    exec_source,
+    metric,
+    spawn_proxy,
+    subject,
+)
 
 T1 = make_token("acme", subject="one")
 T2 = make_token("acme", subject="two")
@@ -167,40 +173,16 @@ async def test_sighup_reloads_while_requests_are_in_flight(tmp_path: Path, tls: 
 
     config_path = tmp_path / "config.yaml"
 
-    def write(routes: list[dict[str, Any]]) -> None:
+    def write(routes: list[dict[str, Any]]) -> dict[str, Any]:
         config = {"listen": {"port": 0}, "admin": {"port": 0}, "routes": routes}
         config_path.write_text(yaml.safe_dump(config))
+        return config
 
-    write([route("/acme", "T1")])
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AMPERITY_")} | {
-        "T1": T1,
-        "T2": T2,
-    }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "proxy",
-        "run",
-        "--config",
-        str(config_path),
-        "--log-format",
-        "json",
-        env=env,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    assert proc.stderr is not None
-
-    async def until(predicate: Any) -> dict[str, Any]:
-        while True:
-            line = await asyncio.wait_for(proc.stderr.readline(), 30)  # type: ignore[union-attr]
-            assert line, "the proxy exited"
-            record: dict[str, Any] = json.loads(line)
-            if predicate(record):
-                return record
-
+    process = await spawn_proxy(tmp_path, write([route("/acme", "T1")]), {"T1": T1, "T2": T2})
+    proc = process.proc
+    until = process.log_until
     try:
-        listening = await until(lambda r: "listen" in r and "admin" in r)
-        base = f"http://{listening['listen'][0]}"
+        base = f"http://{process.proxy}"
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
             held = asyncio.create_task(session.get(f"{base}/acme/_fake/hold"))
             await asyncio.wait_for(fake.held.wait(), 30)
@@ -223,9 +205,7 @@ async def test_sighup_reloads_while_requests_are_in_flight(tmp_path: Path, tls: 
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 30) == 0
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        await process.stop()
         await runner.cleanup()
     by_path = {r.raw_path: subject(r.header("Authorization")) for r in fake.requests}
     assert by_path == {"/api/_fake/hold": "one", "/api/b": "one", "/api/a": "two", "/api/y": "two"}
