@@ -16,7 +16,6 @@ import random
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -26,16 +25,15 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from proxy import __version__
 from proxy.access import Gate
+from proxy.admin import AdminHandlers, Lifecycle
 from proxy.admit import Admission
 from proxy.config import Config, ConfigError, Route
 from proxy.connections import GuardedServer
 from proxy.forward import Backoff, Upstream
-from proxy.handlers import AdminHandlers, Lifecycle, ProxyHandler, Target
+from proxy.handlers import ProxyHandler, Target
 from proxy.metrics import ProxyMetrics, StateCollector, TokenCollector
 from proxy.pacing import retry_delay
 from proxy.routing import HostEntry, HostTable, RouteTable
-from proxy.status import status_document
-from proxy.status_page import render
 from proxy.tokens import TokenError, TokenStore, make_sources, read_source
 from proxy.tokens.sources import Source
 from proxy.tokens.store import FILE_POLL_INTERVAL
@@ -373,53 +371,16 @@ def create_app(
 
 
 def create_admin_app(proxy: ProxyApp) -> web.Application:
-    """The admin application (/healthz, /livez, /readyz, /metrics, POST /-/reload)."""
-    handlers = AdminHandlers(proxy.store, proxy.exposition, proxy.lifecycle)
-
-    async def reload(request: web.Request) -> web.Response:
-        if not proxy.config.enable_reload:
-            return web.json_response(
-                {"status": 403, "message": "POST /-/reload is off; set admin.enable_reload: true"},
-                status=403,
-            )
-        errors = await proxy.reload_from_source("POST /-/reload")
-        if errors:
-            return web.json_response({"status": 400, "errors": errors}, status=400)
-        return web.json_response({"status": 200, "message": "config reloaded"})
-
-    def document() -> dict[str, Any]:
-        life = proxy.lifecycle
-        return status_document(
-            proxy.config,
-            proxy.store.snapshot(),
-            proxy.handler.activity,
-            started_at=life.started_at,
-            ready=life.ready(proxy.store),
-            draining=life.draining,
-            reload={
-                "successful": life.reload_successful,
-                "at": life.reload_success_at,
-                "errors": life.reload_errors,
-            },
-        )
-
-    page_headers = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
-
-    async def status_json(request: web.Request) -> web.Response:
-        headers = {**page_headers, "Content-Security-Policy": "default-src 'none'"}
-        return web.json_response(document(), headers=headers)
-
-    async def status_html(request: web.Request) -> web.Response:
-        html, csp = render(document())
-        headers = {**page_headers, "Content-Security-Policy": csp}
-        return web.Response(text=html, content_type="text/html", headers=headers)
-
+    """The admin application: /, /status.json, /healthz, /livez, /readyz, /metrics,
+    POST /-/reload."""
+    handlers = AdminHandlers(
+        proxy.store,
+        proxy.exposition,
+        proxy.lifecycle,
+        proxy.handler.activity,
+        lambda: proxy.config,
+        proxy.reload_from_source,
+    )
     admin = web.Application()
-    admin.router.add_get("/", status_html)
-    admin.router.add_get("/status.json", status_json)
-    admin.router.add_get("/healthz", handlers.healthz)
-    admin.router.add_get("/livez", handlers.healthz)
-    admin.router.add_get("/readyz", handlers.readyz)
-    admin.router.add_get("/metrics", handlers.metrics)
-    admin.router.add_post("/-/reload", reload)
+    handlers.routes(admin)
     return admin

@@ -7,7 +7,6 @@ response, with a `finally` that records metrics and writes the access-log line.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -15,7 +14,6 @@ from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from proxy.access import peer_uid
 from proxy.admit import Admission
@@ -56,23 +54,6 @@ class Target:
     @property
     def route(self) -> Route:
         return self.upstream.route
-
-
-class Lifecycle:
-    """Process state the admin endpoints report: draining on SIGTERM, the last config reload."""
-
-    def __init__(self) -> None:
-        self.draining = False
-        self.started_at = time.time()
-        self.reload_successful = True
-        self.reload_success_at = self.started_at
-        self.reload_errors: list[str] = []
-
-    def ready(self, store: TokenStore) -> bool:
-        """Not draining, and every route has a token. An expired token does not make the pod
-        unready: readiness gates the whole pod, and an Amperity token problem must not take
-        the application down with it."""
-        return not self.draining and all(s.current is not None for s in store.snapshot())
 
 
 def _abandon_body(request: web.BaseRequest) -> None:
@@ -278,38 +259,3 @@ class ProxyHandler:
                 }
             },
         )
-
-
-class AdminHandlers:
-    """Health, readiness and metrics for the admin listener."""
-
-    def __init__(
-        self, store: TokenStore, registry: CollectorRegistry, lifecycle: Lifecycle
-    ) -> None:
-        self.store = store
-        self.registry = registry
-        self.lifecycle = lifecycle
-
-    async def healthz(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
-
-    async def readyz(self, request: web.Request) -> web.Response:
-        now = time.time()
-        # warn=0: readiness reports ok/expired/missing, not "expiring" (that is for alerts).
-        routes = [status.as_dict(now, warn=0) for status in self.store.snapshot()]
-        ready = self.lifecycle.ready(self.store)
-        body = {
-            "ready": ready,
-            "draining": self.lifecycle.draining,
-            "routes": routes,
-        }
-        return web.Response(
-            status=200 if ready else 503,
-            text=json.dumps(body),
-            content_type="application/json",
-            headers={"Cache-Control": "no-store"},
-        )
-
-    async def metrics(self, request: web.Request) -> web.Response:
-        output = generate_latest(self.registry)
-        return web.Response(body=output, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -9,7 +9,8 @@ from proxy.tokens.credential import (
     parse_token,
 )
 from proxy.tokens.sources import make_sources, read_source
-from proxy.tokens.store import RouteStatus, TokenStatus, TokenStore
+from proxy.tokens.store import TokenStore
+from proxy.tokens.views import RouteStatus, TokenStatus
 
 __all__ = [
     "LOAD_ERROR_REASONS",
