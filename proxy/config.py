@@ -9,13 +9,14 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
 
+from proxy.limits_config import Limits, parse_limits
 from proxy.listen_config import (
     Listen,
     listen_problems,
@@ -129,58 +130,6 @@ class LogSettings:
 
 
 @dataclass(frozen=True)
-class Limits:
-    """Protocol and resource limits; every default is a safe one (see docs/security.md)."""
-
-    max_request_line: int = 8190  # bytes -> 414
-    max_header_size: int = 8190  # bytes per header line -> 431
-    max_headers: int = 100  # -> 431
-    header_timeout: float = 30.0  # seconds to receive complete request headers -> 408
-    body_timeout: float = 60.0  # longest silence while receiving a request body -> 408
-    max_connections: int = 4096  # concurrent client connections; beyond -> 503
-    upstream_connections: int = 100  # pooled connections to the upstreams
-    allow_pure_python_parser: bool = False  # start even without aiohttp's C (llhttp) parser
-
-
-_LIMIT_INTS = (
-    "max_request_line",
-    "max_header_size",
-    "max_headers",
-    "max_connections",
-    "upstream_connections",
-)
-_LIMIT_SECONDS = ("header_timeout", "body_timeout")
-
-
-def _limits(raw: object, errs: Errors) -> Limits:
-    if raw is None:
-        return Limits()
-    keys = (*_LIMIT_INTS, *_LIMIT_SECONDS, "allow_pure_python_parser")
-    m = mapping(raw, "limits", errs, keys)
-    if m is None:
-        return Limits()
-    values: dict[str, Any] = {}
-    for key in _LIMIT_INTS:
-        if key in m:
-            value = number(m[key], join("limits", key), errs, integer=True)
-            if value is not None and value < 1:
-                errs.add(join("limits", key), f"must be at least 1, got {int(value)}")
-            elif value is not None:
-                values[key] = int(value)
-    for key in _LIMIT_SECONDS:
-        if key in m:
-            seconds = positive(m[key], join("limits", key), errs)
-            if seconds is not None:
-                values[key] = seconds
-    if "allow_pure_python_parser" in m:
-        if isinstance(m["allow_pure_python_parser"], bool):
-            values["allow_pure_python_parser"] = m["allow_pure_python_parser"]
-        else:
-            errs.add("limits.allow_pure_python_parser", "expected true or false")
-    return Limits(**values)
-
-
-@dataclass(frozen=True)
 class Config:
     listen: Listen
     admin: Listen
@@ -189,7 +138,7 @@ class Config:
     log: LogSettings = LogSettings()
     warnings: tuple[str, ...] = ()  # non-fatal findings, logged at start-up
     enable_reload: bool = False  # admin: POST /-/reload
-    limits: Limits = Limits()
+    limits: Limits = field(default_factory=Limits)
 
 
 def _timeouts(raw: object, path: str, errs: Errors, base: Timeouts) -> Timeouts:
@@ -485,7 +434,7 @@ def parse_config(
         shutdown_timeout = positive(m["shutdown_timeout"], "shutdown_timeout", errs) or 15.0
     routes = _routes(m.get("routes"), errs, defaults)
     log = _log(m.get("log"), errs)
-    limits = _limits(m.get("limits"), errs)
+    limits = parse_limits(m.get("limits"), errs)
     if not errs.messages:
         for problem in listen_problems(listen):
             errs.messages.append(problem)

@@ -29,6 +29,7 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
+from proxy.bodies import BodyLimit, body_refusal, counted
 from proxy.config import Route
 from proxy.errors import envelope
 from proxy.headers import response_headers, rewrite_location, upstream_headers
@@ -124,50 +125,6 @@ class _CoalescedResponse(web.StreamResponse):
     _send_headers_immediately = False
 
 
-class BodyLimit(Exception):
-    """The client's body broke a limit (too slow, too large); the request is abandoned."""
-
-
-async def _counted(
-    stream: aiohttp.StreamReader, outcome: Outcome, upstream: Upstream
-) -> AsyncIterator[bytes]:
-    """The client's body, counted, with the idle timeout and the route's size cap."""
-    limit = upstream.route.max_body_bytes
-    while True:
-        try:
-            async with asyncio.timeout(upstream.body_timeout):
-                chunk = await stream.readany()
-        except TimeoutError:
-            outcome.body_error = "body_timeout"
-            raise BodyLimit from None
-        if not chunk:
-            return
-        outcome.bytes_in += len(chunk)
-        if limit is not None and outcome.bytes_in > limit:
-            outcome.body_error = "body_too_large"
-            raise BodyLimit
-        yield chunk
-
-
-_BODY_ERRORS = {
-    "body_timeout": (408, "the request body stalled for longer than limits.body_timeout"),
-    "body_too_large": (413, "the request body is larger than the route's max_body_bytes"),
-}
-
-
-def body_refusal(outcome: Outcome, request_id: str) -> web.Response:
-    """The answer when the client's body broke a limit; the connection can't be reused."""
-    assert outcome.body_error is not None
-    status, message = _BODY_ERRORS[outcome.body_error]
-    response = envelope(status, message, request_id)
-    response.force_close()  # the rest of the body was never read
-    return response
-
-
-# Methods whose request can be sent again after a 401 (RFC 9110 idempotent methods, without
-# the ones a legacy tool would never expect repeated): the body is kept only for these.
-REPLAYABLE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
-
 OnUnauthorized = Callable[[Credential, bool], Awaitable[Credential | None]]
 
 
@@ -178,36 +135,6 @@ class Backoff:
     sleep: Callable[[float], Awaitable[None]]
     delay: Callable[[RetryPolicy, int, str | None], float]
     retried: Callable[[str], None]  # counts the retry by reason
-
-
-async def read_replayable_body(
-    request: web.BaseRequest, limit: int, body_timeout: float, outcome: Outcome
-) -> bytes | bool:
-    """The request body when the request could be replayed after a 401: b"" for none, the bytes
-    when Content-Length <= `limit`; False when it can't be replayed (method, size, chunked).
-
-    This is the one place a body is held in memory, capped by `retry_body_limit`. Raises
-    BodyLimit when the client stalls for longer than `body_timeout` between bytes.
-    """
-    if request.method not in REPLAYABLE_METHODS:
-        return False
-    if not request.body_exists:
-        return b""
-    length = request.content_length
-    if length is None or length > limit:
-        return False
-    data = bytearray()
-    while len(data) < length:
-        try:
-            async with asyncio.timeout(body_timeout):
-                chunk = await request.content.readany()
-        except TimeoutError:
-            outcome.body_error = "body_timeout"
-            raise BodyLimit from None
-        if not chunk:
-            raise asyncio.IncompleteReadError(bytes(data), length)
-        data += chunk
-    return bytes(data)
 
 
 async def forward(
@@ -253,7 +180,11 @@ async def forward(
             outcome.bytes_in = len(body)
             data = body if body or request.body_exists else None
         else:
-            data = _counted(request.content, outcome, upstream) if request.body_exists else None
+            data = (
+                counted(request.content, outcome, route.max_body_bytes, upstream.body_timeout)
+                if request.body_exists
+                else None
+            )
         return await session.request(
             request.method,
             url,

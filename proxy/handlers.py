@@ -17,17 +17,10 @@ from aiohttp import web
 
 from proxy.access import peer_uid
 from proxy.admit import Admission
+from proxy.bodies import BodyLimit, body_refusal, read_replayable_body
 from proxy.config import Route
 from proxy.errors import Refusal, envelope
-from proxy.forward import (
-    Backoff,
-    BodyLimit,
-    Outcome,
-    Upstream,
-    body_refusal,
-    forward,
-    read_replayable_body,
-)
+from proxy.forward import Backoff, Outcome, Upstream, forward
 from proxy.headers import query_has_api_version, request_id
 from proxy.metrics import ProxyMetrics, RouteMetrics
 from proxy.pacing import ClientGone, Pacer, RateLimited

@@ -7,7 +7,8 @@ import ssl
 
 import pytest
 
-from proxy.config import Config, ConfigError, Limits, parse_config
+from proxy.config import Config, ConfigError, parse_config
+from proxy.limits_config import Limits
 from proxy.selfcheck import c_parser_in_use, self_check
 
 ROUTE = {"prefix": "/a", "tenant": "a", "token": {"env": "T"}}

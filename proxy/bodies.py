@@ -1,0 +1,90 @@
+"""Client request bodies: streamed with an idle timeout and a size cap, or — for a request that
+may be replayed with a new token or after a 429/503 — read whole, up to `retry_body_limit`, the
+one place a body is held in memory."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+import aiohttp
+from aiohttp import web
+
+from proxy.errors import envelope
+
+# Methods whose request can be sent again after a 401 (RFC 9110 idempotent methods, without
+# the ones a legacy tool would never expect repeated): the body is kept only for these.
+REPLAYABLE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+
+_BODY_ERRORS = {
+    "body_timeout": (408, "the request body stalled for longer than limits.body_timeout"),
+    "body_too_large": (413, "the request body is larger than the route's max_body_bytes"),
+}
+
+
+class BodyLimit(Exception):
+    """The client's body broke a limit (too slow, too large); the request is abandoned."""
+
+
+class Tally(Protocol):
+    """Where the byte count and a broken limit are noted (forward's Outcome)."""
+
+    bytes_in: int
+    body_error: str | None
+
+
+async def counted(
+    stream: aiohttp.StreamReader, tally: Tally, limit: int | None, idle_timeout: float
+) -> AsyncIterator[bytes]:
+    """The client's body, counted, with the idle timeout and the size cap."""
+    while True:
+        try:
+            async with asyncio.timeout(idle_timeout):
+                chunk = await stream.readany()
+        except TimeoutError:
+            tally.body_error = "body_timeout"
+            raise BodyLimit from None
+        if not chunk:
+            return
+        tally.bytes_in += len(chunk)
+        if limit is not None and tally.bytes_in > limit:
+            tally.body_error = "body_too_large"
+            raise BodyLimit
+        yield chunk
+
+
+async def read_replayable_body(
+    request: web.BaseRequest, limit: int, idle_timeout: float, tally: Tally
+) -> bytes | bool:
+    """The request body when the request could be replayed: b"" for none, the bytes when
+    Content-Length <= `limit`; False when it can't be replayed (method, size, chunked).
+    Raises BodyLimit when the client stalls for longer than `idle_timeout` between bytes."""
+    if request.method not in REPLAYABLE_METHODS:
+        return False
+    if not request.body_exists:
+        return b""
+    length = request.content_length
+    if length is None or length > limit:
+        return False
+    data = bytearray()
+    while len(data) < length:
+        try:
+            async with asyncio.timeout(idle_timeout):
+                chunk = await request.content.readany()
+        except TimeoutError:
+            tally.body_error = "body_timeout"
+            raise BodyLimit from None
+        if not chunk:
+            raise asyncio.IncompleteReadError(bytes(data), length)
+        data += chunk
+    return bytes(data)
+
+
+def body_refusal(tally: Tally, request_id: str) -> web.Response:
+    """The answer when the client's body broke a limit; the connection can't be reused."""
+    assert tally.body_error is not None
+    status, message = _BODY_ERRORS[tally.body_error]
+    response = envelope(status, message, request_id)
+    response.force_close()  # the rest of the body was never read
+    return response

@@ -1,0 +1,64 @@
+"""Protocol and resource limits (`limits:`): sizes, deadlines, connection caps, parser choice.
+
+Every default is a safe one; docs/security.md lists them with what happens beyond each.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from proxy.validation import Errors, join, mapping, number, positive
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Protocol and resource limits; every default is a safe one (see docs/security.md)."""
+
+    max_request_line: int = 8190  # bytes -> 414
+    max_header_size: int = 8190  # bytes per header line -> 431
+    max_headers: int = 100  # -> 431
+    header_timeout: float = 30.0  # seconds to receive complete request headers -> 408
+    body_timeout: float = 60.0  # longest silence while receiving a request body -> 408
+    max_connections: int = 4096  # concurrent client connections; beyond -> 503
+    upstream_connections: int = 100  # pooled connections to the upstreams
+    allow_pure_python_parser: bool = False  # start even without aiohttp's C (llhttp) parser
+
+
+_LIMIT_INTS = (
+    "max_request_line",
+    "max_header_size",
+    "max_headers",
+    "max_connections",
+    "upstream_connections",
+)
+_LIMIT_SECONDS = ("header_timeout", "body_timeout")
+
+
+def parse_limits(raw: object, errs: Errors) -> Limits:
+    """The `limits:` section; every error with its path."""
+    if raw is None:
+        return Limits()
+    keys = (*_LIMIT_INTS, *_LIMIT_SECONDS, "allow_pure_python_parser")
+    m = mapping(raw, "limits", errs, keys)
+    if m is None:
+        return Limits()
+    values: dict[str, Any] = {}
+    for key in _LIMIT_INTS:
+        if key in m:
+            value = number(m[key], join("limits", key), errs, integer=True)
+            if value is not None and value < 1:
+                errs.add(join("limits", key), f"must be at least 1, got {int(value)}")
+            elif value is not None:
+                values[key] = int(value)
+    for key in _LIMIT_SECONDS:
+        if key in m:
+            seconds = positive(m[key], join("limits", key), errs)
+            if seconds is not None:
+                values[key] = seconds
+    if "allow_pure_python_parser" in m:
+        if isinstance(m["allow_pure_python_parser"], bool):
+            values["allow_pure_python_parser"] = m["allow_pure_python_parser"]
+        else:
+            errs.add("limits.allow_pure_python_parser", "expected true or false")
+    return Limits(**values)
