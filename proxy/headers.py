@@ -13,6 +13,7 @@ make Proxy-Authenticate/Proxy-Authorization hop-by-hop; §6.6.2 does the same fo
 
 from __future__ import annotations
 
+import itertools
 import re
 import uuid
 from collections.abc import Iterable
@@ -76,11 +77,16 @@ def _connection_listed(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> fro
     return frozenset(listed)
 
 
+_ID_PREFIX = uuid.uuid4().hex[:16]  # random per process: ids stay unique across restarts
+_ID_COUNTER = itertools.count(1)
+
+
 def request_id(client_value: str | None) -> str:
-    """The client's X-Request-ID when well-formed (1-128 of `A-Za-z0-9._:-`), else a new one."""
+    """The client's X-Request-ID when well-formed (1-128 of `A-Za-z0-9._:-`), else a new one
+    (32 hex digits: a random per-process prefix and a counter — no entropy read per request)."""
     if client_value is not None and _REQUEST_ID_RE.fullmatch(client_value):
         return client_value
-    return uuid.uuid4().hex
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
 
 
 def query_has_api_version(query: str) -> bool:
