@@ -347,15 +347,27 @@ def main() -> None:
                 ["curl", "-s", "-o", "/dev/null", f"http://127.0.0.1:{stack.http}/api/big"],
                 check=True,
             )
-            for name, port, prefix, pid in (
-                ("proxy", stack.proxy_port, "/acme", proxy_pid),
-                ("reference", stack.reference_port, "/api", stack.reference.pid),
-            ):
-                down = stream(stack, port, f"{prefix}/big", pid, upload=False)
-                up = stream(stack, port, f"{prefix}/upload", pid, upload=True)
+            contenders = {
+                "proxy": (stack.proxy_port, "/acme", proxy_pid),
+                "reference": (stack.reference_port, "/api", stack.reference.pid),
+            }
+            best: dict[str, list[tuple[float, float]]] = {name: [] for name in contenders}
+            for round_ in range(2):  # alternate who goes first; keep each one's best round
+                order = ["proxy", "reference"] if round_ == 0 else ["reference", "proxy"]
+                for name in order:
+                    port, prefix, pid = contenders[name]
+                    down = stream(stack, port, f"{prefix}/big", pid, upload=False)
+                    up = stream(stack, port, f"{prefix}/upload", pid, upload=True)
+                    best[name].append((down[0], down[1]))
+                    best[name].append((-up[0], up[1]))  # uploads marked negative
+            for name in contenders:
+                downs = [r for r in best[name] if r[0] > 0]
+                ups = [(-r[0], r[1]) for r in best[name] if r[0] < 0]
+                down = (max(d[0] for d in downs), max(d[1] for d in downs))
+                up = (max(u[0] for u in ups), max(u[1] for u in ups))
                 rows.append(
                     (
-                        f"stream {size} down / up ({name}): GB/s, peak RSS growth",
+                        f"stream {size} down / up ({name}), best of 2 alternating rounds: GB/s, peak RSS growth (worst)",
                         f"{down[0]:.2f} / {up[0]:.2f} GB/s; {down[1]:.1f} / {up[1]:.1f} MiB",
                         "target >= 1 GB/s, < 30 MiB" if name == "proxy" else "",
                     )
