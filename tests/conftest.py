@@ -227,7 +227,10 @@ if mode == "sleep":
 ttl = int((state / "ttl").read_text()) if (state / "ttl").exists() else 3600
 now = int(time.time())
 claims = {"tenant": "acme", "iat": now, "exp": now + ttl, "sub": f"exec-{n}"}
-print(jwt.encode(claims, sys.argv[2], algorithm="HS256"))
+token = jwt.encode(claims, sys.argv[2], algorithm="HS256")
+if mode == "chatty":
+    print(f"issued {token}", file=sys.stderr)
+print(token)
 """
 
 

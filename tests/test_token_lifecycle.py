@@ -427,3 +427,19 @@ def test_fake_tokens_decode_with_the_test_secret() -> None:
         json.dumps(jwt.decode(make_token("acme"), TEST_SECRET, algorithms=["HS256"]))
     )
     assert claims["tenant"] == "acme"
+
+
+async def test_exec_stderr_never_carries_the_token(
+    make_proxy: ProxyFactory,
+    upstream: Upstream,
+    exec_state: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    (exec_state / "mode").write_text("chatty")  # the helper echoes its token to stderr
+    caplog.set_level(logging.INFO, "amperity_proxy.tokens")
+    proxy = await make_proxy([acme_route(upstream, token=exec_source(exec_state))])
+    credential = proxy.store.credential("acme")
+    assert credential is not None
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "issued <redacted>" in logged
+    assert credential.token not in logged

@@ -137,7 +137,11 @@ class ExecSource:
             ) from None
         if err:
             level = logging.WARNING if proc.returncode else logging.INFO
-            text = err.decode(errors="replace").strip()[:_MAX_STDERR]
+            text = err.decode(errors="replace")
+            printed = out.decode(errors="replace").strip()
+            if printed:  # SECURITY: a chatty helper may echo its token to stderr too
+                text = text.replace(printed, "<redacted>")
+            text = text.strip()[:_MAX_STDERR]
             log.log(
                 level, "token command stderr: %s", text, extra={"fields": {"route": self._route}}
             )
