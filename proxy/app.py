@@ -147,7 +147,11 @@ class ProxyApp:
             if self.exposition is not registry:
                 self.exposition.register(collector)
         self.handler = ProxyHandler(
-            self._admission(config, contexts), self.store, self.metrics, clock, sleep
+            self._admission(config, contexts, self._client_token(config)),
+            self.store,
+            self.metrics,
+            clock,
+            sleep,
         )
 
     # --- building ----------------------------------------------------------------------
@@ -163,15 +167,17 @@ class ProxyApp:
             route, env=self._env, session=lambda: self._session, ssl=contexts[route.name]
         )
 
+    def _client_token(self, config: Config) -> str | None:
+        if config.listen.client_token is None:
+            return None
+        try:
+            return read_source(config.listen.client_token, self._env).strip()
+        except TokenError as exc:
+            raise StartupError([f"listen.client_token: {exc}"]) from None
+
     def _admission(
-        self, config: Config, contexts: Mapping[str, ssl.SSLContext]
+        self, config: Config, contexts: Mapping[str, ssl.SSLContext], client_token: str | None
     ) -> Admission[Target]:
-        client_token = None
-        if config.listen.client_token is not None:
-            try:
-                client_token = read_source(config.listen.client_token, self._env).strip()
-            except TokenError as exc:
-                raise StartupError([f"listen.client_token: {exc}"]) from None
         prefixes, hosts = [], []
         for route in config.routes:
             base = route.base_url
@@ -288,8 +294,10 @@ class ProxyApp:
                     log=self.config.log,
                 )
             try:
-                contexts = self._contexts(config)
-                admission = self._admission(config, contexts)
+                # CA bundles and a client-token file are read off the event loop.
+                contexts = await asyncio.to_thread(self._contexts, config)
+                client_token = await asyncio.to_thread(self._client_token, config)
+                admission = self._admission(config, contexts, client_token)
             except StartupError as exc:
                 return self._rejected(exc.lines)
             pending = self.store.prepare(

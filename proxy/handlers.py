@@ -246,6 +246,7 @@ class ProxyHandler:
                     "error": outcome.error
                     or ("client_disconnected" if outcome.client_gone else None),
                     "refused": refused,
+                    "retried": outcome.retried,
                     "bytes_in": outcome.bytes_in,
                     "bytes_out": outcome.bytes_out,
                     "duration_ms": round(duration * 1000, 3),

@@ -139,9 +139,6 @@ class HostTable(Generic[T]):
             by_host.setdefault(entry.host, []).append(entry)
         self._by_host = by_host
 
-    def serves(self, host: str) -> bool:
-        return host in self._by_host
-
     @property
     def hosts(self) -> tuple[str, ...]:
         return tuple(sorted(self._by_host))

@@ -62,8 +62,9 @@ async def test_an_added_token_file_takes_over_without_downtime(
 
 
 async def test_a_rejected_token_is_quarantined_and_the_request_replayed(
-    make_proxy: ProxyFactory, upstream: Upstream, tmp_path: Path
+    make_proxy: ProxyFactory, upstream: Upstream, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, "amperity_proxy.access")
     first_file = tmp_path / "first"
     first = make_token("acme", ttl=7200, subject="first")
     first_file.write_text(first)
@@ -78,6 +79,8 @@ async def test_a_rejected_token_is_quarantined_and_the_request_replayed(
         (401, "first"),
         (200, "second"),
     ]
+    access = [getattr(r, "fields", {}) for r in caplog.records if r.name == "amperity_proxy.access"]
+    assert [(f["status"], f["retried"]) for f in access] == [(200, True)]
     await proxy.client.get("/acme/y")  # straight to the second token: the first is set aside
     assert subject(upstream.requests[2].header("Authorization")) == "second"
     text = await proxy.metrics_text()
