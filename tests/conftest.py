@@ -116,6 +116,19 @@ def acme_route(upstream: Upstream, **overrides: Any) -> dict[str, Any]:
     return route
 
 
+def tls_route(port: int, ca_file: Path, **overrides: Any) -> dict[str, Any]:
+    """The acme route aimed at a TLS fake on `port`, trusting only `ca_file`."""
+    route: dict[str, Any] = {
+        "prefix": "/acme",
+        "tenant": "acme",
+        "base_url": f"https://localhost:{port}/api",
+        "ca_file": str(ca_file),
+        "token": {"env": "ACME_TOKEN"},
+    }
+    route.update(overrides)
+    return route
+
+
 class ProxyTestServer(RawTestServer):
     """A test server running the proxy's own `GuardedServer` (limits included)."""
 

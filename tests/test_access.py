@@ -17,7 +17,15 @@ import pytest
 
 from proxy.config import ConfigError, parse_config
 from proxy.fake_amperity import FakeAmperity, FakeTLS, make_token
-from tests.conftest import ProxyFactory, Upstream, acme_route, get, raw_request, spawn_proxy
+from tests.conftest import (
+    ProxyFactory,
+    Upstream,
+    acme_route,
+    get,
+    raw_request,
+    spawn_proxy,
+    tls_route,
+)
 
 
 def message(body: bytes) -> str:
@@ -276,15 +284,7 @@ async def test_unix_socket_listener_with_mode(tmp_path: Path, tls: FakeTLS) -> N
     config = {
         "listen": {"unix": {"path": str(sock_path), "mode": "0660"}},
         "admin": {"port": 0},
-        "routes": [
-            {
-                "prefix": "/acme",
-                "tenant": "acme",
-                "base_url": f"https://localhost:{port}/api",
-                "ca_file": str(tmp_path / "ca.pem"),
-                "token": {"env": "ACME_TOKEN"},
-            }
-        ],
+        "routes": [tls_route(port, tmp_path / "ca.pem")],
     }
     process = await spawn_proxy(tmp_path, config, {"ACME_TOKEN": make_token("acme")})
     proc = process.proc

@@ -19,7 +19,7 @@ import yaml
 from proxy import __version__
 from proxy.cli import main
 from proxy.fake_amperity import FakeAmperity, FakeTLS, make_token, start_fake
-from tests.conftest import spawn_proxy
+from tests.conftest import spawn_proxy, tls_route
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -136,15 +136,7 @@ async def test_sigterm_drains_in_flight_requests_then_exits_zero(
         "listen": {"port": 0},
         "admin": {"port": 0},
         "shutdown_timeout": 20,
-        "routes": [
-            {
-                "prefix": "/acme",
-                "tenant": "acme",
-                "base_url": f"https://localhost:{port}/api",
-                "ca_file": str(tmp_path / "ca.pem"),
-                "token": {"env": "ACME_TOKEN"},
-            }
-        ],
+        "routes": [tls_route(port, tmp_path / "ca.pem")],
     }
     process = await spawn_proxy(tmp_path, config, {"ACME_TOKEN": make_token("acme")})
     proc = process.proc

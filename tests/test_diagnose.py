@@ -19,6 +19,7 @@ import yaml
 from proxy.config import parse_config
 from proxy.diagnose import doctor, parse_duration
 from proxy.fake_amperity import FakeAmperity, FakeTLS, make_token, start_fake
+from tests.conftest import tls_route
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -131,17 +132,7 @@ async def test_doctor_on_a_good_config(
     (tmp_path / "ca.pem").write_bytes(tls.ca_pem)
     monkeypatch.setenv("DOCTOR_TOKEN", make_token("acme", ttl=30 * 86400))
     config = parse_config(
-        {
-            "routes": [
-                {
-                    "prefix": "/acme",
-                    "tenant": "acme",
-                    "base_url": f"https://localhost:{port}/api",
-                    "ca_file": str(tmp_path / "ca.pem"),
-                    "token": {"env": "DOCTOR_TOKEN"},
-                }
-            ]
-        }
+        {"routes": [tls_route(port, tmp_path / "ca.pem", token={"env": "DOCTOR_TOKEN"})]}
     )
     out = io.StringIO()
     assert await doctor(config, probe=True, out=out) == 0

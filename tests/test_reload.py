@@ -23,6 +23,7 @@ from tests.conftest import (
     metric,
     spawn_proxy,
     subject,
+    tls_route,
 )
 
 T1 = make_token("acme", subject="one")
@@ -163,13 +164,7 @@ async def test_sighup_reloads_while_requests_are_in_flight(tmp_path: Path, tls: 
     (tmp_path / "ca.pem").write_bytes(tls.ca_pem)
 
     def route(prefix: str, var: str) -> dict[str, Any]:
-        return {
-            "prefix": prefix,
-            "tenant": "acme",
-            "base_url": f"https://localhost:{port}/api",
-            "ca_file": str(tmp_path / "ca.pem"),
-            "token": {"env": var},
-        }
+        return tls_route(port, tmp_path / "ca.pem", prefix=prefix, token={"env": var})
 
     config_path = tmp_path / "config.yaml"
 
