@@ -30,7 +30,7 @@ from proxy.validation import (
     expand_env,
     join,
     mapping,
-    number,
+    non_negative_int,
     positive,
     string,
     string_list,
@@ -238,11 +238,8 @@ def _overrides(m: Mapping[str, Any], path: str, errs: Errors, base: _Defaults) -
     timeouts = _timeouts(m.get("timeouts"), join(path, "timeouts"), errs, base.timeouts)
     retry_body_limit = base.retry_body_limit
     if "retry_body_limit" in m:
-        limit = number(m["retry_body_limit"], join(path, "retry_body_limit"), errs, integer=True)
-        if limit is not None and limit < 0:
-            errs.add(join(path, "retry_body_limit"), f"must be 0 or more, got {int(limit)}")
-        elif limit is not None:
-            retry_body_limit = int(limit)
+        limit = non_negative_int(m["retry_body_limit"], join(path, "retry_body_limit"), errs)
+        retry_body_limit = retry_body_limit if limit is None else limit
     expired_token = base.expired_token
     if "expired_token" in m:
         if m["expired_token"] in ("forward", "reject"):
@@ -256,11 +253,9 @@ def _overrides(m: Mapping[str, Any], path: str, errs: Errors, base: _Defaults) -
     if "max_body_bytes" in m:
         max_body_bytes = None
         if m["max_body_bytes"] is not None:
-            limit = number(m["max_body_bytes"], join(path, "max_body_bytes"), errs, integer=True)
-            if limit is not None and limit < 0:
-                errs.add(join(path, "max_body_bytes"), f"must be 0 or more, got {int(limit)}")
-            elif limit is not None:
-                max_body_bytes = int(limit)
+            max_body_bytes = non_negative_int(
+                m["max_body_bytes"], join(path, "max_body_bytes"), errs
+            )
     rate_limit = base.rate_limit
     if "rate_limit" in m:
         rate_limit = parse_rate_limit(m["rate_limit"], join(path, "rate_limit"), errs)

@@ -94,6 +94,15 @@ def positive(raw: object, path: str, errs: Errors) -> float | None:
     return value
 
 
+def non_negative_int(raw: object, path: str, errs: Errors) -> int | None:
+    """An integer that is 0 or more (a byte count)."""
+    value = number(raw, path, errs, integer=True)
+    if value is not None and value < 0:
+        errs.add(path, f"must be 0 or more, got {int(value)}")
+        return None
+    return None if value is None else int(value)
+
+
 def expand_env(raw: object, path: str, errs: Errors, env: Mapping[str, str]) -> object:
     """Expand `${VAR}` and `${VAR:-default}` in every string value (`$$` is a literal `$`)."""
     if isinstance(raw, dict):

@@ -199,6 +199,17 @@ def test_unset_variable_without_default_is_an_error() -> None:
             ["routes[0].timeouts.connect: expected a number, got a string"],
         ),
         (
+            {"routes": [route(retry_body_limit=-1, max_body_bytes=1.5)]},
+            [
+                "routes[0].retry_body_limit: must be 0 or more, got -1",
+                "routes[0].max_body_bytes: expected an integer, got 1.5",
+            ],
+        ),
+        (
+            {"defaults": {"max_body_bytes": -5}, "routes": [route()]},
+            ["defaults.max_body_bytes: must be 0 or more, got -5"],
+        ),
+        (
             {"routes": [route(ca_file="/nonexistent/ca.pem")]},
             ["routes[0].ca_file: no such file: /nonexistent/ca.pem"],
         ),
@@ -245,6 +256,19 @@ def test_unset_variable_without_default_is_an_error() -> None:
 )
 def test_config_errors_are_exact_and_carry_their_path(raw: object, expected: list[str]) -> None:
     assert errors_of(raw) == expected
+
+
+def test_byte_counts_inherit_and_null_lifts_the_body_cap() -> None:
+    config = parse_config(
+        {
+            "defaults": {"max_body_bytes": 10, "retry_body_limit": 0},
+            "routes": [route(), route(prefix="/b", max_body_bytes=None, retry_body_limit="7")],
+        },
+        env={},
+    )
+    first, second = config.routes
+    assert (first.max_body_bytes, first.retry_body_limit) == (10, 0)
+    assert (second.max_body_bytes, second.retry_body_limit) == (None, 7)
 
 
 def test_every_error_is_reported_together() -> None:
