@@ -34,7 +34,7 @@ from proxy.handlers import ProxyHandler, Target
 from proxy.metrics import ProxyMetrics, StateCollector, TokenCollector
 from proxy.pacing import retry_delay
 from proxy.routing import HostEntry, HostTable, RouteTable
-from proxy.tokens import TokenError, TokenStore, make_sources, read_source
+from proxy.tokens import RouteState, TokenError, TokenStore, make_sources, read_source
 from proxy.tokens.sources import Source
 from proxy.tokens.store import FILE_POLL_INTERVAL
 
@@ -147,7 +147,7 @@ class ProxyApp:
             if self.exposition is not registry:
                 self.exposition.register(collector)
         self.handler = ProxyHandler(
-            self._admission(config, contexts, self._client_token(config)),
+            self._admission(config, contexts, self._client_token(config), self.store.routes),
             self.store,
             self.metrics,
             clock,
@@ -176,7 +176,11 @@ class ProxyApp:
             raise StartupError([f"listen.client_token: {exc}"]) from None
 
     def _admission(
-        self, config: Config, contexts: Mapping[str, ssl.SSLContext], client_token: str | None
+        self,
+        config: Config,
+        contexts: Mapping[str, ssl.SSLContext],
+        client_token: str | None,
+        tokens: Mapping[str, RouteState],
     ) -> Admission[Target]:
         prefixes, hosts = [], []
         for route in config.routes:
@@ -193,6 +197,7 @@ class ProxyApp:
                     lambda policy, attempt, after: retry_delay(policy, attempt, after, self._rng),
                     route_metrics.retry,
                 ),
+                tokens=tokens[route.name],  # this generation's tokens, for this Target only
             )
             prefixes.append((route.prefix, target))
             hosts.append(
@@ -297,12 +302,12 @@ class ProxyApp:
                 # CA bundles and a client-token file are read off the event loop.
                 contexts = await asyncio.to_thread(self._contexts, config)
                 client_token = await asyncio.to_thread(self._client_token, config)
-                admission = self._admission(config, contexts, client_token)
             except StartupError as exc:
                 return self._rejected(exc.lines)
             pending = self.store.prepare(
                 config.routes, lambda route: self._sources(route, contexts)
             )
+            admission = self._admission(config, contexts, client_token, pending)
             errors = await self.store.load(pending)
             if errors:
                 return self._rejected(errors)

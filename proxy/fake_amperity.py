@@ -11,7 +11,9 @@ Special paths (under any base path, e.g. `/api/_fake/bytes/1024`):
 - `_fake/redirect`    302 to the `to` query parameter
 - `_fake/cookies`     two `Set-Cookie` headers
 - `_fake/status/N`    an empty answer with status N
-- `_fake/hold`        waits until `FakeAmperity.release` is set (for drain and timeout tests)
+- `_fake/hold`        waits until `FakeAmperity.release` is set (for drain and timeout tests);
+                      `?status=N` then answers N, the first time per path (a 401 that
+                      arrives after a reload, say; a replay of it gets 200)
 - `_fake/cut/N`       announces 2N bytes, sends N, then drops the connection
                       (`?chunked`: chunked encoding, dropped before the last chunk)
 - `_fake/stall/N`     announces 2N bytes, sends N, then goes silent until `release`
@@ -126,6 +128,7 @@ class FakeAmperity:
         self.streamed = 0  # bytes written by `_fake/bytes/N` so far (back-pressure tests)
         self.clock: Callable[[], float] = time.time  # stamps `received_at`
         self.flaky: Counter[str] = Counter()  # answers so far per `_fake/flaky/...` path
+        self.holds: Counter[str] = Counter()  # answers so far per `_fake/hold` path
         self.app = web.Application()
         self.app.router.add_post("/{base:.*}/v0/oauth2/token", self._token)
         self.app.router.add_route("*", "/{tail:.*}", self._handle)
@@ -232,7 +235,11 @@ class FakeAmperity:
         if kind == "hold":
             self.held.set()
             await self.release.wait()
-            return web.json_response({"held": True})
+            path = request.raw_path.split("?", 1)[0]
+            self.holds[path] += 1
+            first = self.holds[path] == 1
+            status = int(request.query.get("status", 200)) if first else 200
+            return web.json_response({"held": True}, status=status)
         if kind == "cut":
             return await self._cut(request, int(arg))
         if kind == "stall":  # N bytes of a 2N-byte body, then silence until `release`

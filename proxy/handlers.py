@@ -26,7 +26,7 @@ from proxy.metrics import ProxyMetrics, RouteMetrics
 from proxy.pacing import ClientGone, Pacer, RateLimited
 from proxy.recovery import Recovery, expired_refusal
 from proxy.status import Activity
-from proxy.tokens import Credential, TokenStore
+from proxy.tokens import Credential, RouteState, TokenStore
 
 access_log = logging.getLogger("amperity_proxy.access")
 log = logging.getLogger("amperity_proxy.proxy")
@@ -37,12 +37,15 @@ _CLOSE_AFTER = frozenset({"connect", "upgrade"})
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """What a route maps to: the upstream, the route's bound metrics, its forward-mode base."""
+    """What a route maps to: the upstream, the route's bound metrics, its forward-mode base,
+    and the generation of its tokens. SECURITY: a request reads (and after a 401 recovers) its
+    credential only from `tokens`, the generation that admitted it, never by route name."""
 
     upstream: Upstream
     metrics: RouteMetrics
     forward_base: str  # http://<base host>[:port]<base path>: a forward-mode client's view
     backoff: Backoff  # how retries on 429/503 wait and are counted
+    tokens: RouteState
 
     @property
     def route(self) -> Route:
@@ -93,7 +96,7 @@ class ProxyHandler:
         route = target.route
         result: web.StreamResponse | None = None
         try:
-            credential = self.store.credential(route.name)
+            credential = target.tokens.credential
             if credential is None:
                 result = envelope(
                     503,
@@ -102,7 +105,7 @@ class ProxyHandler:
                 )
                 return result
             if route.expired_token == "reject" and credential.expired(self.clock()):  # noqa: S105 (a policy name)
-                refusal = expired_refusal(route, self.store.status(route.name), self.clock())
+                refusal = expired_refusal(route, self.store.status_of(target.tokens), self.clock())
                 if refusal is not None:
                     self.metrics.rejected.labels(refusal.reason).inc()
                     result = envelope(refusal.status, refusal.message, rid)
@@ -146,7 +149,7 @@ class ProxyHandler:
 
                 async def on_unauthorized(cred: Credential, replayable: bool) -> Credential | None:
                     return await self.recovery.unauthorized(
-                        route, target.metrics, cred, replayable, rid
+                        route, target.tokens, target.metrics, cred, replayable, rid
                     )
 
                 result = await forward(

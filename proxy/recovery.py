@@ -16,7 +16,7 @@ from proxy.config import Route
 from proxy.errors import Refusal
 from proxy.metrics import RouteMetrics
 from proxy.status import Activity
-from proxy.tokens import Credential, RouteStatus, TokenStore, in_words
+from proxy.tokens import Credential, RouteState, RouteStatus, TokenStore, in_words
 
 log = logging.getLogger("amperity_proxy.proxy")
 
@@ -51,12 +51,15 @@ class Recovery:
     async def unauthorized(
         self,
         route: Route,
+        tokens: RouteState,
         metrics: RouteMetrics,
         credential: Credential,
         replayable: bool,
         request_id: str,
     ) -> Credential | None:
-        """Handle an upstream 401; return the credential to retry with, or None."""
+        """Handle an upstream 401; return the credential to retry with, or None. `tokens` is
+        the route generation that admitted the request: the only place a replacement may come
+        from."""
         now = self.clock()
         cause = unauthorized_cause(credential, now)
         metrics.unauthorized[cause].inc()
@@ -93,10 +96,10 @@ class Recovery:
             expires,
             explanation,
             REMEDY,
-            self.store.source_of(route.name),
+            tokens.source,
             extra={"fields": fields},
         )
-        replacement = await self.store.recover(route.name, credential)
+        replacement = await self.store.recover(tokens, credential)
         if replacement is None or replacement.fingerprint == credential.fingerprint:
             return None
         if not replayable:

@@ -351,7 +351,7 @@ async def test_client_secret_never_appears(
     caplog.set_level(logging.DEBUG)
     proxy = await make_proxy([cc_route(upstream)], env=CC_ENV)
     upstream.fake.token_failures = 1
-    await proxy.store.recover("acme", proxy.store.credential("acme"))  # type: ignore[arg-type]
+    await proxy.store.recover(proxy.store.routes["acme"], proxy.store.credential("acme"))  # type: ignore[arg-type]
     out = io.StringIO()
     await token_info(proxy.config, 7 * 86400, True, out)
     haystack = "\n".join(r.getMessage() + str(getattr(r, "fields", "")) for r in caplog.records)

@@ -9,12 +9,13 @@ from proxy.tokens.credential import (
     parse_token,
 )
 from proxy.tokens.sources import make_sources, read_source
-from proxy.tokens.store import TokenStore
+from proxy.tokens.store import RouteState, TokenStore
 from proxy.tokens.views import RouteStatus, TokenStatus
 
 __all__ = [
     "LOAD_ERROR_REASONS",
     "Credential",
+    "RouteState",
     "RouteStatus",
     "TokenError",
     "TokenStatus",

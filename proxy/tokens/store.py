@@ -4,7 +4,13 @@ A route has one or more sources (`token:` or `tokens:`). The token in use is the
 with the latest `exp` (a token without `exp` ranks after any unexpired one with `exp`; expired
 ones come last). A token that got a 401 while another usable token exists is quarantined until
 its source gives a different token. Refreshes are single-flight per source; failures back off
-exponentially and keep the last good token. The request path only reads `credential()`.
+exponentially and keep the last good token.
+
+SECURITY: a `RouteState` is one *generation* of one route's tokens (its tenant, base URL and
+sources, see `_token_key`). A request holds the RouteState that admitted it (through its
+`Target`) and reads and recovers its credential there, never by route name: after a reload that
+changes the route, the name leads to another generation (another tenant, host or token), and a
+401 on the old host must not be replayed with the new generation's token.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import hashlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from proxy.config import Route
@@ -64,8 +70,10 @@ def _token_key(route: Route) -> tuple[object, ...]:
     return (route.tenant, route.tokens, route.base_url, route.ca_file, route.timeouts)
 
 
-@dataclass
+@dataclass(eq=False)
 class RouteState:
+    """One generation of one route's tokens (see the module docstring)."""
+
     route: str
     tenant: str
     sources: list[SourceState]
@@ -75,6 +83,16 @@ class RouteState:
     last_recovery: float = float("-inf")
     recovering: asyncio.Task[None] | None = None
     refreshes: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def credential(self) -> Credential | None:
+        """The credential this generation uses now (the request path reads only this)."""
+        return self.current.credential if self.current is not None else None
+
+    @property
+    def source(self) -> str:
+        """Where the credential in use comes from, for logs."""
+        return self.current.source.config.describe() if self.current else "no token source"
 
 
 def _rank(state: SourceState, now: float) -> tuple[int, float]:
@@ -107,15 +125,16 @@ class TokenStore:
 
     # --- the request path -------------------------------------------------------------
 
-    def credential(self, route: str) -> Credential | None:
-        state = self._routes.get(route)  # a route removed by a reload has none
-        current = state.current if state else None
-        return current.credential if current else None
+    @property
+    def routes(self) -> Mapping[str, RouteState]:
+        """The current generation of every route, by name (what new requests are admitted to)."""
+        return self._routes
 
-    def source_of(self, route: str) -> str:
-        state = self._routes.get(route)
-        current = state.current if state else None
-        return current.source.config.describe() if current else "no token source"
+    def credential(self, route: str) -> Credential | None:
+        """The credential the current generation of `route` uses (views and diagnostics; the
+        request path reads its own generation's `RouteState.credential`)."""
+        state = self._routes.get(route)  # a route removed by a reload has none
+        return state.credential if state else None
 
     @property
     def route_names(self) -> tuple[str, ...]:
@@ -200,13 +219,11 @@ class TokenStore:
             except Exception:  # never let the scheduler die; the next round tries again
                 log.exception("token refresh round failed")
 
-    async def recover(self, route: str, failed: Credential) -> Credential | None:
-        """After an upstream 401 with `failed`: re-read the route's sources (at most once per
-        RECOVERY_INTERVAL), quarantine `failed` if another usable token exists, and return the
-        credential to use now."""
-        rs = self._routes.get(route)
-        if rs is None:  # removed by a reload while the request was in flight
-            return None
+    async def recover(self, rs: RouteState, failed: Credential) -> Credential | None:
+        """After an upstream 401 with `failed`: re-read the sources of the generation that sent
+        it (at most once per RECOVERY_INTERVAL), quarantine `failed` if another usable token
+        exists, and return the credential that generation uses now. SECURITY: never another
+        generation's, even when a reload replaced this one while the request was in flight."""
         now = self._clock()
         if rs.recovering is None and now - rs.last_recovery >= RECOVERY_INTERVAL:
             rs.last_recovery = now
@@ -239,7 +256,7 @@ class TokenStore:
                 extra={"fields": self._fields(rs, failed_state)},
             )
         self._select(rs)
-        return self.credential(route)
+        return rs.credential
 
     async def _recover_sources(self, rs: RouteState) -> None:
         try:
@@ -395,9 +412,15 @@ class TokenStore:
     # --- views ------------------------------------------------------------------------
 
     def status(self, route: str) -> RouteStatus:
+        """The current generation of `route`, as the views show it."""
         rs = self._routes.get(route)
         if rs is None:  # removed by a reload
             return RouteStatus(route, "", (), {})
+        return self.status_of(rs)
+
+    @staticmethod
+    def status_of(rs: RouteState) -> RouteStatus:
+        """One generation's tokens, as the views show them."""
         return RouteStatus(
             rs.route,
             rs.tenant,

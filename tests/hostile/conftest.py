@@ -37,6 +37,12 @@ class Ledger:
     desyncs: int = 0
     fault_cases: int = 0
     notes: list[str] = field(default_factory=list)
+    # Attempts per category of the attack that found holes (reload races, policy bypass,
+    # exec helpers, secrets in errors, ...): the scorecard lists each with its count.
+    categories: dict[str, int] = field(default_factory=dict)
+
+    def tried(self, category: str, count: int = 1) -> None:
+        self.categories[category] = self.categories.get(category, 0) + count
 
 
 LEDGER = Ledger()
