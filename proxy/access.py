@@ -214,11 +214,11 @@ def route_policy(route: Route, method: str, rest: str) -> Refusal | None:
             "forbidden_method",
             f"route {route.name} allows only {', '.join(sorted(route.methods)) or 'no methods'}",
         )
-    if route.paths is not None and not any(p.fullmatch(rest) for p in route.paths):
+    if route.paths is not None and not route.paths.fullmatch(rest):
         return Refusal(
             403,
             "forbidden_path",
             f"route {route.name} does not allow this path; allowed (after the prefix): "
-            + ", ".join(p.pattern for p in route.paths),
+            + ", ".join(route.paths.patterns),
         )
     return None

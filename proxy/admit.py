@@ -19,6 +19,7 @@ from proxy.config import Route
 from proxy.errors import Refusal
 from proxy.headers import normalize
 from proxy.routing import (
+    FRAGMENT,
     AbsoluteTarget,
     HostEntry,
     HostTable,
@@ -82,6 +83,8 @@ class Admission(Generic[T]):
         return route_policy(admitted.target.route, request.method, admitted.rest) or admitted
 
     def _reverse(self, request: web.BaseRequest, raw: str) -> Admitted[T] | Refusal:
+        if "#" in raw:
+            return Refusal(400, "bad_target", FRAGMENT)
         path, sep, query = raw.partition("?")
         problem = path_problem(path)
         if problem is not None:

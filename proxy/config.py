@@ -23,6 +23,7 @@ from proxy.listen_config import (
     parse_admin,
     parse_proxy_listen,
 )
+from proxy.patterns import PatternSet
 from proxy.token_config import TokenSource, parse_sources
 from proxy.traffic_config import RateLimit, RetryPolicy, parse_rate_limit, parse_retry
 from proxy.validation import (
@@ -31,6 +32,7 @@ from proxy.validation import (
     join,
     mapping,
     non_negative_int,
+    pattern_set,
     positive,
     string,
     string_list,
@@ -114,7 +116,7 @@ class Route:
     # Per-route policy; None = no restriction. Paths are matched (fullmatch) against the raw
     # path after the prefix, e.g. "/segments/123".
     methods: frozenset[str] | None = None
-    paths: tuple[re.Pattern[str], ...] | None = None
+    paths: PatternSet | None = None  # RE2 (proxy.patterns): linear time, whatever the path
     # Largest body kept in memory so a request can be replayed after a 401 (the only buffering).
     retry_body_limit: int = 1024 * 1024
     expired_token: ExpiredTokenPolicy = "forward"  # noqa: S105 (a policy name; reject = answer locally)
@@ -308,16 +310,6 @@ def _methods(raw: object, path: str, errs: Errors) -> frozenset[str] | None:
     return frozenset(methods)
 
 
-def _paths(raw: object, path: str, errs: Errors) -> tuple[re.Pattern[str], ...]:
-    patterns = []
-    for item_path, value in string_list(raw, path, errs):
-        try:
-            patterns.append(re.compile(value))
-        except re.error as exc:
-            errs.add(item_path, f"invalid regular expression ({exc}): {value!r}")
-    return tuple(patterns)
-
-
 def _route(raw: object, path: str, errs: Errors, defaults: _Defaults) -> Route | None:
     m = mapping(raw, path, errs, _ROUTE_KEYS)
     if m is None:
@@ -341,10 +333,10 @@ def _route(raw: object, path: str, errs: Errors, defaults: _Defaults) -> Route |
             errs.add(join(path, "name"), f"expected letters, digits and _.- (max 63), got {name!r}")
             name = None
     methods = _methods(m["methods"], join(path, "methods"), errs) if "methods" in m else None
-    paths = _paths(m["paths"], join(path, "paths"), errs) if "paths" in m else None
+    paths = pattern_set(m["paths"], join(path, "paths"), errs) if "paths" in m else None
     own = _overrides(m, path, errs, defaults)
     base_url = _base_url(own.base_url, tenant, join(path, "base_url"), errs) if tenant else None
-    if None in (name, prefix, tenant, tokens, base_url):
+    if None in (name, prefix, tenant, tokens, base_url) or ("paths" in m and paths is None):
         return None
     assert name and prefix and tenant and tokens and base_url
     return Route(

@@ -45,7 +45,31 @@ CREDENTIAL = frozenset({"authorization", "amperity-tenant", "x-amperity-tenant"}
 # `X-Proxy-Token` is the client's credential for the proxy itself: never forwarded.
 _REPLACED = frozenset({"host", "x-request-id", "expect", "api-version", "x-proxy-token"})
 
-_DROP_UPSTREAM = HOP_BY_HOP | CREDENTIAL | _REPLACED
+# SECURITY: headers that ask a server (or a framework in front of it) to act on another method,
+# path or client than the request line and the connection say: method overrides, rewrite
+# targets, and the forwarding chain. The proxy is the edge and its clients are local, so no
+# client has a forwarding chain worth passing on; a route's `methods`/`paths` policy judges the
+# request line, and these would let the upstream act on something else.
+CLIENT_OVERRIDES = frozenset(
+    {
+        "x-http-method-override",
+        "x-http-method",
+        "x-method-override",
+        "x-original-method",
+        "x-original-url",
+        "x-rewrite-url",
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "x-forwarded-proto",
+        "x-forwarded-port",
+        "x-forwarded-prefix",
+        "x-forwarded-server",
+        "x-real-ip",
+        "forwarded",
+    }
+)
+
+_DROP_UPSTREAM = HOP_BY_HOP | CREDENTIAL | _REPLACED | CLIENT_OVERRIDES
 
 _REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 

@@ -127,9 +127,7 @@ class Pacer:
         if limit.key == "route":
             return (route.name,)
         path = rest.partition("?")[0]
-        segments = [
-            "{id}" if any(p.fullmatch(s) for p in limit.id_patterns) else s for s in path.split("/")
-        ]
+        segments = ["{id}" if limit.id_patterns.fullmatch(s) else s for s in path.split("/")]
         return (route.name, method, "/".join(segments))
 
     async def pace(

@@ -14,6 +14,11 @@ from urllib.parse import unquote
 
 T = TypeVar("T")
 
+# RFC 9112 §3.2: a request target never carries a fragment. A URL library drops it, so a route
+# policy would judge `/segments/abc#/profiles` while `/segments/abc` is sent: such targets are
+# refused in both modes, and the policy always judges exactly the path that goes upstream.
+FRAGMENT = "the request target must not contain a fragment (#)"
+
 # How many rounds of percent-decoding are checked: `%252e` is `%2e` after one round and `.` after
 # two. An upstream (or a component in front of it) that decodes twice must not see a dot segment.
 _DECODE_ROUNDS = 3
@@ -65,8 +70,12 @@ def path_problem(path: str) -> str | None:
     for segment in path.split("/"):
         decoded = segment
         for _ in range(_DECODE_ROUNDS + 1):
-            if decoded in (".", ".."):
-                return "the path contains a '.' or '..' segment (raw or percent-encoded)"
+            # SECURITY: servlet-style servers drop `;parameters` before resolving dot segments,
+            # so `..;` (and `%2e%2e;`, `..%3b`) is `..` to them.
+            if decoded.partition(";")[0] in (".", ".."):
+                return (
+                    "the path contains a '.' or '..' segment (raw, percent-encoded or with ;params)"
+                )
             if "/" in decoded or "\\" in decoded or "\x00" in decoded:
                 return "the path contains an encoded slash, backslash or NUL (%2f, %5c, %00)"
             if "%" not in decoded:
@@ -99,7 +108,7 @@ def parse_absolute_target(raw: str) -> AbsoluteTarget | str:
             f"got scheme {scheme.lower()!r}"
         )
     if "#" in rest:
-        return "the request target must not contain a fragment (#)"
+        return FRAGMENT
     cut = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
     authority, remainder = rest[:cut], rest[cut:]
     if "@" in authority:

@@ -1,16 +1,16 @@
 """Rate-limit pacing and retry settings (`rate_limit:` and `retry:` on a route or in defaults).
 
 Amperity answers 429 beyond about 10 requests per second per endpoint; both settings are off by
-default. Pure: patterns are compiled here, nothing runs.
+default. Pure: patterns are compiled here (on RE2), nothing runs.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Literal
 
-from proxy.validation import Errors, join, mapping, number, positive, string_list
+from proxy.patterns import PatternSet
+from proxy.validation import Errors, join, mapping, number, pattern_set, positive
 
 RateKey = Literal["endpoint", "route"]
 
@@ -30,7 +30,7 @@ class RateLimit:
     burst: int
     max_wait: float  # seconds a request may wait for a slot; beyond: local 429 + Retry-After
     key: RateKey
-    id_patterns: tuple[re.Pattern[str], ...]
+    id_patterns: PatternSet  # RE2 (proxy.patterns): linear time, whatever the path
 
 
 @dataclass(frozen=True)
@@ -58,20 +58,11 @@ def parse_rate_limit(raw: object, path: str, errs: Errors) -> RateLimit | None:
     if key not in ("endpoint", "route"):
         errs.add(join(path, "key"), f"expected endpoint or route, got {key!r}")
         key = None
-    patterns = list(DEFAULT_ID_PATTERNS)
-    if "id_patterns" in m:
-        patterns = [
-            value for _, value in string_list(m["id_patterns"], join(path, "id_patterns"), errs)
-        ]
-    compiled = []
-    for i, pattern in enumerate(patterns):
-        try:
-            compiled.append(re.compile(pattern))
-        except re.error as exc:
-            errs.add(f"{join(path, 'id_patterns')}[{i}]", f"invalid regular expression ({exc})")
-    if rate is None or burst is None or max_wait is None or key is None:
+    raw_patterns = m.get("id_patterns", list(DEFAULT_ID_PATTERNS))
+    patterns = pattern_set(raw_patterns, join(path, "id_patterns"), errs)
+    if rate is None or burst is None or max_wait is None or key is None or patterns is None:
         return None
-    return RateLimit(rate, int(burst), max_wait, key, tuple(compiled))
+    return RateLimit(rate, int(burst), max_wait, key, patterns)
 
 
 def parse_retry(raw: object, path: str, errs: Errors) -> RetryPolicy | None:

@@ -1,7 +1,7 @@
 """Readers for untrusted config data that collect path-qualified errors, and `${VAR}` expansion.
 
 Each reader checks one value, records `path: message` in an `Errors` on failure and returns
-None, so a parser can go on and report every mistake at once. A leaf module: no proxy imports.
+None, so a parser can go on and report every mistake at once. It imports only `proxy.patterns` (RE2).
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import difflib
 import re
 from collections.abc import Mapping
 from typing import Any
+
+from proxy.patterns import PatternSet, pattern_problem
 
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _ENV_REF_RE = re.compile(r"\$\$|\$\{([^}:]*)(?::-([^}]*))?\}")
@@ -144,3 +146,26 @@ def string_list(raw: object, path: str, errs: Errors) -> list[tuple[str, str]]:
         if value is not None:
             out.append((f"{path}[{i}]", value))
     return out
+
+
+def pattern_set(raw: object, path: str, errs: Errors) -> PatternSet | None:
+    """A list of regular expressions RE2 can run (see proxy.patterns), as one PatternSet."""
+    patterns = []
+    ok = True
+    for item_path, value in string_list(raw, path, errs):
+        problem = pattern_problem(value)
+        if problem is not None:
+            errs.add(
+                item_path,
+                f"RE2 can't run {value!r} ({problem}); patterns run on RE2, which has no "
+                "backreferences or lookaround: see the README's 'Regular expressions'",
+            )
+            ok = False
+        patterns.append(value)
+    if not ok or not isinstance(raw, list) or len(patterns) != len(raw):
+        return None
+    try:
+        return PatternSet(tuple(patterns))
+    except Exception as exc:  # re2.error: the set as a whole is over RE2's memory budget
+        errs.add(path, f"RE2 can't run these patterns together ({exc}); use fewer or simpler ones")
+        return None

@@ -270,8 +270,39 @@ def test_route_policy_config_errors() -> None:
         parse_config({"routes": [route]}, env={})
     assert info.value.errors == [
         "routes[0].methods[1]: not an HTTP method: 'G T'",
-        "routes[0].paths[0]: invalid regular expression (missing ), unterminated subpattern at position 0): '(unclosed'",
+        "routes[0].paths[0]: RE2 can't run '(unclosed' (missing ): (unclosed); patterns run "
+        "on RE2, which has no backreferences or lookaround: see the README's 'Regular "
+        "expressions'",
     ]
+
+
+@pytest.mark.parametrize(
+    ("where", "pattern", "reason"),
+    [
+        ("paths", r"/(a)\1", r"invalid escape sequence: \1"),
+        ("paths", "/segments/(?!admin)", "invalid perl operator: (?!"),
+        ("paths", "/(?<=x)y", "invalid perl operator: (?<="),
+        ("paths", "/x{1001}", "invalid repetition size: {1001}"),
+        ("id_patterns", "(?=[0-9])[0-9a-f]+", "invalid perl operator: (?="),
+    ],
+)
+def test_check_config_refuses_patterns_re2_cannot_run(
+    where: str, pattern: str, reason: str
+) -> None:
+    """Config regexes run per request on RE2 (linear time); what needs backtracking is refused
+    at load time with RE2's reason, never silently run on Python's `re`."""
+    route: dict[str, object] = {"prefix": "/a", "tenant": "a", "token": {"env": "T"}}
+    if where == "paths":
+        route["paths"] = [pattern]
+        path = "routes[0].paths[0]"
+    else:
+        route["rate_limit"] = {"id_patterns": [pattern]}
+        path = "routes[0].rate_limit.id_patterns[0]"
+    with pytest.raises(ConfigError) as info:
+        parse_config({"routes": [route]}, env={})
+    [error] = info.value.errors
+    assert error.startswith(f"{path}: RE2 can't run {pattern!r} ({reason})")
+    assert "README's 'Regular expressions'" in error
 
 
 async def test_unix_socket_listener_with_mode(tmp_path: Path, tls: FakeTLS) -> None:

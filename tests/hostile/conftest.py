@@ -26,6 +26,14 @@ from proxy.fake_amperity import FakeAmperity, FakeTLS, RecordedRequest, make_tok
 
 ROOT = Path(__file__).resolve().parents[2]
 
+# The `paths` policies of the hostile proxy's policy routes (all aimed at /api, acme's token).
+# `/slug` holds the nested-quantifier pattern that freezes a backtracking regex engine.
+POLICY_PATHS = {
+    "/ro": ["/segments", "/segments/[^/]+/profiles"],
+    "/ro-any": ["/segments/.*"],
+    "/slug": ["/segments/([a-z0-9]+-?)+"],
+}
+
 
 @dataclass
 class Ledger:
@@ -160,6 +168,29 @@ def proxy_process(
                 "tenant": "acme",
                 "base_url": f"{base}/api",
                 "token": {"env": "CANARY_ACME"},
+            },
+            # Routes with a policy (policy-bypass attacks): read-only, a few paths.
+            {
+                "prefix": "/ro",
+                "tenant": "acme",
+                "base_url": f"{base}/api",
+                "token": {"env": "CANARY_ACME"},
+                "methods": ["GET"],
+                "paths": POLICY_PATHS["/ro"],
+            },
+            {
+                "prefix": "/ro-any",
+                "tenant": "acme",
+                "base_url": f"{base}/api",
+                "token": {"env": "CANARY_ACME"},
+                "paths": POLICY_PATHS["/ro-any"],
+            },
+            {
+                "prefix": "/slug",
+                "tenant": "acme",
+                "base_url": f"{base}/api",
+                "token": {"env": "CANARY_ACME"},
+                "paths": POLICY_PATHS["/slug"],
             },
             {
                 "prefix": "/acme-sb",
