@@ -29,7 +29,7 @@ from proxy.admin import AdminHandlers, Lifecycle
 from proxy.admit import Admission
 from proxy.config import Config, ConfigError, Route
 from proxy.connections import GuardedServer
-from proxy.forward import Backoff, Upstream
+from proxy.forward import Backoff, GuardedClientResponse, Upstream
 from proxy.handlers import ProxyHandler, Target
 from proxy.metrics import ProxyMetrics, StateCollector, TokenCollector
 from proxy.pacing import retry_delay
@@ -228,6 +228,7 @@ class ProxyApp:
             timeout=aiohttp.ClientTimeout(total=None),  # per-route timeouts are set per request
             # Send only what the client sent: no default Accept/Accept-Encoding/User-Agent.
             skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
+            response_class=GuardedClientResponse,  # odd statuses close their connection
         )
         self.handler.session = self._session
         errors = await self.store.load_initial()

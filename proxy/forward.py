@@ -9,12 +9,16 @@ Failure → status mapping (the only place it is decided):
 | no connection within `timeouts.connect`         | 504 envelope         | timeout  |
 | no byte from upstream within `timeouts.read`    | 504 envelope         | timeout  |
 | `timeouts.total` exceeded                       | 504 envelope         | timeout  |
-| connection reset / closed / malformed response  | 502 envelope         | reset    |
+| connection reset or closed                      | 502 envelope         | reset    |
+| malformed status line or header; a status       | 502 envelope; the    | bad_response |
+|   outside 200-599 (a 101 nobody asked for, 000, | upstream connection  |          |
+|   099, 600: aiohttp handles 100/103 itself)     | is closed, not reused|          |
 | any of the above after the response has started | connection cut off   | as above |
 
 A response cut off mid-stream is passed on as a cut-off connection (no terminating chunk, short
 `Content-Length`), never as a clean end. Nothing is retried. Envelope messages are generic;
-the log carries the detail (with the token scrubbed).
+the log carries the detail, with the token scrubbed and without the URL: aiohttp's exception
+text carries the full URL, query string included, and quotes what the upstream sent.
 """
 
 from __future__ import annotations
@@ -73,7 +77,7 @@ class Outcome:
     """What happened during one exchange, for the access log and metrics."""
 
     upstream_status: int | None = None
-    error: str | None = None  # one of connect, tls, timeout, reset
+    error: str | None = None  # one of connect, tls, timeout, reset, bad_response
     detail: str = ""  # for the log only
     bytes_in: int = 0
     bytes_out: int = 0
@@ -83,8 +87,16 @@ class Outcome:
     deprecation: str | None = None  # the upstream's Deprecation/Sunset headers
 
 
+class BadResponse(Exception):
+    """The upstream's status is outside 200-599 (and not a 1xx aiohttp consumed itself)."""
+
+
 def classify(exc: BaseException) -> tuple[str, int]:
     """Map an upstream failure to (reason, status)."""
+    if isinstance(exc, BadResponse):
+        return "bad_response", 502
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return "bad_response", 502  # the response parser refused a status or header line
     if isinstance(exc, (aiohttp.ClientSSLError, ssl.SSLError)):
         return "tls", 502
     if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
@@ -104,6 +116,11 @@ def _message(reason: str, upstream: Upstream) -> str:
             f"TLS verification failed for {where}; if a corporate proxy re-signs traffic, "
             "set ca_file to its CA bundle"
         )
+    if reason == "bad_response":
+        return (
+            f"the Amperity API at {where} sent a malformed or unexpected response "
+            "(status line, header or status code); retry"
+        )
     if reason == "timeout":
         return (
             f"the Amperity API at {where} did not answer in time "
@@ -115,6 +132,31 @@ def _message(reason: str, upstream: Upstream) -> str:
 def scrub(text: str, secret: str) -> str:
     """SECURITY: remove a secret from text that is about to be logged."""
     return text.replace(secret, "<redacted>") if secret else text
+
+
+def detail(exc: BaseException) -> str:
+    """What the log may say about an upstream failure. SECURITY: aiohttp's ClientResponseError
+    renders as `status, message=..., url=<the full URL, query included>`; only its message is
+    kept (the log formatter also redacts any URL's query string that slips through)."""
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return f"{type(exc).__name__}: {exc.message}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+class GuardedClientResponse(aiohttp.ClientResponse):
+    """The upstream session's response class: a status outside 200-599 closes the connection
+    it came on. aiohttp hands a connection back to the pool as soon as a small body is
+    complete, before the caller sees the status, so closing the response would be too late;
+    the protocol is held here and closed instead, and the pool drops a closed connection.
+    SECURITY: after a 101 nobody asked for (or 000, 600) the connection's framing can't be
+    trusted, and the next request must not ride on it."""
+
+    async def start(self, connection: aiohttp.connector.Connection) -> aiohttp.ClientResponse:
+        protocol = connection.protocol
+        response = await super().start(connection)
+        if not 200 <= self.status <= 599 and protocol is not None:
+            protocol.close()
+        return response
 
 
 class _CoalescedResponse(web.StreamResponse):
@@ -221,6 +263,13 @@ async def forward(
             await backoff.sleep(delay)
             attempt += 1
             upstream_response = await send(credential)
+        if not 200 <= upstream_response.status <= 599:
+            # RFC 9110 §15: a final status is 200-599; 1xx are interim, and aiohttp consumes
+            # 100 and 103 itself. A 101 nobody asked for, 000, 099 or 600 is a broken upstream.
+            # SECURITY: the connection's framing can't be trusted after it: close, don't reuse.
+            status = upstream_response.status
+            upstream_response.close()  # its connection is closed already: GuardedClientResponse
+            raise BadResponse(f"status {status} outside 200-599")
         outcome.upstream_status = upstream_response.status
         outcome.deprecation = _deprecation(upstream_response.headers)
         response = _CoalescedResponse(
@@ -258,7 +307,14 @@ async def forward(
                 response = web.StreamResponse(status=499)
             return response
         return _failed(exc, request, upstream, credential, request_id, outcome, response)
-    except (TimeoutError, aiohttp.ClientError, ssl.SSLError, OSError, BodyLimit) as exc:
+    except (
+        TimeoutError,
+        aiohttp.ClientError,
+        ssl.SSLError,
+        OSError,
+        BodyLimit,
+        BadResponse,
+    ) as exc:
         if outcome.body_error is not None:  # the client's body, not the upstream, failed
             if response is not None and response.prepared:
                 request.protocol.force_close()
@@ -288,7 +344,7 @@ def _failed(
     reason, status = classify(exc)
     outcome.error = reason
     # Exception text can quote what the upstream sent (a bad status line): keep it short.
-    outcome.detail = scrub(f"{type(exc).__name__}: {exc}", credential.token)[:_MAX_DETAIL]
+    outcome.detail = scrub(detail(exc), credential.token)[:_MAX_DETAIL]
     if response is not None and response.prepared:
         # The status line is gone already: the only honest signal left is a cut connection.
         request.protocol.force_close()

@@ -2,12 +2,18 @@
 
 Structured fields travel in `extra={"fields": {...}}`. Callers never put a token in a message
 or a field; the fingerprint is the only token-derived value that is logged.
+
+SECURITY, the net under that rule: whatever a message, a field or an exception's text says (a
+library's exception can quote a full URL), both formatters redact the query string of any URL
+and anything shaped like a JWT before a line is written. The README promises that queries are
+never logged; this makes it hold for third-party text too.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 from typing import IO, Any
@@ -17,6 +23,32 @@ _STDLIB_KEYS = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict_
     "asctime",
     "fields",
 }
+
+
+# `scheme://anything-but-space-quote-?#` then `?query`: the query goes, the rest stays.
+_URL_QUERY_RE = re.compile(r"""([A-Za-z][A-Za-z0-9+.-]*://[^\s'"?#<>]*)\?[^\s'"#<>]*""")
+# Three base64url parts, the first a JSON header (`{"` encodes as `eyJ`): a JWT.
+_JWT_RE = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+
+
+def redact(text: str) -> str:
+    """SECURITY: `text` without URL query strings or JWT-shaped values (cheap when neither
+    can be there, which is almost always)."""
+    if "://" in text and "?" in text:
+        text = _URL_QUERY_RE.sub(r"\1?<redacted>", text)
+    if "eyJ" in text:
+        text = _JWT_RE.sub("<redacted JWT>", text)
+    return text
+
+
+def _redacted(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, (list, tuple)):
+        return [_redacted(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _redacted(v) for k, v in value.items()}
+    return value
 
 
 def _timestamp(created: float) -> str:
@@ -43,12 +75,12 @@ class JsonFormatter(logging.Formatter):
             "time": _timestamp(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": redact(record.getMessage()),
         }
         for key, value in _fields(record).items():
-            out.setdefault(key, value)
+            out.setdefault(key, _redacted(value))
         if record.exc_info:
-            out["exception"] = self.formatException(record.exc_info)
+            out["exception"] = redact(self.formatException(record.exc_info))
         return json.dumps(out, default=str)
 
 
@@ -68,7 +100,7 @@ class TextFormatter(logging.Formatter):
         line = " ".join(parts)
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
-        return line
+        return redact(line)
 
 
 class BufferedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]

@@ -25,7 +25,7 @@ from proxy.tokens import RouteStatus
 # No `*_created` series: they double the series count and no alert or dashboard here uses them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
-UPSTREAM_ERROR_REASONS = ("connect", "tls", "timeout", "reset")
+UPSTREAM_ERROR_REASONS = ("connect", "tls", "timeout", "reset", "bad_response")
 UNAUTHORIZED_CAUSES = ("expired", "rejected", "unknown")
 RETRY_REASONS = ("unauthorized", "status_429", "status_503")
 WAIT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)

@@ -339,3 +339,48 @@ async def spawn_proxy(
         await process.stop()
         raise
     return process
+
+
+@dataclass
+class ScriptedUpstream:
+    """A TLS upstream that answers each request head with exact bytes (`answers`, in turn; the
+    last one repeats) and records what it received, one list of request heads per connection.
+    For what the fake can't send: malformed status and header lines, odd status codes."""
+
+    answers: list[bytes]
+    connections: list[list[bytes]] = field(default_factory=list)
+    port: int = 0
+    _server: asyncio.Server | None = None
+    _writers: list[asyncio.StreamWriter] = field(default_factory=list)
+
+    async def start(self, tls: FakeTLS) -> int:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=tls.server)
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        return self.port
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        heads: list[bytes] = []
+        self.connections.append(heads)
+        self._writers.append(writer)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                heads.append(head)
+                index = min(sum(len(c) for c in self.connections) - 1, len(self.answers) - 1)
+                writer.write(self.answers[index])
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    @property
+    def heads(self) -> list[bytes]:
+        return [h for c in self.connections for h in c]
+
+    async def close(self) -> None:
+        for writer in self._writers:
+            writer.close()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()

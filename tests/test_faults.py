@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import datetime
 import json
+import logging
 import os
 import socket
 import sys
@@ -21,7 +22,16 @@ import aiohttp
 import pytest
 
 from proxy.fake_amperity import FakeTLS
-from tests.conftest import Proxy, ProxyFactory, Upstream, acme_route, get, raw_request
+from tests.conftest import (
+    ACME_TOKEN,
+    Proxy,
+    ProxyFactory,
+    ScriptedUpstream,
+    Upstream,
+    acme_route,
+    get,
+    raw_request,
+)
 from tests.hostile.conftest import LEDGER
 
 MiB = 1024 * 1024
@@ -323,3 +333,104 @@ async def test_two_thousand_idle_connections_while_traffic_flows(
     finally:
         for _, writer in idle:
             writer.close()
+
+
+# --- upstreams that lie in their status line or headers -------------------------------------
+
+OK = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{"ok":true}'
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+        b"HTTP/1.1 000 Zero\r\nContent-Length: 2\r\n\r\nhi",
+        b"HTTP/1.1 099 Low\r\nContent-Length: 2\r\n\r\nhi",
+        b"HTTP/1.1 600 High\r\nContent-Length: 2\r\n\r\nhi",
+        b"HTTP/1.1 999 Nine\r\nContent-Length: 2\r\n\r\nhi",
+    ],
+    ids=["101", "000", "099", "600", "999"],
+)
+async def test_upstream_status_outside_200_599_is_a_502_and_the_connection_is_dropped(
+    make_proxy: ProxyFactory, upstream: Upstream, tls: FakeTLS, answer: bytes
+) -> None:
+    scripted = ScriptedUpstream([answer, OK])
+    port = await scripted.start(tls)
+    try:
+        base = f"https://acme.amperity.com:{port}/api"
+        proxy = await make_proxy([acme_route(upstream, base_url=base)])
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        keep = b"GET /acme/x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        writer.write(keep)
+        first = await asyncio.wait_for(_one_response(reader), 10)
+        # The client connection stays sound: a second request on it gets the next answer.
+        writer.write(keep)
+        second = await asyncio.wait_for(_one_response(reader), 10)
+        writer.close()
+        status_line = first.split(b"\r\n", 1)[0]
+        assert status_line.startswith(b"HTTP/1.1 502 "), first
+        assert b'"status": 502' in first and b"malformed or unexpected response" in first
+        assert second.startswith(b"HTTP/1.1 200 ") and second.endswith(b'{"ok":true}')
+        # The upstream connection that carried the odd status was not reused.
+        assert [len(c) for c in scripted.connections] == [1, 1], scripted.connections
+        text = await proxy.metrics_text()
+        line = 'upstream_errors_total{reason="bad_response",route="acme",tenant="acme"} 1.0'
+        assert line in text
+        LEDGER.fault_cases += 1
+    finally:
+        await scripted.close()
+
+
+async def _one_response(reader: asyncio.StreamReader) -> bytes:
+    """One Content-Length-framed response from a keep-alive connection."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    return head + await reader.readexactly(length)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 abc\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nBad Header\r\nContent-Length: 2\r\n\r\nhi",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\nhi",
+        b"HTTP/1.1 000 Zero\r\nContent-Length: 2\r\n\r\nhi",
+    ],
+    ids=["status-line", "header-line", "cl-and-te", "000"],
+)
+async def test_a_malformed_upstream_answer_never_logs_the_query_or_the_token(
+    make_proxy: ProxyFactory,
+    upstream: Upstream,
+    tls: FakeTLS,
+    caplog: pytest.LogCaptureFixture,
+    answer: bytes,
+) -> None:
+    """aiohttp's exception text carries the full URL; the README promises no query is ever
+    logged. Checked on the formatted lines of both formatters, at every level."""
+    from proxy.logs import JsonFormatter, TextFormatter
+
+    scripted = ScriptedUpstream([answer])
+    port = await scripted.start(tls)
+    try:
+        base = f"https://acme.amperity.com:{port}/api"
+        proxy = await make_proxy([acme_route(upstream, base_url=base)])
+        caplog.set_level(logging.DEBUG)
+        response = await proxy.client.get("/acme/x?api_key=QUERY-SECRET-123&b=2")
+        assert response.status == 502
+        assert b"api_key=QUERY-SECRET-123" in scripted.heads[0]  # it was sent upstream
+        lines = [
+            formatter.format(record)
+            for record in caplog.records
+            for formatter in (JsonFormatter(), TextFormatter())
+        ]
+        assert any("bad_response" in line or "malformed" in line for line in lines), lines
+        for line in lines:
+            assert "QUERY-SECRET-123" not in line and "api_key" not in line, line
+            assert ACME_TOKEN not in line
+        LEDGER.tried("secrets in logs")
+    finally:
+        await scripted.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -171,3 +172,25 @@ def test_setup_logging_chooses_the_format() -> None:
     assert text_stream.getvalue().rstrip().endswith("WARNING test shown k=2")
     for handler in list(logging.getLogger().handlers):
         logging.getLogger().removeHandler(handler)
+
+
+@pytest.mark.parametrize("formatter", [JsonFormatter(), TextFormatter()], ids=["json", "text"])
+def test_formatters_redact_queries_and_jwts_whatever_a_library_says(
+    formatter: logging.Formatter,
+) -> None:
+    """The net under "never log a query or a token": third-party text (an exception that
+    quotes a URL, a field a library filled) is redacted by the formatter itself."""
+    url = "https://acme.amperity.com/api/x?api_key=Q-SECRET&b=2"
+    try:
+        raise ValueError(f"bad answer from {url} with {ACME_TOKEN}")
+    except ValueError:
+        exc_info = sys.exc_info()
+    record = logging.LogRecord(
+        "aiohttp.client", logging.DEBUG, __file__, 1, "GET %s", (url,), exc_info
+    )
+    record.fields = {"url": url, "nested": [{"token": ACME_TOKEN}], "n": 3}
+    line = formatter.format(record)
+    assert "Q-SECRET" not in line and "api_key" not in line
+    assert ACME_TOKEN not in line and ACME_TOKEN.split(".")[1] not in line
+    assert "https://acme.amperity.com/api/x?<redacted>" in line
+    assert "<redacted JWT>" in line
