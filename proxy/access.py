@@ -37,6 +37,7 @@ REJECT_REASONS = (
     "bad_client_token",
     "connect",
     "upgrade",
+    "bad_expect",
     "foreign_host",
     "ambiguous_tenant",
 )
@@ -180,7 +181,7 @@ def _proxy_authorization(value: str) -> str:
 
 
 def method_refusal(request: web.BaseRequest) -> Refusal | None:
-    """CONNECT, TRACE and protocol upgrades are never proxied."""
+    """CONNECT, TRACE, protocol upgrades and unknown expectations are never proxied."""
     if request.method == "CONNECT":
         return Refusal(
             405,
@@ -202,6 +203,15 @@ def method_refusal(request: web.BaseRequest) -> Refusal | None:
     if "Upgrade" in request.headers:
         return Refusal(
             400, "upgrade", "protocol upgrades (WebSocket, h2c) are not supported by this proxy"
+        )
+    expect = request.headers.get("Expect")
+    if expect is not None and expect.strip().lower() != "100-continue":
+        # RFC 9110 §10.1.1: a server "MAY respond with a 417 (Expectation Failed)" to an
+        # expectation other than 100-continue.
+        return Refusal(
+            417,
+            "bad_expect",
+            f"Expect: {expect[:40]!r} is not supported; only Expect: 100-continue is",
         )
     return None
 

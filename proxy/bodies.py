@@ -23,6 +23,29 @@ _BODY_ERRORS = {
 }
 
 
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+def expects_continue(request: web.BaseRequest) -> bool:
+    """Whether the client waits for `100 Continue` before it sends its body. RFC 9110 §10.1.1:
+    a server "MUST ignore" a 100-continue expectation in an HTTP/1.0 request."""
+    expect = request.headers.get("Expect")
+    return (
+        expect is not None
+        and expect.strip().lower() == "100-continue"
+        and request.version >= aiohttp.HttpVersion11
+    )
+
+
+async def send_continue(request: web.BaseRequest) -> None:
+    """Answer `Expect: 100-continue`: called once the request is admitted (route, policy,
+    client token, rate limit, size), never before, so a refused request gets its final status
+    without it. The upstream never sees `Expect` (the header policy drops it)."""
+    if expects_continue(request) and request.body_exists:
+        await request.writer.write(_CONTINUE)
+        request.writer.output_size = 0  # the interim answer is not part of the response
+
+
 class BodyLimit(Exception):
     """The client's body broke a limit (too slow, too large); the request is abandoned."""
 

@@ -17,7 +17,13 @@ from aiohttp import web
 
 from proxy.access import peer_uid
 from proxy.admit import Admission
-from proxy.bodies import BodyLimit, body_refusal, read_replayable_body
+from proxy.bodies import (
+    BodyLimit,
+    body_refusal,
+    expects_continue,
+    read_replayable_body,
+    send_continue,
+)
 from proxy.config import Route
 from proxy.errors import Refusal, envelope
 from proxy.forward import Backoff, Outcome, Upstream, forward
@@ -90,11 +96,14 @@ class ProxyHandler:
             response = envelope(admitted.status, admitted.message, rid, admitted.headers)
             if admitted.reason in _CLOSE_AFTER:
                 response.force_close()  # the client may already be sending tunnel bytes
+            elif expects_continue(request) and request.body_exists:
+                _abandon_body(request)  # the body was never asked for: close, don't drain
             self._access(request, rid, None, None, response, outcome, started, admitted.reason)
             return response
         target = admitted.target
         route = target.route
         result: web.StreamResponse | None = None
+        continued = False
         try:
             credential = target.tokens.credential
             if credential is None:
@@ -143,6 +152,8 @@ class ProxyHandler:
             assert self.session is not None
             self.metrics.in_flight.inc()
             try:
+                continued = True
+                await send_continue(request)  # admitted: now the client may send its body
                 body = await read_replayable_body(
                     request, route.retry_body_limit, target.upstream.body_timeout, outcome
                 )
@@ -182,6 +193,8 @@ class ProxyHandler:
             self._observe(target, outcome, rid)
             return result
         finally:
+            if not continued and expects_continue(request) and request.body_exists:
+                _abandon_body(request)  # refused before the 100: the body was never asked for
             target.metrics.duration.observe(asyncio.get_running_loop().time() - started)
             self._access(request, rid, admitted.log_path, target, result, outcome, started, None)
 
