@@ -1,7 +1,7 @@
 """Token source settings: the `TokenSource` dataclass and the parser for `token:` / `tokens:`.
 
 A source is exactly one of `{env: NAME}`, `{file: PATH}`, `{value: TOKEN}`,
-`{exec: {command: [...], timeout: 10, refresh_before: null}}` or
+`{exec: {command: [...], timeout: 10, refresh_before: null, env: {...}, pass_env: [...]}}` or
 `{client_credentials: {client_id: ..., client_secret: {env|file: ...}, token_url: ...}}`.
 Pure: nothing is read or run here.
 """
@@ -11,7 +11,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from proxy.validation import ENV_NAME_RE, Errors, join, mapping, positive, string, type_name
+from proxy.validation import (
+    ENV_NAME_RE,
+    Errors,
+    join,
+    mapping,
+    positive,
+    string,
+    string_list,
+    type_name,
+)
 
 TokenKind = Literal["env", "file", "value", "exec", "client_credentials"]
 ALL_KINDS: tuple[str, ...] = ("env", "file", "value", "exec", "client_credentials")
@@ -29,6 +38,10 @@ class TokenSource:
     command: tuple[str, ...] = ()  # exec
     timeout: float = DEFAULT_EXEC_TIMEOUT  # exec
     refresh_before: float | None = None  # exec: seconds before exp; None = 10% of lifetime, >= 60
+    # exec: the helper's environment beyond the base (PATH, HOME, LANG, LC_*, TZ). SECURITY: the
+    # values may be secrets (a Vault token): never in repr, logs or errors.
+    exec_env: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    pass_env: tuple[str, ...] = ()  # exec: names copied from the proxy's environment when set
     client_id: str = ""  # client_credentials
     client_secret: TokenSource | None = None  # client_credentials: env or file
     token_url: str | None = None  # client_credentials; None = <base_url>/v0/oauth2/token
@@ -57,8 +70,36 @@ class TokenSource:
         return "value"
 
 
+def _exec_env(raw: object, path: str, errs: Errors) -> tuple[tuple[str, str], ...]:
+    """`exec.env`: NAME -> value (a value may come from `${VAR}`); values are never echoed."""
+    if not isinstance(raw, dict):
+        errs.add(path, f"expected a mapping of NAME: value, got {type_name(raw)}")
+        return ()
+    pairs = []
+    for name, value in raw.items():
+        item = join(path, str(name))
+        if not isinstance(name, str) or not ENV_NAME_RE.fullmatch(name):
+            errs.add(item, "not a valid environment variable name")
+        elif not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            errs.add(item, f"expected a string value, got {type_name(value)}")
+        else:
+            pairs.append((name, str(value)))
+    return tuple(pairs)
+
+
+def _pass_env(raw: object, path: str, errs: Errors) -> tuple[str, ...]:
+    """`exec.pass_env`: names of the proxy's own variables the helper may see."""
+    names = []
+    for item_path, name in string_list(raw, path, errs):
+        if not ENV_NAME_RE.fullmatch(name):
+            errs.add(item_path, f"not a valid environment variable name: {name!r}")
+        else:
+            names.append(name)
+    return tuple(names)
+
+
 def _exec(raw: object, path: str, errs: Errors) -> TokenSource | None:
-    m = mapping(raw, path, errs, ("command", "timeout", "refresh_before"))
+    m = mapping(raw, path, errs, ("command", "timeout", "refresh_before", "env", "pass_env"))
     if m is None:
         return None
     command = m.get("command")
@@ -78,8 +119,19 @@ def _exec(raw: object, path: str, errs: Errors) -> TokenSource | None:
     refresh_before = None
     if m.get("refresh_before") is not None:
         refresh_before = positive(m["refresh_before"], join(path, "refresh_before"), errs)
+    exec_env = _exec_env(m["env"], join(path, "env"), errs) if m.get("env") is not None else ()
+    pass_env = (
+        _pass_env(m["pass_env"], join(path, "pass_env"), errs)
+        if m.get("pass_env") is not None
+        else ()
+    )
     return TokenSource(
-        "exec", command=tuple(command), timeout=timeout, refresh_before=refresh_before
+        "exec",
+        command=tuple(command),
+        timeout=timeout,
+        refresh_before=refresh_before,
+        exec_env=exec_env,
+        pass_env=pass_env,
     )
 
 

@@ -106,15 +106,37 @@ class FileSource(StaticSource):
         return Fetched(await asyncio.to_thread(read_source, self.config, self._env))
 
 
+# What every helper gets from the proxy's environment: enough to find programs and speak the
+# user's locale and time zone, nothing that could be a credential.
+EXEC_BASE_ENV = ("PATH", "HOME", "LANG", "TZ")
+EXEC_BASE_PREFIXES = ("LC_",)
+
+
+def exec_environment(config: TokenSource, env: Mapping[str, str]) -> dict[str, str]:
+    """The environment an `exec` helper runs with. SECURITY: not the proxy's own (which holds
+    other routes' tokens, the client token, a Redis password...): the base variables, then the
+    names in `pass_env` copied when set, then `env:` from the config."""
+    out = {
+        name: value
+        for name, value in env.items()
+        if name in EXEC_BASE_ENV or name.startswith(EXEC_BASE_PREFIXES)
+    }
+    out |= {name: env[name] for name in config.pass_env if name in env}
+    out |= dict(config.exec_env)
+    return out
+
+
 class ExecSource:
-    """Runs `command` (no shell); stdout is the token, stderr is logged, never stdout."""
+    """Runs `command` (no shell) with a minimal environment (`exec_environment`); stdout is the
+    token, stderr is logged, never stdout."""
 
     polled = False
     refreshable = True
 
-    def __init__(self, config: TokenSource, route: str) -> None:
+    def __init__(self, config: TokenSource, route: str, env: Mapping[str, str]) -> None:
         self.config = config
         self._route = route
+        self._environment = exec_environment(config, env)  # built once, at load time
 
     async def fetch(self) -> Fetched:
         command = self.config.command
@@ -124,6 +146,7 @@ class ExecSource:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
+                env=self._environment,
             )
         except OSError as exc:
             raise TokenError("exec_failed", f"cannot run {command[0]}: {exc.strerror}") from None
@@ -266,7 +289,7 @@ def make_sources(
         if config.kind == "file":
             sources.append(FileSource(config, env))
         elif config.kind == "exec":
-            sources.append(ExecSource(config, route.name))
+            sources.append(ExecSource(config, route.name, env))
         elif config.kind == "client_credentials":
             t = route.timeouts
             sources.append(
