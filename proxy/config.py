@@ -169,7 +169,7 @@ def _base_url(template: str, tenant: str, path: str, errs: Errors) -> BaseURL | 
         parts = urlsplit(text)
         port = parts.port
     except ValueError as exc:
-        errs.add(path, f"not a valid URL ({exc}): {text!r}")
+        errs.add(path, f"not a valid URL ({exc}): {errs.show(text)}")
         return None
     problems = []
     if parts.scheme not in ("https", "http"):
@@ -184,11 +184,13 @@ def _base_url(template: str, tenant: str, path: str, errs: Errors) -> BaseURL | 
     if not _BASE_PATH_RE.fullmatch(url_path) or any(s in (".", "..") for s in url_path.split("/")):
         problems.append("path may hold only plain segments (letters, digits, ._~-)")
     if problems:
-        errs.add(path, f"{'; '.join(problems)}: {text!r}")
+        errs.add(path, f"{'; '.join(problems)}: {errs.show(text)}")
         return None
     scheme = parts.scheme
     if scheme == "http":
-        errs.warnings.append(f"{path}: plain http upstream {text!r}; use only for local testing")
+        errs.warnings.append(
+            f"{path}: plain http upstream {errs.show(text)}; use only for local testing"
+        )
     assert parts.hostname is not None
     host = parts.hostname.lower().rstrip(".")
     return BaseURL(scheme, host, port or (443 if scheme == "https" else 80), url_path)
@@ -230,7 +232,9 @@ def _overrides(m: Mapping[str, Any], path: str, errs: Errors, base: _Defaults) -
         if m["api_version"] is not None:
             api_version = string(m["api_version"], join(path, "api_version"), errs)
             if api_version is not None and not _HEADER_VALUE_RE.fullmatch(api_version):
-                errs.add(join(path, "api_version"), f"not a valid header value: {api_version!r}")
+                errs.add(
+                    join(path, "api_version"), f"not a valid header value: {errs.show(api_version)}"
+                )
     if "ca_file" in m:
         ca_file = None
         if m["ca_file"] is not None:
@@ -249,7 +253,7 @@ def _overrides(m: Mapping[str, Any], path: str, errs: Errors, base: _Defaults) -
         else:
             errs.add(
                 join(path, "expired_token"),
-                f"expected forward or reject, got {m['expired_token']!r}",
+                f"expected forward or reject, got {errs.show(m['expired_token'])}",
             )
     max_body_bytes = base.max_body_bytes
     if "max_body_bytes" in m:
@@ -282,13 +286,13 @@ def _prefix(raw: object, path: str, errs: Errors) -> str | None:
     if prefix is None:
         return None
     if not prefix.startswith("/"):
-        errs.add(path, f"must start with '/', got {prefix!r}")
+        errs.add(path, f"must start with '/', got {errs.show(prefix)}")
     elif prefix.endswith("/"):
-        errs.add(path, f"must not end with '/', got {prefix!r}")
+        errs.add(path, f"must not end with '/', got {errs.show(prefix)}")
     elif not all(_PREFIX_SEGMENT_RE.fullmatch(s) for s in prefix[1:].split("/")):
         errs.add(
             path,
-            f"segments may hold only letters, digits and ._~- (no dot segments), got {prefix!r}",
+            f"segments may hold only letters, digits and ._~- (no dot segments), got {errs.show(prefix)}",
         )
     else:
         return prefix
@@ -304,7 +308,7 @@ def _methods(raw: object, path: str, errs: Errors) -> frozenset[str] | None:
     for item_path, value in string_list(raw, path, errs):
         method = value.upper()
         if not _METHOD_RE.fullmatch(method):
-            errs.add(item_path, f"not an HTTP method: {value!r}")
+            errs.add(item_path, f"not an HTTP method: {errs.show(value)}")
         else:
             methods.add(method)
     return frozenset(methods)
@@ -322,7 +326,7 @@ def _route(raw: object, path: str, errs: Errors, defaults: _Defaults) -> Route |
     if tenant is not None and not _TENANT_RE.fullmatch(tenant):
         errs.add(
             join(path, "tenant"),
-            f"expected a DNS-label-like tenant id (a-z, 0-9, -), got {tenant!r}",
+            f"expected a DNS-label-like tenant id (a-z, 0-9, -), got {errs.show(tenant)}",
         )
         tenant = None
     tokens = parse_sources(m, path, errs)
@@ -330,7 +334,10 @@ def _route(raw: object, path: str, errs: Errors, defaults: _Defaults) -> Route |
     if "name" in m:
         name = string(m["name"], join(path, "name"), errs)
         if name is not None and not _NAME_RE.fullmatch(name):
-            errs.add(join(path, "name"), f"expected letters, digits and _.- (max 63), got {name!r}")
+            errs.add(
+                join(path, "name"),
+                f"expected letters, digits and _.- (max 63), got {errs.show(name)}",
+            )
             name = None
     methods = _methods(m["methods"], join(path, "methods"), errs) if "methods" in m else None
     paths = pattern_set(m["paths"], join(path, "paths"), errs) if "paths" in m else None
@@ -372,7 +379,7 @@ def _routes(raw: object, errs: Errors, defaults: _Defaults) -> tuple[Route, ...]
             if value in seen:
                 errs.add(
                     f"routes[{i}].{attr}",
-                    f"duplicate {attr} {value!r} (also routes[{seen[value]}])",
+                    f"duplicate {attr} {errs.show(value)} (also routes[{seen[value]}])",
                 )
             seen.setdefault(value, i)
     return tuple(r for r in routes if r is not None)
@@ -386,11 +393,14 @@ def _log(raw: object, errs: Errors) -> LogSettings:
         return LogSettings()
     fmt: str = m.get("format", "auto")
     if fmt not in ("auto", "json", "text"):
-        errs.add("log.format", f"expected auto, json or text, got {fmt!r}")
+        errs.add("log.format", f"expected auto, json or text, got {errs.show(fmt)}")
         fmt = "auto"
     level = str(m.get("level", "INFO")).upper()
     if level not in _LOG_LEVELS:
-        errs.add("log.level", f"expected one of {', '.join(_LOG_LEVELS)}, got {m.get('level')!r}")
+        errs.add(
+            "log.level",
+            f"expected one of {', '.join(_LOG_LEVELS)}, got {errs.show(m.get('level'))}",
+        )
         level = "INFO"
     return LogSettings(fmt, level)  # type: ignore[arg-type]
 
@@ -408,7 +418,7 @@ def parse_config(
     if m is None:
         if raw is None:
             errs.add("", "the config is empty; it needs at least a routes: list")
-        raise ConfigError(errs.messages, source)
+        raise ConfigError(errs.final(), source)
     listen = parse_proxy_listen(m.get("listen"), errs)
     admin, enable_reload = parse_admin(m.get("admin"), errs)
     defaults = _Defaults()
@@ -426,7 +436,7 @@ def parse_config(
         for problem in listen_problems(listen):
             errs.messages.append(problem)
     if errs.messages:
-        raise ConfigError(errs.messages, source)
+        raise ConfigError(errs.final(), source)
     return Config(
         listen, admin, shutdown_timeout, routes, log, tuple(errs.warnings), enable_reload, limits
     )

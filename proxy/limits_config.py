@@ -48,7 +48,7 @@ def parse_limits(raw: object, errs: Errors) -> Limits:
         if key in m:
             value = number(m[key], join("limits", key), errs, integer=True)
             if value is not None and value < 1:
-                errs.add(join("limits", key), f"must be at least 1, got {int(value)}")
+                errs.add(join("limits", key), f"must be at least 1, got {errs.show(int(value))}")
             elif value is not None:
                 values[key] = int(value)
     for key in _LIMIT_SECONDS:

@@ -80,7 +80,9 @@ def _listen(
     if "port" in m:
         value = number(m["port"], join(path, "port"), errs, integer=True)
         if value is not None and not 0 <= value <= 65535:
-            errs.add(join(path, "port"), f"must be between 0 and 65535, got {int(value)}")
+            errs.add(
+                join(path, "port"), f"must be between 0 and 65535, got {errs.show(int(value))}"
+            )
         elif value is not None:
             port = int(value)
     return Listen(host or default.host, port)
@@ -104,7 +106,9 @@ def _allowed_hosts(raw: object, errs: Errors) -> tuple[str, ...]:
     for path, value in string_list(raw, "listen.allowed_hosts", errs):
         host = value.lower().rstrip(".").strip("[]")
         if not _HOST_NAME_RE.fullmatch(host) and not _is_ip(host):
-            errs.add(path, f"expected a host name or IP address without a port, got {value!r}")
+            errs.add(
+                path, f"expected a host name or IP address without a port, got {errs.show(value)}"
+            )
         else:
             hosts.append(host)
     return tuple(hosts)
@@ -124,7 +128,8 @@ def _allowed_origins(raw: object, errs: Errors) -> tuple[str, ...]:
         origin = value.lower().rstrip("/")
         if not _ORIGIN_RE.fullmatch(origin):
             errs.add(
-                path, f"expected an origin like https://tool.example.com[:port], got {value!r}"
+                path,
+                f"expected an origin like https://tool.example.com[:port], got {errs.show(value)}",
             )
         else:
             origins.append(origin)
@@ -137,7 +142,9 @@ def _allow_clients(raw: object, errs: Errors) -> tuple[str, ...]:
         try:
             networks.append(str(ipaddress.ip_network(value, strict=False)))
         except ValueError:
-            errs.add(path, f"expected a CIDR network like 10.0.0.0/8 or ::1/128, got {value!r}")
+            errs.add(
+                path, f"expected a CIDR network like 10.0.0.0/8 or ::1/128, got {errs.show(value)}"
+            )
     return tuple(networks)
 
 
@@ -156,7 +163,10 @@ def _unix(raw: object, errs: Errors) -> UnixListen | None:
     elif isinstance(raw_mode, str) and re.fullmatch(r"0?[0-7]{3}", raw_mode):
         mode = int(raw_mode, 8)
     if not 0 <= mode <= 0o777:
-        errs.add("listen.unix.mode", f'expected an octal string like "0660", got {m.get("mode")!r}')
+        errs.add(
+            "listen.unix.mode",
+            f'expected an octal string like "0660", got {errs.show(m.get("mode"))}',
+        )
         return None
     return UnixListen(path, mode) if path else None
 
@@ -199,5 +209,8 @@ def parse_admin(raw: object, errs: Errors) -> tuple[Listen, bool]:
         if isinstance(raw["enable_reload"], bool):
             enable_reload = raw["enable_reload"]
         else:
-            errs.add("admin.enable_reload", f"expected true or false, got {raw['enable_reload']!r}")
+            errs.add(
+                "admin.enable_reload",
+                f"expected true or false, got {errs.show(raw['enable_reload'])}",
+            )
     return admin, enable_reload

@@ -18,6 +18,8 @@ import sys
 import time
 from typing import IO, Any
 
+from proxy.validation import JWT_RE
+
 _STDLIB_KEYS = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
     "message",
     "asctime",
@@ -27,8 +29,6 @@ _STDLIB_KEYS = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict_
 
 # `scheme://anything-but-space-quote-?#` then `?query`: the query goes, the rest stays.
 _URL_QUERY_RE = re.compile(r"""([A-Za-z][A-Za-z0-9+.-]*://[^\s'"?#<>]*)\?[^\s'"#<>]*""")
-# Three base64url parts, the first a JSON header (`{"` encodes as `eyJ`): a JWT.
-_JWT_RE = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 
 
 def redact(text: str) -> str:
@@ -37,7 +37,7 @@ def redact(text: str) -> str:
     if "://" in text and "?" in text:
         text = _URL_QUERY_RE.sub(r"\1?<redacted>", text)
     if "eyJ" in text:
-        text = _JWT_RE.sub("<redacted JWT>", text)
+        text = JWT_RE.sub("<redacted JWT>", text)
     return text
 
 

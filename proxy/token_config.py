@@ -92,7 +92,7 @@ def _pass_env(raw: object, path: str, errs: Errors) -> tuple[str, ...]:
     names = []
     for item_path, name in string_list(raw, path, errs):
         if not ENV_NAME_RE.fullmatch(name):
-            errs.add(item_path, f"not a valid environment variable name: {name!r}")
+            errs.add(item_path, f"not a valid environment variable name: {errs.show(name)}")
         else:
             names.append(name)
     return tuple(names)
@@ -153,7 +153,9 @@ def _client_credentials(raw: object, path: str, errs: Errors) -> TokenSource | N
             if token_url.startswith("http://"):
                 errs.warnings.append(f"{join(path, 'token_url')}: plain http; local testing only")
             else:
-                errs.add(join(path, "token_url"), f"expected an https:// URL, got {token_url!r}")
+                errs.add(
+                    join(path, "token_url"), f"expected an https:// URL, got {errs.show(token_url)}"
+                )
                 return None
     if not client_id or secret is None:
         return None
@@ -183,7 +185,9 @@ def parse_source(
         return None
     if kind == "env":
         if not ENV_NAME_RE.fullmatch(value):
-            errs.add(join(path, "env"), f"not a valid environment variable name: {value!r}")
+            errs.add(
+                join(path, "env"), f"not a valid environment variable name: {errs.show(value)}"
+            )
             return None
         return TokenSource("env", location=value)
     if kind == "file":

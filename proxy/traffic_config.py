@@ -51,12 +51,12 @@ def parse_rate_limit(raw: object, path: str, errs: Errors) -> RateLimit | None:
     rate = positive(m.get("requests_per_second", 10), join(path, "requests_per_second"), errs)
     burst = number(m.get("burst", 10), join(path, "burst"), errs, integer=True)
     if burst is not None and burst < 1:
-        errs.add(join(path, "burst"), f"must be at least 1, got {int(burst)}")
+        errs.add(join(path, "burst"), f"must be at least 1, got {errs.show(int(burst))}")
         burst = None
     max_wait = positive(m.get("max_wait", 30), join(path, "max_wait"), errs)
     key = m.get("key", "endpoint")
     if key not in ("endpoint", "route"):
-        errs.add(join(path, "key"), f"expected endpoint or route, got {key!r}")
+        errs.add(join(path, "key"), f"expected endpoint or route, got {errs.show(key)}")
         key = None
     raw_patterns = m.get("id_patterns", list(DEFAULT_ID_PATTERNS))
     patterns = pattern_set(raw_patterns, join(path, "id_patterns"), errs)
@@ -76,12 +76,16 @@ def parse_retry(raw: object, path: str, errs: Errors) -> RetryPolicy | None:
     if not isinstance(statuses, list) or not all(
         isinstance(s, int) and not isinstance(s, bool) and 400 <= s <= 599 for s in statuses
     ):
-        errs.add(join(path, "on"), f"expected a list of 4xx/5xx status codes, got {statuses!r}")
+        errs.add(
+            join(path, "on"), f"expected a list of 4xx/5xx status codes, got {errs.show(statuses)}"
+        )
     else:
         on = set(statuses)
     attempts = number(m.get("attempts", 3), join(path, "attempts"), errs, integer=True)
     if attempts is not None and not 1 <= attempts <= 10:
-        errs.add(join(path, "attempts"), f"must be between 1 and 10, got {int(attempts)}")
+        errs.add(
+            join(path, "attempts"), f"must be between 1 and 10, got {errs.show(int(attempts))}"
+        )
         attempts = None
     base = positive(m.get("base", 0.5), join(path, "base"), errs)
     cap = positive(m.get("max", 8), join(path, "max"), errs)

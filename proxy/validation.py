@@ -19,15 +19,66 @@ ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _ENV_REF_RE = re.compile(r"\$\$|\$\{([^}:]*)(?::-([^}]*))?\}")
 
 
+# SECURITY: keys whose own string value (or list items) is a secret: a token pasted where a
+# source mapping belongs, an inline `value:`, a password. Such values are never echoed.
+SECRET_FIELDS = frozenset({"token", "tokens", "value", "client_secret", "client_token", "password"})
+MAX_SHOWN = 64  # a longer value is never echoed: it is more likely a pasted secret than a name
+# Three base64url parts, the first a JSON header (`{"` encodes as `eyJ`): a JWT.
+JWT_RE = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+_SUBSTRING_MIN = 8  # shorter registered values are too common to replace inside other text
+
+
+def looks_like_jwt(text: str) -> bool:
+    return JWT_RE.search(text) is not None
+
+
 class Errors:
-    """Collected `path: message` errors and non-fatal warnings."""
+    """Collected `path: message` errors and non-fatal warnings.
+
+    SECURITY: a message echoes a config value only through `show`, which hides a value that
+    came from a `${VAR}` expansion, sits in a secret-bearing field, looks like a JWT or is
+    longer than MAX_SHOWN characters, and says what it was instead. `final` is the net under
+    that rule for any message that slipped past it."""
 
     def __init__(self) -> None:
         self.messages: list[str] = []
         self.warnings: list[str] = []
+        self._hidden: dict[str, str] = {}  # value -> where it came from (no value in it)
 
     def add(self, path: str, message: str) -> None:
         self.messages.append(f"{path}: {message}" if path else message)
+
+    def hide(self, value: str, origin: str) -> None:
+        """Never echo `value`; say it was `origin` (e.g. `value from ${AMPERITY_TOKEN}`)."""
+        for text in (value, value.strip()):
+            if text:
+                self._hidden.setdefault(text, origin)
+
+    def show(self, value: object) -> str:
+        """How an error message may quote a config value: its repr, or what it was."""
+        text = value.isoformat() if isinstance(value, datetime.date) else str(value)
+        origin = self._hidden.get(text) or next(
+            (o for v, o in self._hidden.items() if len(v) >= _SUBSTRING_MIN and v in text), None
+        )
+        jwt = looks_like_jwt(text)
+        if origin is None and not jwt and len(text) <= MAX_SHOWN:
+            return repr(value)
+        what = [origin or "a value", f"{len(text)} chars"]
+        if jwt:
+            what.append("looks like a JWT")
+        return ", ".join(what) + ": hidden"
+
+    def final(self) -> list[str]:
+        """The messages, with any hidden value or JWT that a message quotes without `show`
+        replaced all the same."""
+        out = []
+        for message in self.messages:
+            for value, origin in self._hidden.items():
+                if len(value) >= _SUBSTRING_MIN and value in message:
+                    message = message.replace(value, f"<{origin}: hidden>")
+            message = JWT_RE.sub("<a value that looks like a JWT: hidden>", message)
+            out.append(message)
+        return out
 
 
 def type_name(value: object) -> str:
@@ -82,7 +133,7 @@ def number(raw: object, path: str, errs: Errors, *, integer: bool = False) -> fl
         errs.add(path, f"expected {'an integer' if integer else 'a number'}, got {type_name(raw)}")
         return None
     if integer and not float(value).is_integer():
-        errs.add(path, f"expected an integer, got {value}")
+        errs.add(path, f"expected an integer, got {errs.show(value)}")
         return None
     return float(value)
 
@@ -91,7 +142,7 @@ def positive(raw: object, path: str, errs: Errors) -> float | None:
     """A number greater than 0."""
     value = number(raw, path, errs)
     if value is not None and value <= 0:
-        errs.add(path, f"must be greater than 0, got {raw}")
+        errs.add(path, f"must be greater than 0, got {errs.show(raw)}")
         return None
     return value
 
@@ -100,27 +151,40 @@ def non_negative_int(raw: object, path: str, errs: Errors) -> int | None:
     """An integer that is 0 or more (a byte count)."""
     value = number(raw, path, errs, integer=True)
     if value is not None and value < 0:
-        errs.add(path, f"must be 0 or more, got {int(value)}")
+        errs.add(path, f"must be 0 or more, got {errs.show(int(value))}")
         return None
     return None if value is None else int(value)
 
 
-def expand_env(raw: object, path: str, errs: Errors, env: Mapping[str, str]) -> object:
-    """Expand `${VAR}` and `${VAR:-default}` in every string value (`$$` is a literal `$`)."""
+def expand_env(
+    raw: object, path: str, errs: Errors, env: Mapping[str, str], *, secret: bool = False
+) -> object:
+    """Expand `${VAR}` and `${VAR:-default}` in every string value (`$$` is a literal `$`).
+    Every expanded value, and every string in a secret-bearing field, is registered with
+    `errs.hide`: error messages never echo it."""
     if isinstance(raw, dict):
-        return {k: expand_env(v, join(path, str(k)), errs, env) for k, v in raw.items()}
+        return {
+            k: expand_env(v, join(path, str(k)), errs, env, secret=k in SECRET_FIELDS)
+            for k, v in raw.items()
+        }
     if isinstance(raw, list):
-        return [expand_env(v, f"{path}[{i}]", errs, env) for i, v in enumerate(raw)]
-    if not isinstance(raw, str) or "$" not in raw:
+        return [expand_env(v, f"{path}[{i}]", errs, env, secret=secret) for i, v in enumerate(raw)]
+    if not isinstance(raw, str):
         return raw
+    if "$" not in raw:
+        if secret:
+            errs.hide(raw, f"value of {path}")
+        return raw
+    names: list[str] = []
 
     def replace(match: re.Match[str]) -> str:
         if match.group(0) == "$$":
             return "$"
         name, default = match.group(1), match.group(2)
         if not ENV_NAME_RE.fullmatch(name):
-            errs.add(path, f"invalid variable reference {match.group(0)!r}")
+            errs.add(path, f"invalid variable reference {errs.show(match.group(0))}")
             return ""
+        names.append(name)
         value = env.get(name)
         if value:
             return value
@@ -132,7 +196,12 @@ def expand_env(raw: object, path: str, errs: Errors, env: Mapping[str, str]) -> 
         )
         return ""
 
-    return _ENV_REF_RE.sub(replace, raw)
+    expanded = _ENV_REF_RE.sub(replace, raw)
+    if names:
+        errs.hide(expanded, "value from " + ", ".join(f"${{{n}}}" for n in names))
+    elif secret:
+        errs.hide(expanded, f"value of {path}")
+    return expanded
 
 
 def string_list(raw: object, path: str, errs: Errors) -> list[tuple[str, str]]:
@@ -157,7 +226,7 @@ def pattern_set(raw: object, path: str, errs: Errors) -> PatternSet | None:
         if problem is not None:
             errs.add(
                 item_path,
-                f"RE2 can't run {value!r} ({problem}); patterns run on RE2, which has no "
+                f"RE2 can't run {errs.show(value)} ({problem}); patterns run on RE2, which has no "
                 "backreferences or lookaround: see the README's 'Regular expressions'",
             )
             ok = False
