@@ -162,11 +162,8 @@ def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     )
 
 
-BAD = {
-    "listen": {"port": 0},
-    "admin": {"port": 0},
-    "routes": [{"prefix": "/a", "tenant": "${TOK}", "token": {"env": "${AMPERITY_TOKEN}"}}],
-}
+BAD_ROUTE = {"prefix": "/a", "tenant": "${TOK}", "token": {"env": "${AMPERITY_TOKEN}"}}
+BAD = {"listen": {"port": 0}, "admin": {"port": 0}, "routes": [BAD_ROUTE]}
 BAD_ENV = {"TOK": JWT, "AMPERITY_TOKEN": JWT2}
 
 
@@ -195,24 +192,19 @@ async def test_a_rejected_reload_describes_the_secret_everywhere_it_reports(
     tmp_path: Path, upstream: Upstream, tls: FakeTLS
 ) -> None:
     (tmp_path / "ca.pem").write_bytes(tls.ca_pem)
-    good = {
-        "listen": {"port": 0},
-        "admin": {"port": 0, "enable_reload": True},
-        "routes": [
-            {
-                "prefix": "/acme",
-                "tenant": "acme",
-                "base_url": upstream.url("localhost"),
-                "ca_file": str(tmp_path / "ca.pem"),
-                "token": {"env": "ACME_TOKEN"},
-            }
-        ],
+    route: dict[str, Any] = {
+        "prefix": "/acme",
+        "tenant": "acme",
+        "base_url": upstream.url("localhost"),
+        "ca_file": str(tmp_path / "ca.pem"),
+        "token": {"env": "ACME_TOKEN"},
     }
+    good = {"listen": {"port": 0}, "admin": {"port": 0, "enable_reload": True}, "routes": [route]}
     env = {"ACME_TOKEN": make_token("acme"), **BAD_ENV}
     process = await spawn_proxy(tmp_path, good, env)
     try:
         admin = process.admin
-        bad = {**good, "routes": [{**good["routes"][0], **BAD["routes"][0]}]}
+        bad = {**good, "routes": [{**route, **BAD_ROUTE}]}
         (tmp_path / "config.yaml").write_text(yaml.safe_dump(bad))
         status, answer = await asyncio.to_thread(_http, f"http://{admin}/-/reload", "POST")
         record = await process.log_until(lambda r: "rejected" in str(r.get("message", "")))
