@@ -176,6 +176,10 @@ def main() -> int:
         ("desyncs (must be 0)", str(ledger.get("desyncs", 0)), ledger.get("desyncs", 0) == 0),
         ("fault cases passed", str(ledger.get("fault_cases", 0)), failed_cases == 0),
     ]
+    # Attempts per attack category (reload races, policy bypass, exec helpers, secrets in
+    # errors, ...): each must have been tried, and any failure shows in the suite's result.
+    for category, count in sorted(ledger.get("categories", {}).items()):
+        rows.append((f"  {category} attempts", str(count), count > 0 and failed_cases == 0))
     audit, audit_ok = pip_audit()
     rows.append(("pip-audit (requirements.lock)", audit, audit_ok))
     rows += slowhttptest()
