@@ -338,3 +338,22 @@ async def test_unix_socket_listener_with_mode(tmp_path: Path, tls: FakeTLS) -> N
         await process.stop()
         await runner.cleanup()
     assert [r.raw_path for r in fake.requests] == ["/api/x"]
+
+
+def test_re2_is_loaded_only_when_a_config_has_patterns() -> None:
+    """RE2 costs about 2 MiB of RSS: a proxy with no `paths` and no rate limit never loads it."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys; from proxy.app import create_app; from proxy.config import parse_config; "
+        "r = {'prefix': '/a', 'tenant': 'a', 'token': {'env': 'T'}}; "
+        "create_app(parse_config({'routes': [r]}, env={}), env={'T': 'x'}); "
+        "print('re2' in sys.modules); "
+        "parse_config({'routes': [{**r, 'paths': ['/x']}]}, env={}); "
+        "print('re2' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert result.stdout.split() == ["False", "True"]
