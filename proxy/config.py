@@ -27,7 +27,9 @@ from proxy.patterns import PatternSet
 from proxy.token_config import TokenSource, parse_sources
 from proxy.traffic_config import RateLimit, RetryPolicy, parse_rate_limit, parse_retry
 from proxy.validation import (
+    MAX_CONFIG_NODES,
     Errors,
+    TooLarge,
     expand_env,
     join,
     mapping,
@@ -40,6 +42,7 @@ from proxy.validation import (
 )
 
 DEFAULT_BASE_URL = "https://{tenant}.amperity.com/api"
+MAX_CONFIG_BYTES = 1024 * 1024  # a real config is a few KiB
 DEFAULT_API_VERSION = "2024-04-01"
 
 ExpiredTokenPolicy = Literal["forward", "reject"]
@@ -413,7 +416,15 @@ def parse_config(
 ) -> Config:
     """Validate a loaded YAML document; raise one ConfigError listing every problem."""
     errs = Errors()
-    raw = expand_env(raw, "", errs, os.environ if env is None else env)
+    try:
+        raw = expand_env(raw, "", errs, os.environ if env is None else env)
+    except TooLarge:
+        message = (
+            f"the config expands to more than {MAX_CONFIG_NODES} values (YAML aliases and "
+            "anchors repeating each other?); a proxy config has a few hundred: write it out "
+            "without nested aliases"
+        )
+        raise ConfigError([message], source) from None
     m = mapping(raw, "", errs, _TOP_KEYS) if raw is not None else None
     if m is None:
         if raw is None:
@@ -446,9 +457,20 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Confi
     """Read and parse a YAML config file; file and YAML errors become a ConfigError too."""
     source = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with Path(path).open("rb") as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         raise ConfigError([f"cannot read config file: {exc.strerror or exc}"], source) from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            [
+                f"the config file is larger than 1 MiB ({MAX_CONFIG_BYTES} bytes); a proxy "
+                "config is a few KiB: check that --config names the right file"
+            ],
+            source,
+        )
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise ConfigError(["config file is not valid UTF-8"], source) from None
     try:

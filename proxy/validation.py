@@ -26,6 +26,13 @@ MAX_SHOWN = 64  # a longer value is never echoed: it is more likely a pasted sec
 # Three base64url parts, the first a JSON header (`{"` encodes as `eyJ`): a JWT.
 JWT_RE = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 _SUBSTRING_MIN = 8  # shorter registered values are too common to replace inside other text
+# A real config has a few hundred values; YAML aliases can make 500 bytes expand to millions
+# (the "billion laughs"), and `${VAR}` expansion copies every one of them.
+MAX_CONFIG_NODES = 100_000
+
+
+class TooLarge(Exception):
+    """The config expands to more than MAX_CONFIG_NODES values."""
 
 
 def looks_like_jwt(text: str) -> bool:
@@ -44,6 +51,7 @@ class Errors:
         self.messages: list[str] = []
         self.warnings: list[str] = []
         self._hidden: dict[str, str] = {}  # value -> where it came from (no value in it)
+        self.nodes = 0  # values seen by expand_env, against MAX_CONFIG_NODES
 
     def add(self, path: str, message: str) -> None:
         self.messages.append(f"{path}: {message}" if path else message)
@@ -161,7 +169,10 @@ def expand_env(
 ) -> object:
     """Expand `${VAR}` and `${VAR:-default}` in every string value (`$$` is a literal `$`).
     Every expanded value, and every string in a secret-bearing field, is registered with
-    `errs.hide`: error messages never echo it."""
+    `errs.hide`: error messages never echo it. Raises TooLarge past MAX_CONFIG_NODES values."""
+    errs.nodes += 1
+    if errs.nodes > MAX_CONFIG_NODES:
+        raise TooLarge
     if isinstance(raw, dict):
         return {
             k: expand_env(v, join(path, str(k)), errs, env, secret=k in SECRET_FIELDS)
