@@ -10,10 +10,11 @@ different routes and endpoints are independent: one route's queue never blocks a
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import random
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 
 from proxy.config import Route
@@ -22,7 +23,11 @@ from proxy.traffic_config import RetryPolicy
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 _EPSILON = 1e-6  # refills are floats on epoch-sized clocks: 0.1 s at 10/s may be 0.9999998
-_MAX_BUCKETS = 10_000  # idle buckets beyond this are dropped (hostile paths can't grow memory)
+# At most this many buckets (hostile or merely many paths can't grow memory). Past it, the least
+# recently used idle buckets go first; a bucket still refilling is dropped only when the oldest
+# PRUNE_SCAN are all busy (it then restarts full, which costs at most one extra burst).
+MAX_BUCKETS = 10_000
+PRUNE_SCAN = 16
 
 
 class RateLimited(Exception):
@@ -113,7 +118,13 @@ class Pacer:
     def __init__(self, clock: Clock = time.time, sleep: Sleep = asyncio.sleep) -> None:
         self.clock = clock
         self.sleep = sleep
-        self._buckets: dict[tuple[str, ...], Bucket] = {}
+        # Least recently used first: pruning looks only at the front, so a new key costs
+        # O(PRUNE_SCAN) however many buckets exist.
+        self._buckets: OrderedDict[tuple[str, ...], Bucket] = OrderedDict()
+
+    @property
+    def buckets(self) -> int:
+        return len(self._buckets)
 
     def queued(self) -> int:
         """Requests waiting for a slot right now, over all buckets."""
@@ -139,11 +150,22 @@ class Pacer:
         key = self.endpoint(route, method, rest)
         bucket = self._buckets.get(key)
         if bucket is None:
-            if len(self._buckets) >= _MAX_BUCKETS:
-                self._buckets = {k: b for k, b in self._buckets.items() if not b.idle}
+            if len(self._buckets) >= MAX_BUCKETS:
+                self._prune()
             bucket = Bucket(limit.requests_per_second, limit.burst, self.clock, self.sleep)
             self._buckets[key] = bucket
+        else:
+            self._buckets.move_to_end(key)
         return await bucket.acquire(limit.max_wait, gone)
+
+    def _prune(self) -> None:
+        """Make room for one bucket: drop the least recently used idle one among the oldest
+        PRUNE_SCAN; if they are all busy, the least recently used of them."""
+        for key, bucket in itertools.islice(self._buckets.items(), PRUNE_SCAN):
+            if bucket.idle:
+                del self._buckets[key]
+                return
+        self._buckets.popitem(last=False)
 
 
 def retry_delay(

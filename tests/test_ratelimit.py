@@ -243,3 +243,37 @@ def test_rate_limit_and_retry_config_errors() -> None:
         "routes[1].retry.on: expected a list of 4xx/5xx status codes, got [200]",
         "routes[1].retry.attempts: must be between 1 and 10, got 50",
     ]
+
+
+async def test_bucket_count_is_bounded_and_each_new_key_costs_constant_work(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Many distinct endpoints at a low rate: every bucket stays busy (not idle) for minutes.
+    Each new key must cost a bounded number of bucket checks, not one per live bucket (the old
+    pruning rebuilt the whole table per request), and the table must stay bounded."""
+    from proxy import pacing
+    from proxy.config import parse_config
+
+    route = {
+        "prefix": "/a",
+        "tenant": "a",
+        "token": {"env": "T"},
+        "rate_limit": {"requests_per_second": 0.01, "burst": 2, "max_wait": 1},
+    }
+    config = parse_config({"routes": [route]}, env={})
+    fake = FakeTime()
+    pacer = pacing.Pacer(fake.clock, fake.sleep)
+    checks = 0
+    idle = pacing.Bucket.idle
+
+    def counted(self: pacing.Bucket) -> bool:
+        nonlocal checks
+        checks += 1
+        return idle.fget(self)  # type: ignore[no-any-return,attr-defined]
+
+    monkeypatch.setattr(pacing.Bucket, "idle", property(counted))
+    keys = 3 * pacing.MAX_BUCKETS
+    for i in range(keys):
+        await pacer.pace(config.routes[0], "GET", f"/segment-{i}x/profiles")
+    assert pacer.buckets <= pacing.MAX_BUCKETS
+    assert checks <= 20 * keys, f"{checks} bucket checks for {keys} new keys"
