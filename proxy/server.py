@@ -28,35 +28,94 @@ from proxy.selfcheck import self_check
 log = logging.getLogger("amperity_proxy")
 
 
-def _unix_socket(unix: UnixListen) -> socket.socket:
-    """A listening Unix socket whose file has exactly `unix.mode` permissions."""
-    path = Path(unix.path)
-    if path.exists() or path.is_symlink():
-        if not stat.S_ISSOCK(path.lstat().st_mode):
-            raise StartupError([f"listen.unix.path: {path} exists and is not a socket"])
-        path.unlink()  # a stale socket from an earlier run
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    # SECURITY: bind with owner-only permissions, then widen to the configured mode, so the
-    # socket is never reachable by more users than the config allows.
-    old_umask = os.umask(0o177)
-    try:
-        sock.bind(str(path))
-    except OSError as exc:
-        sock.close()
-        raise StartupError([f"cannot listen on unix:{path}: {exc.strerror or exc}"]) from None
-    finally:
-        os.umask(old_umask)
-    os.chmod(path, unix.mode)
-    sock.listen(128)
-    sock.setblocking(False)
-    return sock
+class UnixSocketFile:
+    """The proxy's Unix socket file: created here, and removed only by its creator.
+
+    SECURITY / availability: a path that holds a regular file or a symlink is refused and left
+    alone; a socket someone answers on belongs to a live process (another proxy) and is never
+    taken over; a socket nobody answers on is stale (a crashed run) and is replaced, with a
+    log line. On the way out only the socket this process bound (same device and inode) is
+    removed, so a failed start never deletes a user's file or a live proxy's socket."""
+
+    def __init__(self, unix: UnixListen) -> None:
+        self.unix = unix
+        self.path = Path(unix.path)
+        self._identity: tuple[int, int] | None = None
+
+    def bind(self) -> socket.socket:
+        """A listening socket whose file has exactly `unix.mode` permissions."""
+        path = self.path
+        if path.exists() or path.is_symlink():
+            if not stat.S_ISSOCK(path.lstat().st_mode):
+                raise StartupError(
+                    [
+                        f"listen.unix.path: {path} exists and is not a socket; remove it or "
+                        "choose another path"
+                    ]
+                )
+            if self._answers(path):
+                raise StartupError(
+                    [
+                        f"listen.unix.path: {path} is in use by a running process (another "
+                        "proxy?); stop it or choose another path"
+                    ]
+                )
+            log.warning("replacing a stale socket at %s (nothing answers on it)", path)
+            path.unlink()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        # SECURITY: bind with owner-only permissions, then widen to the configured mode, so the
+        # socket is never reachable by more users than the config allows.
+        old_umask = os.umask(0o177)
+        try:
+            sock.bind(str(path))
+        except OSError as exc:
+            sock.close()
+            raise StartupError([f"cannot listen on unix:{path}: {exc.strerror or exc}"]) from None
+        finally:
+            os.umask(old_umask)
+        created = path.lstat()
+        self._identity = (created.st_dev, created.st_ino)
+        os.chmod(path, self.unix.mode)
+        sock.listen(128)
+        sock.setblocking(False)
+        return sock
+
+    @staticmethod
+    def _answers(path: Path) -> bool:
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        probe.settimeout(1.0)
+        try:
+            probe.connect(str(path))
+        except OSError:  # ECONNREFUSED: nobody listens; the file is left over
+            return False
+        finally:
+            probe.close()
+        return True
+
+    def remove(self) -> None:
+        """Remove the socket file if it is still the one this process created."""
+        if self._identity is None:
+            return
+        with contextlib.suppress(OSError):
+            current = self.path.lstat()
+            if (
+                stat.S_ISSOCK(current.st_mode)
+                and (current.st_dev, current.st_ino) == self._identity
+            ):
+                self.path.unlink()
+        self._identity = None
 
 
 async def _start_site(
-    runner: web.BaseRunner, listen: Listen, what: str, reuse_port: bool = False
+    runner: web.BaseRunner,
+    listen: Listen,
+    what: str,
+    reuse_port: bool = False,
+    unix: UnixSocketFile | None = None,
 ) -> list[str]:
     if listen.unix is not None:
-        await web.SockSite(runner, _unix_socket(listen.unix)).start()
+        assert unix is not None
+        await web.SockSite(runner, unix.bind()).start()
         return [f"unix:{listen.unix.path}"]
     site = web.TCPSite(
         runner, listen.host, listen.port, reuse_address=True, reuse_port=reuse_port or None
@@ -105,9 +164,10 @@ async def serve(
     admin_runner = web.AppRunner(admin, access_log=None, handle_signals=False, shutdown_timeout=1)
     await runner.setup()
     await admin_runner.setup()
+    unix = UnixSocketFile(config.listen.unix) if config.listen.unix is not None else None
     try:
         # Workers share the proxy port (SO_REUSEPORT); only worker 0 serves the admin port.
-        proxy_addrs = await _start_site(runner, config.listen, "proxy", worker is not None)
+        proxy_addrs = await _start_site(runner, config.listen, "proxy", worker is not None, unix)
         admin_addrs: list[str] = []
         if worker in (None, 0):
             admin_addrs = await _start_site(admin_runner, config.admin, "admin")
@@ -153,9 +213,8 @@ async def serve(
         await runner.cleanup()
         await app.cleanup()
         await admin_runner.cleanup()
-        if config.listen.unix is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(config.listen.unix.path)
+        if unix is not None:
+            unix.remove()  # only the socket this process created
     log.info("stopped")
     flush_logs()
     return 0
