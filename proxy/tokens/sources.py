@@ -10,9 +10,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import os
 import random
+import signal
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,6 +129,16 @@ def exec_environment(config: TokenSource, env: Mapping[str, str]) -> dict[str, s
     return out
 
 
+async def _kill_group(proc: asyncio.subprocess.Process) -> None:
+    """SIGKILL the helper's whole process group and reap it (its pipes close with it)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(TimeoutError):
+        # A process that left the group (its own setsid) could still hold a pipe: don't wait
+        # for it forever; the child itself is reaped by asyncio either way.
+        await asyncio.wait_for(asyncio.shield(proc.wait()), 5)
+
+
 class ExecSource:
     """Runs `command` (no shell) with a minimal environment (`exec_environment`); stdout is the
     token, stderr is logged, never stdout."""
@@ -147,17 +160,22 @@ class ExecSource:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 env=self._environment,
+                # Its own process group, so the timeout can kill everything it started: a
+                # grandchild (`sh -c "sleep 25; echo t"`) would otherwise keep the pipes open
+                # and the wait going long after the helper itself was killed.
+                start_new_session=True,
             )
         except OSError as exc:
             raise TokenError("exec_failed", f"cannot run {command[0]}: {exc.strerror}") from None
         try:
             out, err = await asyncio.wait_for(proc.communicate(), self.config.timeout)
         except TimeoutError:
-            proc.kill()
-            await proc.wait()
             raise TokenError(
                 "exec_failed", f"{command[0]} did not finish within {self.config.timeout:g}s"
             ) from None
+        finally:
+            if proc.returncode is None:  # timed out, or the proxy is shutting down
+                await _kill_group(proc)
         if err:
             level = logging.WARNING if proc.returncode else logging.INFO
             text = err.decode(errors="replace")

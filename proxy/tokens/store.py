@@ -16,6 +16,7 @@ changes the route, the name leads to another generation (another tenant, host or
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -83,6 +84,11 @@ class RouteState:
     last_recovery: float = float("-inf")
     recovering: asyncio.Task[None] | None = None
     refreshes: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def recovery_wait(self) -> float:
+        """How long a request waits for a 401-triggered re-read: the longest source timeout."""
+        return max((s.source.config.timeout for s in self.sources), default=10.0)
 
     @property
     def credential(self) -> Credential | None:
@@ -229,8 +235,10 @@ class TokenStore:
             rs.last_recovery = now
             rs.recovering = asyncio.create_task(self._recover_sources(rs))
         if rs.recovering is not None:
-            # Concurrent 401s wait for the same re-read instead of giving up on it.
-            await asyncio.shield(rs.recovering)
+            # Concurrent 401s wait for the same re-read instead of giving up on it, but no
+            # longer than the sources' own timeout: then they carry on with what there is.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(rs.recovering), rs.recovery_wait)
         now = self._clock()
         failed_state = next(
             (
