@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import uuid
@@ -30,6 +31,7 @@ from proxy.errors import envelope
 log = logging.getLogger("amperity_proxy.connections")
 
 Reject = Callable[[str], None]
+_UNWIND = 0.5  # seconds cancelled handlers get to write their log lines after the drain
 
 
 def _raw_envelope(status: int, reason: str, message: str) -> bytes:
@@ -68,6 +70,11 @@ class GuardedHandler(RequestHandler):
         if data and not self._busy:
             self._partial = True
         super().data_received(data)
+
+    @property
+    def draining(self) -> bool:
+        """The server is shutting down: a request cut now was cut by the drain."""
+        return self._guard.draining
 
     def abandon_body(self) -> None:
         """Close after the current response instead of reading the rest of an unwanted body
@@ -186,9 +193,25 @@ class GuardedServer(web.Server):
         self.max_connections = max_connections
         self.header_timeout = header_timeout
         self.reject = reject
+        self.draining = False  # set by shutdown()
 
     def __call__(self) -> RequestHandler:
         return GuardedHandler(self, loop=self._loop, **self._kwargs)
+
+    async def shutdown(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 (aiohttp's signature)
+        """Drain within `timeout` seconds in all. aiohttp's own shutdown waits the timeout for
+        handlers, cancels them, then may wait the timeout again (33 s for a 15 s setting, past
+        Kubernetes' 30 s grace): here in-flight requests get `timeout`, then the ones left are
+        cancelled and their connections closed, with a short bounded wait for them to unwind."""
+        budget = 0.0 if timeout is None else timeout
+        self.draining = True
+        # Phase 1 inside aiohttp waits `budget` for handlers; its phase 2 (cancel, then wait
+        # again) is cut short here.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(super().shutdown(budget), budget + _UNWIND)
+        for connection in list(self._connections):
+            connection.force_close()
+        self._connections.clear()
 
     def admit_connection(self, handler: GuardedHandler, transport: asyncio.BaseTransport) -> bool:
         if len(self._connections) <= self.max_connections:  # this one is already counted

@@ -84,6 +84,8 @@ class Outcome:
     client_gone: bool = False
     body_error: str | None = None  # body_timeout or body_too_large: the client's fault
     retried: bool = False  # sent a second time after a 401
+    status_sent: int | None = None  # the status line the client got, once it is out
+    shutdown: bool = False  # cut by the drain on SIGTERM
     deprecation: str | None = None  # the upstream's Deprecation/Sunset headers
 
 
@@ -292,6 +294,7 @@ async def forward(
         # body still gets an honest 502/504 instead of a cut connection.
         first = await upstream_response.content.readany()
         await response.prepare(request)
+        outcome.status_sent = response.status
         if first:
             await response.write(first)
             outcome.bytes_out += len(first)

@@ -192,6 +192,9 @@ class ProxyHandler:
                     _abandon_body(request)
             self._observe(target, outcome, rid)
             return result
+        except asyncio.CancelledError:
+            outcome.shutdown = True  # only the drain cancels a handler (no handler_cancellation)
+            raise
         finally:
             if not continued and expects_continue(request) and request.body_exists:
                 _abandon_body(request)  # refused before the 100: the body was never asked for
@@ -242,7 +245,9 @@ class ProxyHandler:
         if path is None:
             path = request.raw_path.partition("?")[0]
         route = target.route if target is not None else None
-        status = response.status if response is not None else 500
+        status = response.status if response is not None else (outcome.status_sent or 500)
+        if outcome.client_gone and getattr(request.protocol, "draining", False):
+            outcome.shutdown = True  # the drain closed the connection, not the client
         uid = peer_uid(request) if self.admission.gate.unix else None
         access_log.info(
             "%s %s %s",
@@ -260,6 +265,7 @@ class ProxyHandler:
                     "status": status,
                     "upstream_status": outcome.upstream_status,
                     "error": outcome.error
+                    or ("shutdown" if outcome.shutdown else None)
                     or ("client_disconnected" if outcome.client_gone else None),
                     "refused": refused,
                     "retried": outcome.retried,

@@ -27,6 +27,8 @@ from proxy.selfcheck import self_check
 
 log = logging.getLogger("amperity_proxy")
 
+_EXIT_SLACK = 0.9  # seconds past shutdown_timeout for the cleanup after the drain
+
 
 class UnixSocketFile:
     """The proxy's Unix socket file: created here, and removed only by its creator.
@@ -161,10 +163,12 @@ async def serve(
         handle_signals=False,
         shutdown_timeout=config.shutdown_timeout,
     )
-    admin_runner = web.AppRunner(admin, access_log=None, handle_signals=False, shutdown_timeout=1)
+    # The admin endpoints answer in milliseconds: its drain is short, inside the overall bound.
+    admin_runner = web.AppRunner(admin, access_log=None, handle_signals=False, shutdown_timeout=0.2)
     await runner.setup()
     await admin_runner.setup()
     unix = UnixSocketFile(config.listen.unix) if config.listen.unix is not None else None
+    flusher: asyncio.Task[None] | None = None
     try:
         # Workers share the proxy port (SO_REUSEPORT); only worker 0 serves the admin port.
         proxy_addrs = await _start_site(runner, config.listen, "proxy", worker is not None, unix)
@@ -198,23 +202,34 @@ async def serve(
                 }
             },
         )
+        # Runs through the drain too: lines logged then reach stderr within 0.2 s, not at exit
+        # (a SIGKILL at the end of the grace period would lose them).
         flusher = asyncio.create_task(_flush_logs_periodically(), name="log-flush")
         await stop.wait()
-        flusher.cancel()
         app.lifecycle.draining = True
         log.info(
             "shutting down: /readyz is 503, finishing in-flight requests (up to %ss)",
             config.shutdown_timeout,
         )
+        flush_logs()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
     finally:
-        # Stops accepting, waits for in-flight requests up to shutdown_timeout.
+        # Stops accepting and drains: in-flight requests get shutdown_timeout in all
+        # (GuardedServer.shutdown), then everything left is closed. The rest is bounded too,
+        # so SIGTERM -> exit stays within shutdown_timeout + 1 s.
+        deadline = asyncio.get_running_loop().time() + config.shutdown_timeout + _EXIT_SLACK
         await runner.cleanup()
-        await app.cleanup()
-        await admin_runner.cleanup()
+        for step in (app.cleanup(), admin_runner.cleanup()):
+            left = max(0.05, deadline - asyncio.get_running_loop().time())
+            try:
+                await asyncio.wait_for(step, left)
+            except TimeoutError:
+                log.warning("shutdown: a cleanup step did not finish in time; exiting anyway")
         if unix is not None:
             unix.remove()  # only the socket this process created
+        if flusher is not None:
+            flusher.cancel()
     log.info("stopped")
     flush_logs()
     return 0

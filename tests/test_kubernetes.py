@@ -97,7 +97,16 @@ def test_classic_sidecar_outlives_the_app() -> None:
     command = proxy["lifecycle"]["preStop"]["exec"]["command"]
     assert command[0] == "sleep"
     grace = pod_spec("classic-sidecar.yaml")["terminationGracePeriodSeconds"]
-    assert int(command[1]) + proxy_config().shutdown_timeout < grace
+    # SIGTERM -> exit within shutdown_timeout + 1 s (tests/hostile/test_shutdown.py proves it).
+    assert int(command[1]) + proxy_config().shutdown_timeout + 1 < grace
+    comment = (ROOT / "deploy/kubernetes/classic-sidecar.yaml").read_text()
+    budget = f"{command[1]} + {proxy_config().shutdown_timeout:g} + 1 < {grace}"
+    assert budget in comment, "the preStop comment's timing is out of date"
+
+
+def test_native_sidecar_exits_within_its_grace_period() -> None:
+    grace = pod_spec("native-sidecar.yaml")["terminationGracePeriodSeconds"]
+    assert proxy_config().shutdown_timeout + 1 < grace
 
 
 def _idle_rss_mib() -> float:
