@@ -28,6 +28,7 @@ from proxy.config import Route
 from proxy.errors import Refusal, envelope
 from proxy.forward import Backoff, Outcome, Upstream, forward
 from proxy.headers import query_has_api_version, request_id
+from proxy.logs import Repeats
 from proxy.metrics import ProxyMetrics, RouteMetrics
 from proxy.pacing import ClientGone, Pacer, RateLimited
 from proxy.recovery import Recovery, expired_refusal
@@ -85,6 +86,7 @@ class ProxyHandler:
         self.pacer = Pacer(clock, sleep)
         self.clock = clock
         self._deprecation_logged: set[str] = set()
+        self._repeats = Repeats(log, clock=clock)  # an upstream that keeps failing
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         started = asyncio.get_running_loop().time()
@@ -212,9 +214,18 @@ class ProxyHandler:
         if outcome.error is not None:
             self.activity.upstream_error(route.name, outcome.error, now)
             target.metrics.errors[outcome.error].inc()
-            log.warning(
-                "upstream %s error: %s", outcome.error, outcome.detail, extra={"fields": fields}
+            held = self._repeats.admit(
+                ("upstream_error", route.name, outcome.error),
+                f"upstream {outcome.error} errors for route {route.name}",
+                {"route": route.name, "tenant": route.tenant, "error": outcome.error},
             )
+            if held is not None:
+                log.warning(
+                    "upstream %s error: %s",
+                    outcome.error,
+                    outcome.detail,
+                    extra={"fields": fields | ({"repeated": held} if held else {})},
+                )
         if outcome.deprecation is not None:
             target.metrics.deprecations.inc()
             if route.name not in self._deprecation_logged:  # once per route

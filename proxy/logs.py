@@ -16,6 +16,7 @@ import logging
 import re
 import sys
 import time
+import weakref
 from typing import IO, Any
 
 from proxy.validation import JWT_RE
@@ -142,8 +143,60 @@ class BufferedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
                 self.stream.flush()
 
 
+class Repeats:
+    """Summarises a warning that repeats: per key (kind, route, ...), the first is logged in
+    full; later ones within `interval` seconds are only counted; the first one after the
+    interval is logged again carrying how many were held back (`repeated`), and `report()`
+    (run by `flush_logs`) writes one summary line for a count whose interval ended quietly.
+    A broken token answering 401 to every request writes a line a minute, not thousands; the
+    metrics still count every one."""
+
+    def __init__(
+        self, logger: logging.Logger, interval: float = 60.0, clock: Any = time.monotonic
+    ) -> None:
+        self._log = logger
+        self.interval = interval
+        self._clock = clock
+        self._windows: dict[tuple[str, ...], tuple[float, int, str, dict[str, Any]]] = {}
+        _ALL_REPEATS.add(self)
+
+    def admit(self, key: tuple[str, ...], what: str, fields: dict[str, Any]) -> int | None:
+        """None: count this one, don't log it. Otherwise log it, with the returned number of
+        occurrences held back since the last line (0 the first time)."""
+        now = self._clock()
+        window = self._windows.get(key)
+        if window is not None and now - window[0] < self.interval:
+            self._windows[key] = (window[0], window[1] + 1, what, fields)
+            return None
+        held = window[1] if window is not None else 0
+        self._windows[key] = (now, 0, what, fields)
+        return held
+
+    def report(self) -> None:
+        """One summary line per key whose interval ended with occurrences held back."""
+        now = self._clock()
+        for key, (started, held, what, fields) in list(self._windows.items()):
+            if now - started < self.interval:
+                continue
+            del self._windows[key]
+            if held:
+                self._log.warning(
+                    "%d more %s in the last %.0f s (summarised)",
+                    held,
+                    what,
+                    self.interval,
+                    extra={"fields": fields | {"repeated": held}},
+                )
+
+
+_ALL_REPEATS: weakref.WeakSet[Repeats] = weakref.WeakSet()  # what flush_logs reports
+
+
 def flush_logs() -> None:
-    """Write out buffered log lines (called periodically by the server and at exit)."""
+    """Write out summaries of repeated warnings and buffered log lines (called periodically by
+    the server and at exit)."""
+    for repeats in _ALL_REPEATS:
+        repeats.report()
     for handler in logging.getLogger().handlers:
         handler.flush()
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from proxy.config import Route
 from proxy.errors import Refusal
+from proxy.logs import Repeats
 from proxy.metrics import RouteMetrics
 from proxy.status import Activity
 from proxy.tokens import Credential, RouteState, RouteStatus, TokenStore, in_words
@@ -47,6 +48,8 @@ class Recovery:
         self.store = store
         self.clock = clock
         self.activity = activity
+        # A broken token answers 401 to every request: one warning a minute, then a count.
+        self.repeats = Repeats(log, clock=clock)
 
     async def unauthorized(
         self,
@@ -86,19 +89,25 @@ class Recovery:
             "token_age_seconds": round(credential.age(now)),
             "token_expires_at": expiry,
         }
-        log.warning(
-            "Amperity answered 401 for route %s (tenant %s, token %s, age %s, %s): %s; "
-            "%s, or rotate the token source (%s)",
-            route.name,
-            route.tenant,
-            credential.fingerprint,
-            in_words(credential.age(now)),
-            expires,
-            explanation,
-            REMEDY,
-            tokens.source,
-            extra={"fields": fields},
+        held = self.repeats.admit(
+            ("401", route.name, cause, credential.fingerprint),
+            f"401s for route {route.name} (cause {cause}, token {credential.fingerprint})",
+            {"route": route.name, "tenant": route.tenant, "cause": cause},
         )
+        if held is not None:  # else a line for this route, cause and token went out recently
+            log.warning(
+                "Amperity answered 401 for route %s (tenant %s, token %s, age %s, %s): %s; "
+                "%s, or rotate the token source (%s)",
+                route.name,
+                route.tenant,
+                credential.fingerprint,
+                in_words(credential.age(now)),
+                expires,
+                explanation,
+                REMEDY,
+                tokens.source,
+                extra={"fields": fields | ({"repeated": held} if held else {})},
+            )
         replacement = await self.store.recover(tokens, credential)
         if replacement is None or replacement.fingerprint == credential.fingerprint:
             return None
