@@ -38,6 +38,7 @@ REJECT_REASONS = (
     "connect",
     "upgrade",
     "bad_expect",
+    "bad_content_type",
     "foreign_host",
     "ambiguous_tenant",
 )
@@ -66,9 +67,10 @@ def peer_uid(request: web.BaseRequest) -> int | None:
 
 
 class Gate:
-    """The listener's access checks, precomputed from `listen:`."""
+    """The listener's access checks, precomputed from `listen:` (or `admin:`: `section`)."""
 
-    def __init__(self, listen: Listen, client_token: str | None) -> None:
+    def __init__(self, listen: Listen, client_token: str | None, section: str = "listen") -> None:
+        self._section = section
         self.unix = listen.unix is not None
         self._networks: tuple[IPNetwork, ...] = tuple(
             ipaddress.ip_network(n) for n in listen.client_networks
@@ -95,7 +97,7 @@ class Gate:
             403,
             "forbidden_client",
             f"client address {address} may not use this proxy; allowed networks: "
-            f"{self._allowed_networks_text} (listen.allow_clients)",
+            f"{self._allowed_networks_text} ({self._section}.allow_clients)",
         )
 
     def _check_address(self, address: str | None) -> bool:
@@ -163,6 +165,70 @@ class Gate:
             "configured in listen.client_token",
             headers,
         )
+
+
+class AdminGate:
+    """The admin listener's checks: as guarded as the proxy listener, with rules for who
+    reaches it (the kubelet and Prometheus on the pod IP; an operator on loopback).
+
+    - Host (DNS rebinding needs a *name*): an IP literal is accepted, a name must be
+      `localhost` or in `admin.allowed_hosts`.
+    - Browsers: a request whose `Sec-Fetch-Site` says same-site or cross-site, or whose
+      `Origin` is not the admin's own origin, is refused (the status page's own requests are
+      same-origin; a page elsewhere can't read or act on the admin port).
+    - `sensitive` views (tenants, fingerprints, file paths, reload errors, reload itself) answer
+      only to `admin.allow_clients` (default loopback, which `kubectl port-forward` is)."""
+
+    def __init__(self, admin: Listen) -> None:
+        self._names = frozenset({"localhost", *admin.allowed_hosts})
+        self._clients = Gate(admin, None, section="admin")
+
+    def host(self, request: web.BaseRequest) -> Refusal | None:
+        raw = request.headers.get("Host")
+        if raw is None:
+            return None  # HTTP/1.0 without Host: no name to rebind
+        host = host_part(raw)
+        if host and (host in self._names or _is_ip_literal(host)):
+            return None
+        return Refusal(
+            403,
+            "forbidden_host",
+            f"Host {raw[:100]!r} is not a name of this admin listener (DNS rebinding "
+            "protection); use its IP address or localhost, or add the name to "
+            "admin.allowed_hosts",
+        )
+
+    def browser(self, request: web.BaseRequest) -> Refusal | None:
+        site = request.headers.get("Sec-Fetch-Site")
+        if site is not None and site.lower() not in _SAFE_FETCH_SITES:
+            return Refusal(
+                403,
+                "forbidden_origin",
+                f"requests from other web pages are refused on the admin port (Sec-Fetch-Site: "
+                f"{site[:40]})",
+            )
+        origin = request.headers.get("Origin")
+        if origin is not None:
+            own = f"http://{request.headers.get('Host', '')}".lower()
+            if origin.lower().rstrip("/") != own:
+                return Refusal(
+                    403,
+                    "forbidden_origin",
+                    f"requests from other web pages are refused on the admin port (Origin: "
+                    f"{origin[:100]})",
+                )
+        return None
+
+    def client(self, address: str | None) -> Refusal | None:
+        return self._clients.client(address)
+
+
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.partition("%")[0])
+    except ValueError:
+        return False
+    return True
 
 
 def _proxy_authorization(value: str) -> str:

@@ -1,7 +1,16 @@
 """The admin listener's endpoints: health, readiness, metrics, the status page, reload.
 
-Served on a separate port (loopback by default) from a regular aiohttp Application; nothing here
-ever shows a token, a secret or a request path.
+Served on a separate port (loopback by default) by the same guarded low-level server as the
+proxy (header deadline, connection cap, enveloped parse errors), behind `AdminGate` (Host,
+browser and client checks). Nothing here ever shows a token, a secret or a request path.
+
+| path | method | who may see it |
+|---|---|---|
+| /healthz, /livez | GET | anyone past the Host and browser checks (the kubelet) |
+| /readyz | GET | the same; the full per-token view only to `admin.allow_clients` |
+| /metrics | GET | the same (Prometheus on the pod IP); labels name routes and tenants, never files |
+| /, /status.json | GET | `admin.allow_clients` only |
+| /-/reload | POST | `admin.allow_clients`, with `Content-Type: application/json`, when enabled |
 """
 
 from __future__ import annotations
@@ -14,10 +23,15 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from proxy.access import AdminGate
 from proxy.config import Config
+from proxy.errors import Refusal, envelope
+from proxy.headers import request_id
 from proxy.status import Activity, status_document
 from proxy.status_page import render
 from proxy.tokens import TokenStore
+
+Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 _PAGE_HEADERS = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
 
@@ -58,22 +72,78 @@ class AdminHandlers:
         self.config = config
         self._reload = reload
 
-    def routes(self, app: web.Application) -> None:
-        app.router.add_get("/", self.status_html)
-        app.router.add_get("/status.json", self.status_json)
-        app.router.add_get("/healthz", self.healthz)
-        app.router.add_get("/livez", self.healthz)
-        app.router.add_get("/readyz", self.readyz)
-        app.router.add_get("/metrics", self.metrics)
-        app.router.add_post("/-/reload", self.reload)
+        self.gate: AdminGate | None = None  # set by `guard`
+        self._reject: Callable[[str], None] = lambda reason: None
+        # path -> (method, handler, sensitive): a table, not a router; built once.
+        self._table: dict[str, tuple[str, Handler, bool]] = {
+            "/": ("GET", self.status_html, True),
+            "/status.json": ("GET", self.status_json, True),
+            "/healthz": ("GET", self.healthz, False),
+            "/livez": ("GET", self.healthz, False),
+            "/readyz": ("GET", self.readyz, False),
+            "/metrics": ("GET", self.metrics, False),
+            "/-/reload": ("POST", self.reload, True),
+        }
 
-    async def healthz(self, request: web.Request) -> web.Response:
+    def guard(self, gate: AdminGate, reject: Callable[[str], None]) -> None:
+        self.gate = gate
+        self._reject = reject
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        """Every admin request: the gate's checks, then the endpoint."""
+        rid = request_id(request.headers.get("X-Request-ID"))
+        entry = self._table.get(request.path)
+        refusal = self._check(request, entry)
+        if refusal is not None:
+            self._reject(refusal.reason)
+            return envelope(refusal.status, refusal.message, rid, refusal.headers)
+        assert entry is not None
+        return await entry[1](request)
+
+    def _check(
+        self, request: web.BaseRequest, entry: tuple[str, Handler, bool] | None
+    ) -> Refusal | None:
+        gate = self.gate
+        if gate is not None:
+            refusal = gate.host(request) or gate.browser(request)
+            if refusal is not None:
+                return refusal
+        if entry is None:
+            return Refusal(404, "no_route", f"no admin endpoint {request.path[:100]}; see /")
+        method, _, sensitive = entry
+        if request.method != method and not (method == "GET" and request.method == "HEAD"):
+            return Refusal(405, "forbidden_method", f"{request.path} answers {method} only")
+        if sensitive and gate is not None:
+            refusal = gate.client(request.remote)
+            if refusal is not None:
+                return refusal
+        if method == "POST" and request.content_type != "application/json":
+            # SECURITY: a cross-site form or `fetch` can't send this content type without a
+            # CORS preflight, which the admin port never answers.
+            return Refusal(
+                415,
+                "bad_content_type",
+                f"{request.path} needs Content-Type: application/json (e.g. curl -X POST "
+                "-H 'Content-Type: application/json' ...)",
+            )
+        return None
+
+    def _full_view(self, request: web.BaseRequest) -> bool:
+        return self.gate is None or self.gate.client(request.remote) is None
+
+    async def healthz(self, request: web.BaseRequest) -> web.Response:
         return web.json_response({"status": "ok"})
 
-    async def readyz(self, request: web.Request) -> web.Response:
+    async def readyz(self, request: web.BaseRequest) -> web.Response:
         now = time.time()
         # warn=0: readiness reports ok/expired/missing, not "expiring" (that is for alerts).
         routes = [status.as_dict(now, warn=0) for status in self.store.snapshot()]
+        if not self._full_view(request):
+            # The kubelet on the pod IP: status per route, no file paths, subjects or errors.
+            routes = [
+                {"route": r["route"], "tenant": r["tenant"], "ok": r["state"] == "ok"}
+                for r in routes
+            ]
         ready = self.lifecycle.ready(self.store)
         body = {"ready": ready, "draining": self.lifecycle.draining, "routes": routes}
         return web.Response(
@@ -83,7 +153,7 @@ class AdminHandlers:
             headers={"Cache-Control": "no-store"},
         )
 
-    async def metrics(self, request: web.Request) -> web.Response:
+    async def metrics(self, request: web.BaseRequest) -> web.Response:
         output = generate_latest(self.registry)
         return web.Response(body=output, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -103,16 +173,16 @@ class AdminHandlers:
             },
         )
 
-    async def status_json(self, request: web.Request) -> web.Response:
+    async def status_json(self, request: web.BaseRequest) -> web.Response:
         headers = {**_PAGE_HEADERS, "Content-Security-Policy": "default-src 'none'"}
         return web.json_response(self.document(), headers=headers)
 
-    async def status_html(self, request: web.Request) -> web.Response:
+    async def status_html(self, request: web.BaseRequest) -> web.Response:
         html, csp = render(self.document())
         headers = {**_PAGE_HEADERS, "Content-Security-Policy": csp}
         return web.Response(text=html, content_type="text/html", headers=headers)
 
-    async def reload(self, request: web.Request) -> web.Response:
+    async def reload(self, request: web.BaseRequest) -> web.Response:
         if not self.config().enable_reload:
             return web.json_response(
                 {"status": 403, "message": "POST /-/reload is off; set admin.enable_reload: true"},

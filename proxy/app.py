@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from proxy import __version__
-from proxy.access import Gate
+from proxy.access import AdminGate, Gate
 from proxy.admin import AdminHandlers, Lifecycle
 from proxy.admit import Admission
 from proxy.config import Config, ConfigError, Route
@@ -83,7 +83,13 @@ def _restart_needed(old: Config, new: Config) -> list[str]:
     ):
         changes.append(f"listen address ({old.listen} -> {new.listen})")
     if old.admin != new.admin:
-        changes.append(f"admin address ({old.admin} -> {new.admin})")
+        changes.append(f"admin listener ({old.admin} -> {new.admin}, allowed hosts, clients)")
+    old_guard, new_guard = old.admin_settings, new.admin_settings
+    if (old_guard.header_timeout, old_guard.max_connections) != (
+        new_guard.header_timeout,
+        new_guard.max_connections,
+    ):
+        changes.append("admin.header_timeout / admin.max_connections")
     if old.shutdown_timeout != new.shutdown_timeout:
         changes.append("shutdown_timeout")
     if old.log != new.log:
@@ -296,6 +302,11 @@ class ProxyApp:
                         unix=self.config.listen.unix,
                     ),
                     admin=self.config.admin,
+                    admin_settings=dataclasses.replace(
+                        config.admin_settings,  # enable_reload applies at once; the rest waits
+                        header_timeout=self.config.admin_settings.header_timeout,
+                        max_connections=self.config.admin_settings.max_connections,
+                    ),
                     shutdown_timeout=self.config.shutdown_timeout,
                     log=self.config.log,
                 )
@@ -384,9 +395,10 @@ def create_app(
     )
 
 
-def create_admin_app(proxy: ProxyApp) -> web.Application:
-    """The admin application: /, /status.json, /healthz, /livez, /readyz, /metrics,
-    POST /-/reload."""
+def create_admin_app(proxy: ProxyApp) -> GuardedServer:
+    """The admin listener's server: /, /status.json, /healthz, /livez, /readyz, /metrics,
+    POST /-/reload, behind `AdminGate` and the same connection guards as the proxy listener
+    (its own header deadline and connection cap from `admin:`)."""
     handlers = AdminHandlers(
         proxy.store,
         proxy.exposition,
@@ -395,6 +407,20 @@ def create_admin_app(proxy: ProxyApp) -> web.Application:
         lambda: proxy.config,
         proxy.reload_from_source,
     )
-    admin = web.Application()
-    handlers.routes(admin)
-    return admin
+
+    def reject(reason: str) -> None:
+        proxy.metrics.rejected.labels(reason).inc()
+
+    handlers.guard(AdminGate(proxy.config.admin), reject)
+    limits, admin = proxy.config.limits, proxy.config.admin_settings
+    return GuardedServer(
+        handlers.handle,
+        max_connections=admin.max_connections,
+        header_timeout=admin.header_timeout,
+        max_request_line=limits.max_request_line,
+        max_header_size=limits.max_header_size,
+        max_headers=limits.max_headers,
+        reject=reject,
+        access_log=None,
+        keepalive_timeout=admin.header_timeout + 1,
+    )

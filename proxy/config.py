@@ -18,6 +18,7 @@ import yaml
 
 from proxy.limits_config import Limits, parse_limits
 from proxy.listen_config import (
+    AdminSettings,
     Listen,
     listen_problems,
     parse_admin,
@@ -142,8 +143,13 @@ class Config:
     routes: tuple[Route, ...]
     log: LogSettings = LogSettings()
     warnings: tuple[str, ...] = ()  # non-fatal findings, logged at start-up
-    enable_reload: bool = False  # admin: POST /-/reload
+    admin_settings: AdminSettings = field(default_factory=AdminSettings)
     limits: Limits = field(default_factory=Limits)
+
+    @property
+    def enable_reload(self) -> bool:
+        """admin.enable_reload: serve POST /-/reload."""
+        return self.admin_settings.enable_reload
 
 
 def _timeouts(raw: object, path: str, errs: Errors, base: Timeouts) -> Timeouts:
@@ -431,7 +437,7 @@ def parse_config(
             errs.add("", "the config is empty; it needs at least a routes: list")
         raise ConfigError(errs.final(), source)
     listen = parse_proxy_listen(m.get("listen"), errs)
-    admin, enable_reload = parse_admin(m.get("admin"), errs)
+    admin, admin_settings = parse_admin(m.get("admin"), errs)
     defaults = _Defaults()
     if m.get("defaults") is not None:
         d = mapping(m["defaults"], "defaults", errs, _OVERRIDABLE)
@@ -449,7 +455,7 @@ def parse_config(
     if errs.messages:
         raise ConfigError(errs.final(), source)
     return Config(
-        listen, admin, shutdown_timeout, routes, log, tuple(errs.warnings), enable_reload, limits
+        listen, admin, shutdown_timeout, routes, log, tuple(errs.warnings), admin_settings, limits
     )
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxy.token_config import SECRET_KINDS, TokenSource, parse_source
-from proxy.validation import Errors, join, mapping, number, string, string_list
+from proxy.validation import Errors, join, mapping, number, positive, string, string_list
 
 LOOPBACK_CLIENTS = ("127.0.0.0/8", "::1/128")
 
@@ -26,7 +26,8 @@ class UnixListen:
 
 @dataclass(frozen=True)
 class Listen:
-    """A listener. The access-control fields are used by the proxy listener only."""
+    """A listener. `allowed_hosts` and `allow_clients` guard both listeners; `allowed_origins`,
+    `unix` and `client_token` are the proxy listener's only."""
 
     host: str
     port: int
@@ -101,9 +102,9 @@ _HOST_NAME_RE = re.compile(r"[a-z0-9_](?:[a-z0-9_.-]*[a-z0-9_])?")
 _ORIGIN_RE = re.compile(r"(https?)://([a-z0-9.-]+|\[[0-9a-f:.]+\])(:\d{1,5})?")
 
 
-def _allowed_hosts(raw: object, errs: Errors) -> tuple[str, ...]:
+def _allowed_hosts(raw: object, errs: Errors, section: str = "listen") -> tuple[str, ...]:
     hosts = []
-    for path, value in string_list(raw, "listen.allowed_hosts", errs):
+    for path, value in string_list(raw, f"{section}.allowed_hosts", errs):
         host = value.lower().rstrip(".").strip("[]")
         if not _HOST_NAME_RE.fullmatch(host) and not _is_ip(host):
             errs.add(
@@ -136,9 +137,9 @@ def _allowed_origins(raw: object, errs: Errors) -> tuple[str, ...]:
     return tuple(origins)
 
 
-def _allow_clients(raw: object, errs: Errors) -> tuple[str, ...]:
+def _allow_clients(raw: object, errs: Errors, section: str = "listen") -> tuple[str, ...]:
     networks = []
-    for path, value in string_list(raw, "listen.allow_clients", errs):
+    for path, value in string_list(raw, f"{section}.allow_clients", errs):
         try:
             networks.append(str(ipaddress.ip_network(value, strict=False)))
         except ValueError:
@@ -200,17 +201,57 @@ def parse_listen(text: str) -> Listen:
     return Listen(host, int(port))
 
 
-def parse_admin(raw: object, errs: Errors) -> tuple[Listen, bool]:
-    """The `admin:` section: its address, and whether `POST /-/reload` is enabled."""
-    keys = ("host", "port", "enable_reload")
-    admin = _listen(raw, "admin", errs, Listen("127.0.0.1", 9090), keys)
-    enable_reload = False
-    if isinstance(raw, dict) and "enable_reload" in raw:
+@dataclass(frozen=True)
+class AdminSettings:
+    """The admin listener's own guards (its address and `allowed_hosts`/`allow_clients` are in
+    its `Listen`). Defaults suit a sidecar: the kubelet and Prometheus reach the probes and
+    /metrics on the pod IP; the views with tenants, fingerprints, paths and reload errors
+    answer only to `allow_clients` (loopback, which `kubectl port-forward` is)."""
+
+    enable_reload: bool = False  # serve POST /-/reload
+    header_timeout: float = 10.0  # seconds to receive complete request headers -> 408
+    max_connections: int = 256  # concurrent admin connections; beyond -> 503
+
+
+_ADMIN_KEYS = (
+    "host",
+    "port",
+    "enable_reload",
+    "allowed_hosts",
+    "allow_clients",
+    "header_timeout",
+    "max_connections",
+)
+
+
+def parse_admin(raw: object, errs: Errors) -> tuple[Listen, AdminSettings]:
+    """The `admin:` section: its address, who may see what, its limits, and reload."""
+    admin = _listen(raw, "admin", errs, Listen("127.0.0.1", 9090), _ADMIN_KEYS)
+    settings = AdminSettings()
+    if not isinstance(raw, dict):
+        return admin, settings
+    extra: dict[str, Any] = {}
+    if "allowed_hosts" in raw:
+        extra["allowed_hosts"] = _allowed_hosts(raw["allowed_hosts"], errs, "admin")
+    if "allow_clients" in raw:
+        extra["allow_clients"] = _allow_clients(raw["allow_clients"], errs, "admin")
+    values: dict[str, Any] = {}
+    if "enable_reload" in raw:
         if isinstance(raw["enable_reload"], bool):
-            enable_reload = raw["enable_reload"]
+            values["enable_reload"] = raw["enable_reload"]
         else:
             errs.add(
                 "admin.enable_reload",
                 f"expected true or false, got {errs.show(raw['enable_reload'])}",
             )
-    return admin, enable_reload
+    if "header_timeout" in raw:
+        seconds = positive(raw["header_timeout"], "admin.header_timeout", errs)
+        if seconds is not None:
+            values["header_timeout"] = seconds
+    if "max_connections" in raw:
+        count = number(raw["max_connections"], "admin.max_connections", errs, integer=True)
+        if count is not None and count < 1:
+            errs.add("admin.max_connections", f"must be at least 1, got {errs.show(int(count))}")
+        elif count is not None:
+            values["max_connections"] = int(count)
+    return dataclasses.replace(admin, **extra), AdminSettings(**values)

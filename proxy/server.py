@@ -164,7 +164,7 @@ async def serve(
         shutdown_timeout=config.shutdown_timeout,
     )
     # The admin endpoints answer in milliseconds: its drain is short, inside the overall bound.
-    admin_runner = web.AppRunner(admin, access_log=None, handle_signals=False, shutdown_timeout=0.2)
+    admin_runner = web.ServerRunner(admin, handle_signals=False, shutdown_timeout=0.2)
     await runner.setup()
     await admin_runner.setup()
     unix = UnixSocketFile(config.listen.unix) if config.listen.unix is not None else None

@@ -58,17 +58,6 @@ class TokenSource:
             return f"client_credentials {self.client_id}"
         return "inline value"
 
-    @property
-    def label(self) -> str:
-        """A short, stable value for the `source` metric label."""
-        if self.kind in ("env", "file"):
-            return f"{self.kind}:{self.location}"
-        if self.kind == "exec":
-            return f"exec:{self.command[0]}"
-        if self.kind == "client_credentials":
-            return f"client_credentials:{self.client_id}"
-        return "value"
-
 
 def _exec_env(raw: object, path: str, errs: Errors) -> tuple[tuple[str, str], ...]:
     """`exec.env`: NAME -> value (a value may come from `${VAR}`); values are never echoed."""

@@ -130,14 +130,16 @@ def tls_route(port: int, ca_file: Path, **overrides: Any) -> dict[str, Any]:
 
 
 class ProxyTestServer(RawTestServer):
-    """A test server running the proxy's own `GuardedServer` (limits included)."""
+    """A test server running one of the proxy's own `GuardedServer`s (limits included): the
+    proxy listener's (`app.server()`) or the admin listener's (`create_admin_app(app)`)."""
 
-    def __init__(self, app: ProxyApp) -> None:
-        super().__init__(app.handle)
+    def __init__(self, app: ProxyApp, server: web.Server | None = None) -> None:
+        self.server_ = server if server is not None else app.server()
+        super().__init__(self.server_.request_handler)
         self.app = app
 
     async def _make_runner(self, debug: bool = True, **kwargs: Any) -> web.ServerRunner:
-        return web.ServerRunner(self.app.server(), **kwargs)
+        return web.ServerRunner(self.server_, **kwargs)
 
 
 @pytest.fixture
@@ -181,7 +183,7 @@ async def make_proxy(
         await app.startup()
         started.append(app)
         client = await aiohttp_client(ProxyTestServer(app))
-        admin = await aiohttp_client(create_admin_app(app))
+        admin = await aiohttp_client(ProxyTestServer(app, create_admin_app(app)))
         return Proxy(client, admin, app, config, registry, resolver, environment)
 
     yield factory

@@ -249,13 +249,33 @@ def test_listen_access_settings_errors(listen: dict[str, Any], expected: str) ->
     assert info.value.errors[0] == expected
 
 
-def test_admin_listener_takes_no_access_settings() -> None:
+@pytest.mark.parametrize(
+    ("admin", "expected"),
+    [
+        ({"allow_clients": ["nope"]}, "admin.allow_clients[0]: expected a CIDR network"),
+        ({"allowed_hosts": ["a b"]}, "admin.allowed_hosts[0]: expected a host name or IP"),
+        ({"header_timeout": 0}, "admin.header_timeout: must be greater than 0, got 0"),
+        ({"max_connections": 0}, "admin.max_connections: must be at least 1, got 0"),
+        (
+            {"allowed_origins": []},
+            "admin.allowed_origins: unknown key (did you mean 'allowed_hosts'?)",
+        ),
+    ],
+)
+def test_admin_listener_settings_errors(admin: dict[str, Any], expected: str) -> None:
     route = {"prefix": "/a", "tenant": "a", "token": {"env": "T"}}
     with pytest.raises(ConfigError) as info:
-        parse_config({"admin": {"allow_clients": []}, "routes": [route]}, env={})
-    assert info.value.errors == [
-        "admin.allow_clients: unknown key; allowed: host, port, enable_reload"
-    ]
+        parse_config({"admin": admin, "routes": [route]}, env={})
+    assert info.value.errors[0].startswith(expected), info.value.errors
+
+
+def test_admin_listener_settings_defaults() -> None:
+    route = {"prefix": "/a", "tenant": "a", "token": {"env": "T"}}
+    config = parse_config({"routes": [route]}, env={})
+    assert config.admin.client_networks == ("127.0.0.0/8", "::1/128")
+    assert config.admin_settings.header_timeout == 10.0
+    assert config.admin_settings.max_connections == 256
+    assert config.enable_reload is False
 
 
 def test_route_policy_config_errors() -> None:

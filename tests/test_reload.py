@@ -119,7 +119,7 @@ async def test_listener_changes_need_a_restart(
 
 
 async def _admin_reload(proxy: Proxy) -> tuple[int, dict[str, Any]]:
-    response = await proxy.admin.post("/-/reload")
+    response = await proxy.admin.post("/-/reload", json={})
     return response.status, await response.json()
 
 

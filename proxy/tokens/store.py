@@ -435,7 +435,12 @@ class TokenStore:
             tuple(
                 TokenStatus(
                     s.source.config.describe(),
-                    s.source.config.label,
+                    # The metric label: the kind, and its place in `tokens:` when there are
+                    # several. SECURITY: never a file path or a program (the kubelet and
+                    # Prometheus on the pod IP read metrics; paths are for allow_clients).
+                    s.source.config.kind
+                    if len(rs.sources) == 1
+                    else f"{s.source.config.kind}[{i}]",
                     s.credential,
                     s is rs.current,
                     s.quarantined,
@@ -444,7 +449,7 @@ class TokenStore:
                     s.last_loaded,
                     dict(s.load_errors),
                 )
-                for s in rs.sources
+                for i, s in enumerate(rs.sources)
             ),
             dict(rs.refreshes),
         )

@@ -180,9 +180,10 @@ def test_check_config_and_run_describe_the_secret(tmp_path: Path, command: str) 
 
 
 def _http(url: str, method: str = "GET") -> tuple[int, str]:
-    request = urllib.request.Request(url, method=method)  # noqa: S310 (loopback test URL)
+    headers = {"Content-Type": "application/json"} if method == "POST" else {}
+    request = urllib.request.Request(url, method=method, headers=headers)  # noqa: S310
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 (loopback)
             return response.status, response.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
