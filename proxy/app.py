@@ -37,6 +37,7 @@ from proxy.routing import HostEntry, HostTable, RouteTable
 from proxy.tokens import RouteState, TokenError, TokenStore, make_sources, read_source
 from proxy.tokens.sources import Source
 from proxy.tokens.store import FILE_POLL_INTERVAL
+from proxy.tokens.watch import FileWatch
 
 log = logging.getLogger("amperity_proxy")
 
@@ -123,6 +124,7 @@ class ProxyApp:
         self._tick_interval = min(TICK_INTERVAL, token_poll_interval)
         self._session: aiohttp.ClientSession | None = None
         self._poller: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
         self._reload_lock = asyncio.Lock()
         self._sleep = sleep
         self._rng = rng
@@ -134,6 +136,8 @@ class ProxyApp:
             clock=clock,
             file_poll_interval=token_poll_interval,
         )
+        # Token files are re-read within about a second of a change (the poll is the fallback).
+        self._watch = FileWatch(self.store.file_paths, self.store.reread_directories)
         self.metrics = ProxyMetrics(registry, __version__)
         collectors = (
             TokenCollector(self.store.snapshot),
@@ -244,10 +248,16 @@ class ProxyApp:
             await self.cleanup()
             raise StartupError(errors)
         self._poller = asyncio.create_task(self.store.run(self._tick_interval), name="tokens")
+        self._watcher = asyncio.create_task(self._watch.run(), name="token-files")
         return []
 
     async def cleanup(self) -> None:
         """Stop the scheduler and close the session (after in-flight requests finished)."""
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+            self._watcher = None
         if self._poller is not None:
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -328,6 +338,7 @@ class ProxyApp:
             added = sorted(set(pending) - set(self.store.route_names))
             removed = sorted(set(self.store.route_names) - set(pending))
             self.store.commit(pending)
+            self._watch.changed()  # the token files to watch may be others now
             self.handler.admission = admission
             self.ssl_contexts = contexts
             self.config = config

@@ -23,6 +23,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from proxy.config import Route
 from proxy.tokens.credential import (
@@ -37,7 +38,9 @@ from proxy.tokens.views import RouteStatus, TokenStatus
 log = logging.getLogger("amperity_proxy.tokens")
 
 FILE_POLL_INTERVAL = 5.0  # seconds between re-reads of file sources
-RECOVERY_INTERVAL = 10.0  # at most one 401-triggered re-read per route in this many seconds
+# At most one 401-triggered re-read per route in this many seconds: fast enough that a token
+# revoked right after its file was swapped costs about a second of 401s, not ten.
+RECOVERY_INTERVAL = 1.0
 MAX_BACKOFF = 300.0
 MIN_REFRESH_GAP = 60.0  # a scheduled refresh never follows the last one sooner than this
 # Warn once as a token comes within each of these of its expiry (largest first).
@@ -195,6 +198,26 @@ class TokenStore:
     async def reload_files(self) -> None:
         """Re-read every file source now."""
         await self._refresh_where(lambda s: s.source.polled)
+
+    def file_paths(self) -> list[str]:
+        """The paths of every current file source (what the file watch watches)."""
+        return [
+            s.source.config.location
+            for rs in self._routes.values()
+            for s in rs.sources
+            if s.source.config.kind == "file"
+        ]
+
+    async def reread_directories(self, directories: set[str]) -> None:
+        """Re-read the file sources whose files sit in one of `directories` (a watch event)."""
+
+        def inside(state: SourceState) -> bool:
+            config = state.source.config
+            return config.kind == "file" and str(Path(config.location).absolute().parent) in (
+                directories
+            )
+
+        await self._refresh_where(inside)
 
     async def tick(self) -> None:
         """One scheduler round: file polls, due refreshes, back-off retries, expiry warnings."""
