@@ -34,6 +34,7 @@ from proxy.handlers import ProxyHandler, Target
 from proxy.metrics import ProxyMetrics, StateCollector, TokenCollector
 from proxy.pacing import retry_delay
 from proxy.routing import HostEntry, HostTable, RouteTable
+from proxy.slots import UpstreamSlots
 from proxy.tokens import RouteState, TokenError, TokenStore, make_sources, read_source
 from proxy.tokens.sources import Source
 from proxy.tokens.store import FILE_POLL_INTERVAL
@@ -160,6 +161,12 @@ class ProxyApp:
             self._admission(config, contexts, self._client_token(config), self.store.routes),
             self.store,
             self.metrics,
+            UpstreamSlots(
+                config.limits.upstream_connections,
+                config.limits.upstream_connections_per_route,
+                config.limits.upstream_connections_per_client,
+                config.limits.upstream_queue_wait,
+            ),
             clock,
             sleep,
         )
@@ -197,7 +204,12 @@ class ProxyApp:
             base = route.base_url
             route_metrics = self.metrics.for_route(route.name, route.tenant)
             target = Target(
-                Upstream.from_route(route, contexts[route.name], config.limits.body_timeout),
+                Upstream.from_route(
+                    route,
+                    contexts[route.name],
+                    config.limits.body_timeout,
+                    config.limits.body_deadline,
+                ),
                 route_metrics,
                 # A forward-mode client writes http:// with the base URL's host (and its port
                 # when it is not the default): that is where rewritten Locations point.
@@ -227,7 +239,10 @@ class ProxyApp:
         Otherwise (diagnostics) the problems are returned and nothing runs in the background."""
         connector = aiohttp.TCPConnector(
             resolver=self._resolver,
-            limit=self.config.limits.upstream_connections,  # bounded pool; waits count as connect
+            # proxy.slots keeps exchanges within upstream_connections, so nothing waits in the
+            # pool (a full pool used to surface as a connect timeout); the margin is for token
+            # mints, which don't hold a slot.
+            limit=self.config.limits.upstream_connections + 8,
             enable_cleanup_closed=True,
         )
         self._session = aiohttp.ClientSession(

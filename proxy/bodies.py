@@ -19,6 +19,11 @@ REPLAYABLE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 
 _BODY_ERRORS = {
     "body_timeout": (408, "the request body stalled for longer than limits.body_timeout"),
+    "body_deadline": (
+        408,
+        "the request body took longer than limits.body_deadline in all (send it faster, or "
+        "raise the limit)",
+    ),
     "body_too_large": (413, "the request body is larger than the route's max_body_bytes"),
 }
 
@@ -57,17 +62,34 @@ class Tally(Protocol):
     body_error: str | None
 
 
-async def counted(
-    stream: aiohttp.StreamReader, tally: Tally, limit: int | None, idle_timeout: float
-) -> AsyncIterator[bytes]:
-    """The client's body, counted, with the idle timeout and the size cap."""
-    while True:
+class BodyClock:
+    """The two deadlines of one request body: `idle` seconds between bytes, and `deadline`
+    seconds in all from the first read (a body trickling one byte just inside the idle timeout
+    would otherwise hold its upstream connection for ever)."""
+
+    __slots__ = ("_ends", "idle")
+
+    def __init__(self, idle: float, deadline: float) -> None:
+        self.idle = idle
+        self._ends = asyncio.get_running_loop().time() + deadline
+
+    async def read(self, stream: aiohttp.StreamReader, tally: Tally) -> bytes:
+        """The next chunk; raise BodyLimit (noting which deadline) when one passes."""
+        left = self._ends - asyncio.get_running_loop().time()
         try:
-            async with asyncio.timeout(idle_timeout):
-                chunk = await stream.readany()
+            async with asyncio.timeout(min(self.idle, max(left, 0.0))):
+                return await stream.readany()
         except TimeoutError:
-            tally.body_error = "body_timeout"
+            tally.body_error = "body_timeout" if left > self.idle else "body_deadline"
             raise BodyLimit from None
+
+
+async def counted(
+    stream: aiohttp.StreamReader, tally: Tally, limit: int | None, clock: BodyClock
+) -> AsyncIterator[bytes]:
+    """The client's body, counted, with the idle timeout, the total deadline and the size cap."""
+    while True:
+        chunk = await clock.read(stream, tally)
         if not chunk:
             return
         tally.bytes_in += len(chunk)
@@ -78,11 +100,11 @@ async def counted(
 
 
 async def read_replayable_body(
-    request: web.BaseRequest, limit: int, idle_timeout: float, tally: Tally
+    request: web.BaseRequest, limit: int, clock: BodyClock, tally: Tally
 ) -> bytes | bool:
     """The request body when the request could be replayed: b"" for none, the bytes when
     Content-Length <= `limit`; False when it can't be replayed (method, size, chunked).
-    Raises BodyLimit when the client stalls for longer than `idle_timeout` between bytes."""
+    Raises BodyLimit when the client breaks one of `clock`'s deadlines."""
     if request.method not in REPLAYABLE_METHODS:
         return False
     if not request.body_exists:
@@ -92,12 +114,7 @@ async def read_replayable_body(
         return False
     data = bytearray()
     while len(data) < length:
-        try:
-            async with asyncio.timeout(idle_timeout):
-                chunk = await request.content.readany()
-        except TimeoutError:
-            tally.body_error = "body_timeout"
-            raise BodyLimit from None
+        chunk = await clock.read(request.content, tally)
         if not chunk:
             raise asyncio.IncompleteReadError(bytes(data), length)
         data += chunk

@@ -33,7 +33,7 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
-from proxy.bodies import BodyLimit, body_refusal, counted
+from proxy.bodies import BodyClock, BodyLimit, body_refusal, counted
 from proxy.config import Route
 from proxy.errors import envelope
 from proxy.headers import response_headers, rewrite_location, upstream_headers
@@ -55,9 +55,12 @@ class Upstream:
     ssl_context: ssl.SSLContext
     timeout: aiohttp.ClientTimeout
     body_timeout: float  # longest silence while reading the client's body (limits.body_timeout)
+    body_deadline: float  # longest time for the whole body (limits.body_deadline)
 
     @classmethod
-    def from_route(cls, route: Route, ssl_context: ssl.SSLContext, body_timeout: float) -> Upstream:
+    def from_route(
+        cls, route: Route, ssl_context: ssl.SSLContext, body_timeout: float, body_deadline: float
+    ) -> Upstream:
         t = route.timeouts
         timeout = aiohttp.ClientTimeout(
             total=t.total, connect=t.connect, sock_connect=t.connect, sock_read=t.read
@@ -69,7 +72,12 @@ class Upstream:
             ssl_context,
             timeout,
             body_timeout,
+            body_deadline,
         )
+
+    def body_clock(self) -> BodyClock:
+        """The deadlines for one request's body, starting now."""
+        return BodyClock(self.body_timeout, self.body_deadline)
 
 
 @dataclass(slots=True)
@@ -196,6 +204,7 @@ async def forward(
     body: bytes | None = None,
     on_unauthorized: OnUnauthorized | None = None,
     backoff: Backoff | None = None,
+    body_clock: BodyClock | None = None,
 ) -> web.StreamResponse:
     """Send `request` to `upstream` with the credential and stream the response back.
 
@@ -205,6 +214,8 @@ async def forward(
     with it and that answer is the one relayed.
     """
     route = upstream.route
+    if body_clock is None:
+        body_clock = upstream.body_clock()
     # The path keeps the client's percent-encoding: encoded=True stops yarl from re-quoting or
     # removing dot segments (the path was checked before routing).
     url = URL(upstream.url_prefix + rest + query, encoded=True)
@@ -225,7 +236,7 @@ async def forward(
             data = body if body or request.body_exists else None
         else:
             data = (
-                counted(request.content, outcome, route.max_body_bytes, upstream.body_timeout)
+                counted(request.content, outcome, route.max_body_bytes, body_clock)
                 if request.body_exists
                 else None
             )

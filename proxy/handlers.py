@@ -32,6 +32,7 @@ from proxy.logs import Repeats
 from proxy.metrics import ProxyMetrics, RouteMetrics
 from proxy.pacing import ClientGone, Pacer, RateLimited
 from proxy.recovery import Recovery, expired_refusal
+from proxy.slots import UpstreamBusy, UpstreamSlots
 from proxy.status import Activity
 from proxy.tokens import Credential, RouteState, TokenStore
 
@@ -66,6 +67,21 @@ def _abandon_body(request: web.BaseRequest) -> None:
         abandon()
 
 
+_SCOPE_ATTR = {
+    "upstream_connections": "total",
+    "upstream_connections_per_route": "per_route",
+    "upstream_connections_per_client": "per_client",
+}
+
+
+def _client_key(request: web.BaseRequest) -> str:
+    """Whose share an exchange counts against: the client address (or the Unix peer's uid)."""
+    if request.remote:
+        return request.remote
+    uid = peer_uid(request)
+    return f"uid:{uid}" if uid is not None else "unknown"
+
+
 class ProxyHandler:
     """The handler for every request on the proxy listener."""
 
@@ -74,6 +90,7 @@ class ProxyHandler:
         admission: Admission[Target],
         store: TokenStore,
         metrics: ProxyMetrics,
+        slots: UpstreamSlots,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
@@ -84,6 +101,7 @@ class ProxyHandler:
         self.activity = Activity()  # the status page's per-route traffic; survives reloads
         self.recovery = Recovery(store, clock, self.activity)
         self.pacer = Pacer(clock, sleep)
+        self.slots = slots
         self.clock = clock
         self._deprecation_logged: set[str] = set()
         self._repeats = Repeats(log, clock=clock)  # an upstream that keeps failing
@@ -156,8 +174,9 @@ class ProxyHandler:
             try:
                 continued = True
                 await send_continue(request)  # admitted: now the client may send its body
+                body_clock = target.upstream.body_clock()
                 body = await read_replayable_body(
-                    request, route.retry_body_limit, target.upstream.body_timeout, outcome
+                    request, route.retry_body_limit, body_clock, outcome
                 )
 
                 async def on_unauthorized(cred: Credential, replayable: bool) -> Credential | None:
@@ -165,21 +184,37 @@ class ProxyHandler:
                         route, target.tokens, target.metrics, cred, replayable, rid
                     )
 
-                result = await forward(
-                    self.session,
-                    request,
-                    target.upstream,
-                    admitted.rest,
-                    admitted.query,
-                    credential,
+                # The exchange holds an upstream slot until the client has the last byte.
+                async with self.slots.hold(route.name, _client_key(request)):
+                    result = await forward(
+                        self.session,
+                        request,
+                        target.upstream,
+                        admitted.rest,
+                        admitted.query,
+                        credential,
+                        rid,
+                        outcome,
+                        admitted.public_base,
+                        query_has_api_version(admitted.query[1:]) if admitted.query else False,
+                        body=body if isinstance(body, bytes) else None,
+                        on_unauthorized=on_unauthorized,
+                        backoff=target.backoff,
+                        body_clock=body_clock,
+                    )
+            except UpstreamBusy as exc:
+                self.metrics.rejected.labels("upstream_busy").inc()
+                if request.body_exists and not isinstance(body, bytes):
+                    _abandon_body(request)  # its body was never read
+                result = envelope(
+                    503,
+                    f"every upstream connection this request may use is busy "
+                    f"(limits.{exc.scope}: {getattr(self.slots, _SCOPE_ATTR[exc.scope])}, "
+                    f"waited {self.slots.queue_wait:g}s); retry shortly",
                     rid,
-                    outcome,
-                    admitted.public_base,
-                    query_has_api_version(admitted.query[1:]) if admitted.query else False,
-                    body=body if isinstance(body, bytes) else None,
-                    on_unauthorized=on_unauthorized,
-                    backoff=target.backoff,
+                    {"Retry-After": "1"},
                 )
+                return result
             except BodyLimit:  # stalled while its replayable body was being read
                 result = body_refusal(outcome, rid)
                 return result

@@ -21,7 +21,13 @@ class Limits:
     header_timeout: float = 30.0  # seconds to receive complete request headers -> 408
     body_timeout: float = 60.0  # longest silence while receiving a request body -> 408
     max_connections: int = 4096  # concurrent client connections; beyond -> 503
-    upstream_connections: int = 100  # pooled connections to the upstreams
+    upstream_connections: int = 100  # upstream connections in use at once, in all
+    # One route's, or one client address's, share of them (proxy.slots): slow readers and
+    # trickling uploads of one can't lock the others out.
+    upstream_connections_per_route: int = 80
+    upstream_connections_per_client: int = 50
+    upstream_queue_wait: float = 1.0  # seconds a request waits for a slot -> 503 upstream_busy
+    body_deadline: float = 600.0  # seconds for a whole request body, however it trickles -> 408
     allow_pure_python_parser: bool = False  # start even without aiohttp's C (llhttp) parser
 
 
@@ -31,8 +37,10 @@ _LIMIT_INTS = (
     "max_headers",
     "max_connections",
     "upstream_connections",
+    "upstream_connections_per_route",
+    "upstream_connections_per_client",
 )
-_LIMIT_SECONDS = ("header_timeout", "body_timeout")
+_LIMIT_SECONDS = ("header_timeout", "body_timeout", "upstream_queue_wait", "body_deadline")
 
 
 def parse_limits(raw: object, errs: Errors) -> Limits:
@@ -61,4 +69,16 @@ def parse_limits(raw: object, errs: Errors) -> Limits:
             values["allow_pure_python_parser"] = m["allow_pure_python_parser"]
         else:
             errs.add("limits.allow_pure_python_parser", "expected true or false")
+    total = values.get("upstream_connections", Limits.upstream_connections)
+    for key in ("upstream_connections_per_route", "upstream_connections_per_client"):
+        share = values.get(key, getattr(Limits, key))
+        if share > total:
+            if key in values:
+                errs.add(
+                    join("limits", key),
+                    f"{share} is more than limits.upstream_connections ({total}); a share can't "
+                    "exceed the whole: lower it or raise upstream_connections",
+                )
+            else:  # a small pool with the default shares: the shares shrink with it
+                values[key] = total
     return Limits(**values)

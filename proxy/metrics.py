@@ -43,6 +43,8 @@ REJECT_REASONS = (
     "too_many_connections",
     "body_timeout",
     "body_too_large",
+    "body_deadline",
+    "upstream_busy",
     "rate_limited",
     *ACCESS_REJECT_REASONS,
 )
