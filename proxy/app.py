@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import logging
 import os
 import random
@@ -55,11 +56,32 @@ class StartupError(Exception):
         self.lines = lines
 
 
-def _ssl_contexts(config: Config) -> dict[str | None, ssl.SSLContext]:
-    """One verifying SSL context per distinct ca_file (None = system CAs)."""
-    contexts: dict[str | None, ssl.SSLContext] = {}
+ContextKey = tuple[str | None, str]  # (ca_file, sha256 of its content; "" for system CAs)
+
+
+@dataclasses.dataclass(frozen=True)
+class Contexts:
+    by_route: dict[str, ssl.SSLContext]
+    by_key: dict[ContextKey, ssl.SSLContext]
+
+
+def _ssl_contexts(
+    config: Config,
+    keys: Mapping[str, ContextKey],
+    previous: Mapping[ContextKey, ssl.SSLContext],
+) -> dict[ContextKey, ssl.SSLContext]:
+    """One verifying SSL context per distinct ca_file (None = system CAs), reusing the previous
+    generation's context when the CA bundle is unchanged. A new context per reload would give
+    aiohttp's pool new connection keys: old connections (and the contexts, about 2 MiB of CA
+    store each) would linger until their keep-alive ran out, and under load a reload every
+    second grew memory and file descriptors without bound. Blocking: reads the bundles."""
+    contexts: dict[ContextKey, ssl.SSLContext] = {}
     for route in config.routes:
-        if route.ca_file in contexts:
+        key = keys[route.name]
+        if key in contexts:
+            continue
+        if key in previous:
+            contexts[key] = previous[key]
             continue
         # SECURITY: create_default_context verifies certificates and host names; nothing
         # here can turn that off. ca_file only adds trust anchors.
@@ -71,8 +93,21 @@ def _ssl_contexts(config: Config) -> dict[str | None, ssl.SSLContext]:
                 raise StartupError(
                     [f"route {route.name}: cannot load ca_file {route.ca_file}: {exc}"]
                 ) from None
-        contexts[route.ca_file] = context
+        contexts[key] = context
     return contexts
+
+
+def _context_key(route: Route) -> ContextKey:
+    if route.ca_file is None:
+        return (None, "")
+    try:
+        with open(route.ca_file, "rb") as f:
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError as exc:
+        raise StartupError(
+            [f"route {route.name}: cannot read ca_file {route.ca_file}: {exc.strerror or exc}"]
+        ) from None
+    return (route.ca_file, digest)
 
 
 def _restart_needed(old: Config, new: Config) -> list[str]:
@@ -129,7 +164,10 @@ class ProxyApp:
         self._reload_lock = asyncio.Lock()
         self._sleep = sleep
         self._rng = rng
-        contexts = self._contexts(config)
+        self._context_cache: dict[ContextKey, ssl.SSLContext] = {}
+        built = self._contexts(config)
+        self._context_cache = built.by_key
+        contexts = built.by_route
         self.ssl_contexts = contexts  # route name -> the context its upstream uses
         self.store = TokenStore(
             config.routes,
@@ -173,11 +211,14 @@ class ProxyApp:
 
     # --- building ----------------------------------------------------------------------
 
-    def _contexts(self, config: Config) -> dict[str, ssl.SSLContext]:
+    def _contexts(self, config: Config) -> Contexts:
+        """route name -> SSL context, reusing the running generation's unchanged contexts (see
+        `_ssl_contexts`); the caller makes `by_key` the cache once the config is in use."""
         if self._upstream_ssl is not None:
-            return {route.name: self._upstream_ssl for route in config.routes}
-        by_file = _ssl_contexts(config)
-        return {route.name: by_file[route.ca_file] for route in config.routes}
+            return Contexts({route.name: self._upstream_ssl for route in config.routes}, {})
+        keys = {route.name: _context_key(route) for route in config.routes}
+        by_key = _ssl_contexts(config, keys, self._context_cache)
+        return Contexts({name: by_key[key] for name, key in keys.items()}, by_key)
 
     def _sources(self, route: Route, contexts: Mapping[str, ssl.SSLContext]) -> list[Source]:
         return make_sources(
@@ -337,7 +378,8 @@ class ProxyApp:
                 )
             try:
                 # CA bundles and a client-token file are read off the event loop.
-                contexts = await asyncio.to_thread(self._contexts, config)
+                built = await asyncio.to_thread(self._contexts, config)
+                contexts = built.by_route
                 client_token = await asyncio.to_thread(self._client_token, config)
             except StartupError as exc:
                 return self._rejected(exc.lines)
@@ -356,6 +398,7 @@ class ProxyApp:
             self._watch.changed()  # the token files to watch may be others now
             self.handler.admission = admission
             self.ssl_contexts = contexts
+            self._context_cache = built.by_key  # unchanged bundles keep their context
             self.config = config
             self.lifecycle.reload_successful = True
             self.lifecycle.reload_success_at = time.time()

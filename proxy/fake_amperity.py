@@ -3,7 +3,8 @@
 It checks what Amperity checks (a HS256 JWT signed with `TEST_SECRET`, an `Amperity-Tenant`
 header equal to the token's `tenant` claim, an `api-version` header) and answers 401 in
 Amperity's envelope otherwise. It records every request it receives (method, raw path,
-headers, body length and sha256, status) and, by default, reflects it back as JSON.
+headers, body length and sha256, status, the connection's peer) and, by default, reflects it
+back as JSON.
 
 Special paths (under any base path, e.g. `/api/_fake/bytes/1024`):
 - `_fake/bytes/N`     N deterministic bytes (see `pattern`), with Content-Length
@@ -100,6 +101,7 @@ class RecordedRequest:
     body_sha256: str
     status: int
     received_at: float = 0.0  # FakeAmperity.clock() when it arrived
+    peer: str = ""  # the client's address and port: which connection carried it
 
     def header(self, name: str) -> str | None:
         values = self.header_all(name)
@@ -107,6 +109,11 @@ class RecordedRequest:
 
     def header_all(self, name: str) -> list[str]:
         return [v for k, v in self.headers if k.lower() == name.lower()]
+
+
+def _peer(request: web.Request) -> str:
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    return f"{peer[0]}:{peer[1]}" if peer else ""
 
 
 class FakeAmperity:
@@ -196,6 +203,7 @@ class FakeAmperity:
             digest,
             status,
             self.clock(),
+            _peer(request),
         )
         async with self._recorded:
             self.requests.append(recorded)
