@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test lint typecheck pytest rules-test security demo bench lock docker-build clean
+.PHONY: install run test lint typecheck pytest rules-test security demo bench soak lock docker-build clean
 
 install: $(STAMP)
 
@@ -79,6 +79,11 @@ bench: install
 	.venv-runtime/bin/pip install --quiet --require-hashes --no-deps -r requirements.lock
 	.venv-runtime/bin/pip install --quiet --no-deps --force-reinstall .
 	BENCH_PYTHON=.venv-runtime/bin/python $(BIN)/python bench/run.py
+
+# A few minutes of load and churn (slow readers, 100 reloads, fast token rotation) against the
+# proxy as a process; figures go to the "Soak" section of bench/RESULTS.md.
+soak: install
+	$(BIN)/python bench/soak.py
 
 clean:
 	rm -rf $(VENV) .venv-runtime .tools .mypy_cache .ruff_cache .pytest_cache

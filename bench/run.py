@@ -408,7 +408,10 @@ def main() -> None:
     text = "\n".join(header + [f"| {a} | {b} | {c} |" for a, b, c in rows]) + "\n"
     print(text)
     if not QUICK:
-        (HERE / "RESULTS.md").write_text(text + (HERE / "ANALYSIS.md").read_text())
+        soak = HERE / "SOAK.md"  # `make soak`'s last figures stay with the benchmark's
+        (HERE / "RESULTS.md").write_text(
+            text + (HERE / "ANALYSIS.md").read_text() + (soak.read_text() if soak.exists() else "")
+        )
     print(json.dumps({"written": not QUICK}))
 
 
