@@ -43,7 +43,6 @@ from proxy.traffic_config import RetryPolicy
 log = logging.getLogger("amperity_proxy.forward")
 
 _MAX_DETAIL = 300
-_RELAY_CHUNK = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,13 +303,13 @@ async def forward(
         # The first body bytes are read before anything goes to the client: headers and
         # first bytes then leave in one write, and an upstream that fails before sending any
         # body still gets an honest 502/504 instead of a cut connection.
-        first = await upstream_response.content.read(_RELAY_CHUNK)
+        first = await upstream_response.content.readany()
         await response.prepare(request)
         outcome.status_sent = response.status
         if first:
             await response.write(first)
             outcome.bytes_out += len(first)
-            async for chunk in upstream_response.content.iter_chunked(_RELAY_CHUNK):
+            async for chunk in upstream_response.content.iter_any():
                 await response.write(chunk)
                 outcome.bytes_out += len(chunk)
         await response.write_eof()
