@@ -32,7 +32,13 @@ from typing import Any
 import aiohttp
 import yaml
 
-from proxy.fake_amperity import FakeAmperity, make_tls, make_token, start_fake
+from proxy.fake_amperity import (
+    FakeAmperity,
+    make_tls,
+    make_token,
+    start_fake,
+    swap_secret_volume,
+)
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -49,17 +55,6 @@ def rss_mib(pid: int) -> float:
 
 def fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def swap_volume(volume: Path, token: str, generation: int) -> None:
-    data = volume / f"..gen_{generation:04d}"
-    data.mkdir()
-    (data / "token").write_text(token)
-    link = volume / "..data_tmp"
-    link.symlink_to(data.name)
-    os.replace(link, volume / "..data")
-    if not (volume / "token").is_symlink():
-        (volume / "token").symlink_to("..data/token")
 
 
 class Proxy:
@@ -247,7 +242,7 @@ async def phase_rotation(work: Path, base: dict[str, Any], fake: FakeAmperity) -
     volume = work / "secret"
     volume.mkdir()
     tokens = [make_token("acme", subject=f"gen-{n}") for n in range(40)]
-    swap_volume(volume, tokens[0], 0)
+    swap_secret_volume(volume, tokens[0], 0)
     config = json.loads(json.dumps(base))
     config["routes"][0]["token"] = {"file": str(volume / "token")}
     proxy = Proxy(work, config)
@@ -256,7 +251,7 @@ async def phase_rotation(work: Path, base: dict[str, Any], fake: FakeAmperity) -
     traffic = asyncio.create_task(load(proxy.port, 62, statuses, post_share=0.1))
     for n in range(1, 31):
         await asyncio.sleep(1)
-        swap_volume(volume, tokens[n], n)
+        swap_secret_volume(volume, tokens[n], n)
         await asyncio.sleep(1)
         fake.revoked.add(tokens[n - 1])  # the old key is deleted a second after the swap
     await traffic

@@ -336,19 +336,34 @@ class ProxyApp:
         Application: the proxy must see CONNECT and `OPTIONS *`, which aiohttp's router would
         answer itself with a plain 404."""
         limits = self.config.limits
+        return self.guarded(self.handle, limits.max_connections, limits.header_timeout)
+
+    def guarded(
+        self,
+        handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]],
+        max_connections: int,
+        header_timeout: float,
+    ) -> GuardedServer:
+        """A `GuardedServer` with this config's size limits, counting its refusals: the proxy
+        listener's and the admin listener's differ only in their cap and header deadline."""
+        limits = self.config.limits
         return GuardedServer(
-            self.handle,
-            max_connections=limits.max_connections,
-            header_timeout=limits.header_timeout,
+            handler,
+            max_connections=max_connections,
+            header_timeout=header_timeout,
             max_request_line=limits.max_request_line,
             max_header_size=limits.max_header_size,
             max_headers=limits.max_headers,
-            reject=lambda reason: self.metrics.rejected.labels(reason).inc(),
+            reject=self.reject,
             access_log=None,
             # The header deadline bounds idle keep-alive connections; aiohttp's own
             # keep-alive timer would only add a second, longer one.
-            keepalive_timeout=limits.header_timeout + 1,
+            keepalive_timeout=header_timeout + 1,
         )
+
+    def reject(self, reason: str) -> None:
+        """Count a request refused before it reached the upstream."""
+        self.metrics.rejected.labels(reason).inc()
 
     # --- reloading ---------------------------------------------------------------------
 
@@ -481,19 +496,6 @@ def create_admin_app(proxy: ProxyApp) -> GuardedServer:
         proxy.reload_from_source,
     )
 
-    def reject(reason: str) -> None:
-        proxy.metrics.rejected.labels(reason).inc()
-
-    handlers.guard(AdminGate(proxy.config.admin), reject)
-    limits, admin = proxy.config.limits, proxy.config.admin_settings
-    return GuardedServer(
-        handlers.handle,
-        max_connections=admin.max_connections,
-        header_timeout=admin.header_timeout,
-        max_request_line=limits.max_request_line,
-        max_header_size=limits.max_header_size,
-        max_headers=limits.max_headers,
-        reject=reject,
-        access_log=None,
-        keepalive_timeout=admin.header_timeout + 1,
-    )
+    handlers.guard(AdminGate(proxy.config.admin), proxy.reject)
+    admin = proxy.config.admin_settings
+    return proxy.guarded(handlers.handle, admin.max_connections, admin.header_timeout)

@@ -34,6 +34,7 @@ import asyncio
 import datetime
 import gzip
 import hashlib
+import os
 import socket
 import ssl
 import time
@@ -41,6 +42,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -328,6 +330,20 @@ class FakeAmperity:
         assert request.transport is not None
         request.transport.close()
         return response
+
+
+def swap_secret_volume(directory: Path, token: str, generation: int) -> None:
+    """Update `directory` the way the kubelet updates a Secret volume: a new timestamped
+    directory holding the file, then an atomic swap of the `..data` symlink; `token` is a
+    symlink through `..data` (what a pod sees as /var/run/secrets/.../token)."""
+    data = directory / f"..2026_12_01_{generation:04d}"
+    data.mkdir()
+    (data / "token").write_text(token)
+    link = directory / "..data_tmp"
+    link.symlink_to(data.name)
+    os.replace(link, directory / "..data")
+    if not (directory / "token").is_symlink():
+        (directory / "token").symlink_to("..data/token")
 
 
 class FakeResolver(AbstractResolver):

@@ -5,25 +5,12 @@ re-reads the sources at once, at most about once a second (not once per ten)."""
 from __future__ import annotations
 
 import asyncio
-import os
 from pathlib import Path
 
-from proxy.fake_amperity import make_token
+from proxy.fake_amperity import make_token, swap_secret_volume
 from proxy.tokens import fingerprint
 from tests.conftest import FakeClock, ProxyFactory, Upstream, acme_route, subject
 from tests.hostile.conftest import LEDGER
-
-
-def _secret_volume(directory: Path, token: str, generation: int) -> None:
-    """What the kubelet does: a new timestamped directory, then an atomic `..data` swap."""
-    data = directory / f"..2026_12_01_{generation:02d}"
-    data.mkdir()
-    (data / "token").write_text(token)
-    link = directory / "..data_tmp"
-    link.symlink_to(data.name)
-    os.replace(link, directory / "..data")
-    if not (directory / "token").is_symlink():
-        (directory / "token").symlink_to("..data/token")
 
 
 async def test_a_secret_volume_swap_is_picked_up_within_a_second(
@@ -32,7 +19,7 @@ async def test_a_secret_volume_swap_is_picked_up_within_a_second(
     volume = tmp_path / "secret"
     volume.mkdir()
     first = make_token("acme", subject="first")
-    _secret_volume(volume, first, 1)
+    swap_secret_volume(volume, first, 1)
     # The poll is an hour here: only the directory watch can pick the swap up in time.
     proxy = await make_proxy(
         [acme_route(upstream, token={"file": str(volume / "token")})], token_poll_interval=3600
@@ -41,7 +28,7 @@ async def test_a_secret_volume_swap_is_picked_up_within_a_second(
     second = make_token("acme", subject="second")
     loop = asyncio.get_running_loop()
     swapped = loop.time()
-    _secret_volume(volume, second, 2)
+    swap_secret_volume(volume, second, 2)
     while proxy.store.credential("acme").fingerprint != fingerprint(second):  # type: ignore[union-attr]
         assert loop.time() - swapped < 5, "the swap was not picked up (the bug: next poll)"
         await asyncio.sleep(0.02)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from proxy.fake_amperity import FakeTLS, make_token
-from tests.conftest import Upstream, spawn_proxy
+from tests.conftest import Upstream, spawn_proxy, tls_route
 from tests.hostile.conftest import LEDGER
 
 SHUTDOWN_TIMEOUT = 5
@@ -27,15 +27,7 @@ async def test_sigterm_exits_within_shutdown_timeout_while_a_client_stops_readin
         "listen": {"port": 0},
         "admin": {"port": 0},
         "shutdown_timeout": SHUTDOWN_TIMEOUT,
-        "routes": [
-            {
-                "prefix": "/acme",
-                "tenant": "acme",
-                "base_url": upstream.url("localhost"),
-                "ca_file": str(tmp_path / "ca.pem"),
-                "token": {"env": "ACME_TOKEN"},
-            }
-        ],
+        "routes": [tls_route(upstream.port, tmp_path / "ca.pem")],
     }
     process = await spawn_proxy(tmp_path, config, {"ACME_TOKEN": make_token("acme")})
     proc = process.proc

@@ -17,7 +17,7 @@ import aiohttp
 import yaml
 
 from proxy.fake_amperity import FakeTLS, make_token
-from tests.conftest import Upstream, spawn_proxy
+from tests.conftest import Upstream, spawn_proxy, tls_route
 from tests.hostile.conftest import LEDGER
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,15 +28,7 @@ def _config(tmp_path: Path, upstream: Upstream, tls: FakeTLS, sock: Path) -> dic
     return {
         "listen": {"unix": {"path": str(sock), "mode": "0600"}},
         "admin": {"port": 0},
-        "routes": [
-            {
-                "prefix": "/acme",
-                "tenant": "acme",
-                "base_url": upstream.url("localhost"),
-                "ca_file": str(tmp_path / "ca.pem"),
-                "token": {"env": "ACME_TOKEN"},
-            }
-        ],
+        "routes": [tls_route(upstream.port, tmp_path / "ca.pem")],
     }
 
 
