@@ -43,9 +43,6 @@ from proxy.tokens.watch import FileWatch
 
 log = logging.getLogger("amperity_proxy")
 
-_READ_BUFSIZE = (
-    2**14
-)  # upstream read buffer: with back-pressure, at most 2x this is held per stream
 TICK_INTERVAL = 1.0  # seconds between token scheduler rounds (file polls, refreshes, warnings)
 
 ConfigLoader = Callable[[], Config]
@@ -293,7 +290,6 @@ class ProxyApp:
             connector=connector,
             cookie_jar=aiohttp.DummyCookieJar(),  # never store or replay upstream cookies
             auto_decompress=False,  # compressed bodies pass through byte for byte
-            read_bufsize=_READ_BUFSIZE,
             trust_env=False,  # SECURITY: the proxy's own HTTP_PROXY must not redirect tokens
             timeout=aiohttp.ClientTimeout(total=None),  # per-route timeouts are set per request
             # Send only what the client sent: no default Accept/Accept-Encoding/User-Agent.
