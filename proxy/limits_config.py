@@ -25,7 +25,9 @@ class Limits:
     # One route's, or one client address's, share of them (proxy.slots): slow readers and
     # trickling uploads of one can't lock the others out.
     upstream_connections_per_route: int = 80
-    upstream_connections_per_client: int = 50
+    # 32: a slow TLS stream holds about 2 MiB (make soak), so one address's share stays well
+    # inside the shipped manifests' 160 MiB limit.
+    upstream_connections_per_client: int = 32
     upstream_queue_wait: float = 1.0  # seconds a request waits for a slot -> 503 upstream_busy
     body_deadline: float = 600.0  # seconds for a whole request body, however it trickles -> 408
     allow_pure_python_parser: bool = False  # start even without aiohttp's C (llhttp) parser
