@@ -16,6 +16,7 @@ import struct
 
 from aiohttp import web
 
+from proxy.bodies import CONTINUE_EXPECTATION
 from proxy.config import Route
 from proxy.errors import Refusal
 from proxy.listen_config import Listen
@@ -271,7 +272,7 @@ def method_refusal(request: web.BaseRequest) -> Refusal | None:
             400, "upgrade", "protocol upgrades (WebSocket, h2c) are not supported by this proxy"
         )
     expect = request.headers.get("Expect")
-    if expect is not None and expect.strip().lower() != "100-continue":
+    if expect is not None and expect.strip().lower() != CONTINUE_EXPECTATION:
         # RFC 9110 §10.1.1: a server "MAY respond with a 417 (Expectation Failed)" to an
         # expectation other than 100-continue.
         return Refusal(

@@ -64,6 +64,8 @@ class AdminHandlers:
         activity: Activity,
         config: Callable[[], Config],
         reload: Callable[[str], Awaitable[list[str]]],
+        gate: AdminGate,
+        reject: Callable[[str], None],
     ) -> None:
         self.store = store
         self.registry = registry
@@ -72,8 +74,8 @@ class AdminHandlers:
         self.config = config
         self._reload = reload
 
-        self.gate: AdminGate | None = None  # set by `guard`
-        self._reject: Callable[[str], None] = lambda reason: None
+        self.gate = gate
+        self._reject = reject  # counts refusals in amperity_proxy_rejected_requests_total
         # path -> (method, handler, sensitive): a table, not a router; built once.
         self._table: dict[str, tuple[str, Handler, bool]] = {
             "/": ("GET", self.status_html, True),
@@ -84,10 +86,6 @@ class AdminHandlers:
             "/metrics": ("GET", self.metrics, False),
             "/-/reload": ("POST", self.reload, True),
         }
-
-    def guard(self, gate: AdminGate, reject: Callable[[str], None]) -> None:
-        self.gate = gate
-        self._reject = reject
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         """Every admin request: the gate's checks, then the endpoint."""
@@ -104,16 +102,15 @@ class AdminHandlers:
         self, request: web.BaseRequest, entry: tuple[str, Handler, bool] | None
     ) -> Refusal | None:
         gate = self.gate
-        if gate is not None:
-            refusal = gate.host(request) or gate.browser(request)
-            if refusal is not None:
-                return refusal
+        refusal = gate.host(request) or gate.browser(request)
+        if refusal is not None:
+            return refusal
         if entry is None:
             return Refusal(404, "no_route", f"no admin endpoint {request.path[:100]}; see /")
         method, _, sensitive = entry
         if request.method != method and not (method == "GET" and request.method == "HEAD"):
             return Refusal(405, "forbidden_method", f"{request.path} answers {method} only")
-        if sensitive and gate is not None:
+        if sensitive:
             refusal = gate.client(request.remote)
             if refusal is not None:
                 return refusal
@@ -129,7 +126,7 @@ class AdminHandlers:
         return None
 
     def _full_view(self, request: web.BaseRequest) -> bool:
-        return self.gate is None or self.gate.client(request.remote) is None
+        return self.gate.client(request.remote) is None
 
     async def healthz(self, request: web.BaseRequest) -> web.Response:
         return web.json_response({"status": "ok"})

@@ -490,8 +490,8 @@ def create_admin_app(proxy: ProxyApp) -> GuardedServer:
         proxy.handler.activity,
         lambda: proxy.config,
         proxy.reload_from_source,
+        AdminGate(proxy.config.admin),
+        proxy.reject,
     )
-
-    handlers.guard(AdminGate(proxy.config.admin), proxy.reject)
     admin = proxy.config.admin_settings
     return proxy.guarded(handlers.handle, admin.max_connections, admin.header_timeout)

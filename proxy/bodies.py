@@ -28,6 +28,7 @@ _BODY_ERRORS = {
 }
 
 
+CONTINUE_EXPECTATION = "100-continue"  # the only `Expect` value HTTP defines (RFC 9110 §10.1.1)
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
@@ -37,7 +38,7 @@ def expects_continue(request: web.BaseRequest) -> bool:
     expect = request.headers.get("Expect")
     return (
         expect is not None
-        and expect.strip().lower() == "100-continue"
+        and expect.strip().lower() == CONTINUE_EXPECTATION
         and request.version >= aiohttp.HttpVersion11
     )
 

@@ -67,13 +67,6 @@ def _abandon_body(request: web.BaseRequest) -> None:
         abandon()
 
 
-_SCOPE_ATTR = {
-    "upstream_connections": "total",
-    "upstream_connections_per_route": "per_route",
-    "upstream_connections_per_client": "per_client",
-}
-
-
 def _client_key(request: web.BaseRequest) -> str:
     """Whose share an exchange counts against: the client address (or the Unix peer's uid)."""
     if request.remote:
@@ -209,7 +202,7 @@ class ProxyHandler:
                 result = envelope(
                     503,
                     f"every upstream connection this request may use is busy "
-                    f"(limits.{exc.scope}: {getattr(self.slots, _SCOPE_ATTR[exc.scope])}, "
+                    f"(limits.{exc.scope}: {exc.limit}, "
                     f"waited {self.slots.queue_wait:g}s); retry shortly",
                     rid,
                     {"Retry-After": "1"},

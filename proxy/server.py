@@ -115,10 +115,9 @@ async def _start_site(
     reuse_port: bool = False,
     unix: UnixSocketFile | None = None,
 ) -> list[str]:
-    if listen.unix is not None:
-        assert unix is not None
+    if unix is not None:  # listen.unix: the socket file this process creates and removes
         await web.SockSite(runner, unix.bind()).start()
-        return [f"unix:{listen.unix.path}"]
+        return [f"unix:{unix.path}"]
     site = web.TCPSite(
         runner, listen.host, listen.port, reuse_address=True, reuse_port=reuse_port or None
     )
@@ -220,10 +219,10 @@ async def serve(
         # so SIGTERM -> exit stays within shutdown_timeout + 1 s.
         deadline = asyncio.get_running_loop().time() + config.shutdown_timeout + _EXIT_SLACK
         await runner.cleanup()
-        for step in (app.cleanup(), admin_runner.cleanup()):
+        for step in (app.cleanup, admin_runner.cleanup):
             left = max(0.05, deadline - asyncio.get_running_loop().time())
             try:
-                await asyncio.wait_for(step, left)
+                await asyncio.wait_for(step(), left)
             except TimeoutError:
                 log.warning("shutdown: a cleanup step did not finish in time; exiting anyway")
         if unix is not None:

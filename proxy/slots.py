@@ -25,11 +25,16 @@ from dataclasses import dataclass
 
 
 class UpstreamBusy(Exception):
-    """No upstream slot within the queue wait; `scope` says which limit was full."""
+    """No upstream slot within the queue wait: `scope` names the limit that was full (a key of
+    `limits:`), `limit` is its value."""
 
-    def __init__(self, scope: str) -> None:
-        super().__init__(scope)
-        self.scope = scope  # "upstream_connections", "..._per_route" or "..._per_client"
+    def __init__(self, scope: str, limit: int) -> None:
+        super().__init__(f"{scope}: {limit}")
+        self.scope = scope
+        self.limit = limit
+
+
+Full = tuple[str, int]  # (the limit's key under `limits:`, its value)
 
 
 @dataclass(slots=True)
@@ -52,14 +57,14 @@ class UpstreamSlots:
         self._by_client: Counter[str] = Counter()
         self._waiters: list[_Waiter] = []
 
-    def _full(self, route: str, client: str) -> str | None:
+    def _full(self, route: str, client: str) -> Full | None:
         """Which limit stops one more slot for (route, client), or None when it fits."""
         if self.in_use >= self.total:
-            return "upstream_connections"
+            return ("upstream_connections", self.total)
         if self._by_route[route] >= self.per_route:
-            return "upstream_connections_per_route"
+            return ("upstream_connections_per_route", self.per_route)
         if self._by_client[client] >= self.per_client:
-            return "upstream_connections_per_client"
+            return ("upstream_connections_per_client", self.per_client)
         return None
 
     def _take(self, route: str, client: str) -> None:
@@ -76,9 +81,7 @@ class UpstreamSlots:
         if not self._by_client[client]:
             del self._by_client[client]
         # Hand the freed capacity to the earliest waiters that fit now.
-        for waiter in list(self._waiters):
-            if waiter.granted.done():
-                continue
+        for waiter in list(self._waiters):  # a granted waiter leaves the list at once
             if self._full(waiter.route, waiter.client) is None:
                 self._take(waiter.route, waiter.client)
                 waiter.granted.set_result(None)
@@ -97,7 +100,7 @@ class UpstreamSlots:
         finally:
             self._release(route, client)
 
-    async def _wait(self, route: str, client: str, full: str) -> None:
+    async def _wait(self, route: str, client: str, full: Full) -> None:
         waiter = _Waiter(route, client, asyncio.get_running_loop().create_future())
         self._waiters.append(waiter)
         try:
@@ -106,7 +109,7 @@ class UpstreamSlots:
             if waiter.granted.done():  # granted in the same instant: it is ours
                 return
             self._waiters.remove(waiter)
-            raise UpstreamBusy(self._full(route, client) or full) from None
+            raise UpstreamBusy(*(self._full(route, client) or full)) from None
         except BaseException:
             if waiter.granted.done():
                 self._release(route, client)  # granted, but the request is gone
