@@ -1,28 +1,52 @@
 # amperity-auth-proxy: `make run` and `make test` are the two commands you need.
+#
+# Two virtual environments: `make run` (and `make demo`, `make fake`) use .venv-run, the runtime
+# dependencies only, pinned and hashed from requirements.lock, with pip's progress shown; the
+# proxy runs from this checkout (PYTHONPATH), so nothing is built. `make test` and the other
+# developer targets use .venv, the project with its dev extras.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+RUNVENV := .venv-run
+RUNPY  := PYTHONPATH=$(CURDIR) $(RUNVENV)/bin/python
+RUNSTAMP := $(RUNVENV)/.installed
+CHECK_PYTHON := $(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required") if sys.version_info < (3, 11) else None'
 
-.PHONY: install run test lint typecheck pytest rules-test security demo bench soak lock docker-build clean
+.PHONY: install runtime run ready test lint typecheck pytest rules-test security demo demo-serve fake bench soak lock docker-build clean
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
-	$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required") if sys.version_info < (3, 11) else None'
+	@$(CHECK_PYTHON)
+	@echo "installing the project with its dev extras into $(VENV) (a minute or two the first time)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --progress-bar off -e '.[dev]' | grep -E '^(Successfully|ERROR)' || true
+	@$(BIN)/python -c 'import proxy, pytest' || (echo "install failed: see pip's output above"; exit 1)
 	touch $(STAMP)
 
-run: install
-	$(BIN)/amperity-proxy run --config config.example.yaml
+runtime: $(RUNSTAMP)
+
+$(RUNSTAMP): requirements.lock
+	@$(CHECK_PYTHON)
+	@echo "installing the runtime dependencies (requirements.lock) into $(RUNVENV)"
+	$(PYTHON) -m venv $(RUNVENV)
+	$(RUNVENV)/bin/pip install --disable-pip-version-check --require-hashes --no-deps -r requirements.lock
+	touch $(RUNSTAMP)
+
+run: runtime
+	$(RUNPY) -m proxy run --config config.example.yaml
+
+# Waits until the proxy `make run` started answers /readyz (see the README's legacy-tool snippet).
+ready:
+	@PYTHONPATH=$(CURDIR) $(PYTHON) -m proxy.readiness --timeout 120
 
 test: lint typecheck rules-test pytest
 
 lint: install
-	$(BIN)/ruff check proxy tests bench
-	$(BIN)/ruff format --check proxy tests bench
+	$(BIN)/ruff check proxy tests bench tools
+	$(BIN)/ruff format --check proxy tests bench tools
 	$(BIN)/hadolint Dockerfile
 
 typecheck: install
@@ -31,20 +55,13 @@ typecheck: install
 pytest: install
 	$(BIN)/pytest
 
-# promtool comes from Debian's `prometheus` package. Use one on PATH, else unpack the package
-# (without installing or starting the service) into .tools/.
-PROMTOOL := $(shell command -v promtool 2>/dev/null || echo .tools/usr/bin/promtool)
+# promtool comes from Debian's `prometheus` package: one on PATH, else the package unpacked
+# (not installed, no service started) into .tools/ when apt-get can fetch it. Without either,
+# the check is skipped with one line saying what to install; in CI (CI=true) it is required.
 RULES    := deploy/kubernetes/rules
 
-.tools/usr/bin/promtool:
-	mkdir -p .tools/deb
-	cd .tools/deb && (apt-get download prometheus 2>/dev/null || (apt-get update -qq && apt-get download prometheus))
-	dpkg-deb -x .tools/deb/prometheus_*.deb .tools
-	rm -rf .tools/deb
-
-rules-test: $(PROMTOOL)
-	$(PROMTOOL) check rules $(RULES)/amperity-proxy.rules.yaml
-	$(PROMTOOL) test rules $(RULES)/amperity-proxy.rules.test.yaml
+rules-test:
+	@$(PYTHON) tools/promtool.py $(RULES)
 
 # The hostile-input and fault suites, pip-audit on the lock, slowhttptest when installed, and a
 # scorecard. pip-audit needs a vulnerability database; offline, the scorecard says so.
@@ -68,8 +85,16 @@ docker-build:
 		echo "docker-build: SKIPPED - no working docker engine or buildah on this machine"; \
 	fi
 
-demo: install
-	$(BIN)/python -m proxy.demo
+demo: runtime
+	$(RUNPY) -m proxy.demo
+
+# The demo, kept running: the fake Amperity and the proxy in front of it, for your own requests.
+demo-serve: runtime
+	$(RUNPY) -m proxy.demo --serve
+
+# The bundled fake Amperity API on its own (TLS, its own CA), for your own integration tests.
+fake: runtime
+	$(RUNPY) -m proxy.fake_amperity
 
 # wrk, nginx and curl come from Debian's packages; installed here when missing.
 bench: install
@@ -86,4 +111,4 @@ soak: install
 	$(BIN)/python bench/soak.py
 
 clean:
-	rm -rf $(VENV) .venv-runtime .tools .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(RUNVENV) .venv-runtime .tools .mypy_cache .ruff_cache .pytest_cache

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from proxy import __version__
 from proxy.app import StartupError
-from proxy.config import Config, ConfigError, load_config
+from proxy.config import LOG_LEVELS, Config, ConfigError, load_config
 from proxy.diagnose import doctor, parse_duration, token_info
 from proxy.listen_config import listen_problems, parse_listen
 from proxy.logs import setup_logging
@@ -57,12 +57,17 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--log-level",
         type=str.upper,
-        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        choices=LOG_LEVELS,  # the same levels as the config file's log.level
         help="default: INFO",
     )
 
     check = sub.add_parser("check-config", help="validate a config file and list every problem")
     check.add_argument("--config", default=default_config, help=config_help)
+    check.add_argument(
+        "--tokens",
+        action="store_true",
+        help="also load every route's tokens as `run` would (readable, parseable, not expired)",
+    )
 
     info = sub.add_parser(
         "token-info", help="show every route's tokens; exit 1 if any is expired or expiring"
@@ -144,7 +149,17 @@ def _check(args: argparse.Namespace) -> int:
             f"  {route.prefix} -> {route.base_url} tenant={route.tenant} "
             f"tokens={', '.join(t.describe() for t in route.tokens)}"
         )
-    return 0
+    if not args.tokens:
+        return 0
+    # Tokens are opt-in: a config is often checked where its tokens don't exist (a CI job).
+    setup_logging("text", "WARNING")  # a token that looks like a broken JWT, say
+    print()
+    try:
+        return asyncio.run(token_info(config, 0.0, False, sys.stdout))
+    except StartupError as exc:
+        for line in exc.lines:
+            print(f"amperity-proxy: {line}", file=sys.stderr)
+        return EXIT_STARTUP
 
 
 def _diagnose(args: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@ Pure: no aiohttp, no token reads. `parse_config` collects every mistake, each wi
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from collections.abc import Mapping
@@ -55,7 +56,7 @@ _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 _PREFIX_SEGMENT_RE = re.compile(r"[A-Za-z0-9_~-][A-Za-z0-9._~-]*")
 _BASE_PATH_RE = re.compile(r"(/[A-Za-z0-9._~-]+)*")
 _HEADER_VALUE_RE = re.compile(r"[\x21-\x7e]+")
-_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 class ConfigError(Exception):
@@ -247,9 +248,13 @@ def _overrides(m: Mapping[str, Any], path: str, errs: Errors, base: _Defaults) -
     if "ca_file" in m:
         ca_file = None
         if m["ca_file"] is not None:
-            ca_file = string(m["ca_file"], join(path, "ca_file"), errs)
-            if ca_file is not None and not os.path.isfile(ca_file):
-                errs.add(join(path, "ca_file"), f"no such file: {ca_file}")
+            # "" (an unset `${AMPERITY_CA_FILE:-}`) means none; `~` expands as in a shell.
+            text = m["ca_file"].strip() if isinstance(m["ca_file"], str) else None
+            if text != "":
+                ca_file = string(m["ca_file"], join(path, "ca_file"), errs)
+                ca_file = os.path.expanduser(ca_file) if ca_file is not None else None
+                if ca_file is not None and not os.path.isfile(ca_file):
+                    errs.add(join(path, "ca_file"), f"no such file: {ca_file}")
     timeouts = _timeouts(m.get("timeouts"), join(path, "timeouts"), errs, base.timeouts)
     retry_body_limit = base.retry_body_limit
     if "retry_body_limit" in m:
@@ -309,17 +314,26 @@ def _prefix(raw: object, path: str, errs: Errors) -> str | None:
 
 
 _ROUTE_KEYS = ("name", "prefix", "tenant", "token", "tokens", "methods", "paths", *_OVERRIDABLE)
-_METHOD_RE = re.compile(r"[A-Z][A-Z-]*")
+# IANA's HTTP Method Registry (RFC 9110 §16.1); a method outside it (FETCH, a typo like GTE)
+# would only ever turn into 403s.
+_REGISTERED = """ACL BASELINE-CONTROL BIND CHECKIN CHECKOUT CONNECT COPY DELETE GET HEAD LABEL LINK
+LOCK MERGE MKACTIVITY MKCALENDAR MKCOL MKREDIRECTREF MKWORKSPACE MOVE OPTIONS ORDERPATCH PATCH POST
+PRI PROPFIND PROPPATCH PUT QUERY REBIND REPORT SEARCH TRACE UNBIND UNCHECKOUT UNLINK UNLOCK UPDATE
+UPDATEREDIRECTREF VERSION-CONTROL"""
+HTTP_METHODS = frozenset(_REGISTERED.split())
+_COMMON_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
 def _methods(raw: object, path: str, errs: Errors) -> frozenset[str] | None:
     methods = set()
     for item_path, value in string_list(raw, path, errs):
         method = value.upper()
-        if not _METHOD_RE.fullmatch(method):
-            errs.add(item_path, f"not an HTTP method: {errs.show(value)}")
-        else:
+        if method in HTTP_METHODS:
             methods.add(method)
+            continue
+        hint = difflib.get_close_matches(method, _COMMON_METHODS, n=1, cutoff=0.5)
+        fix = f"did you mean {hint[0]}?" if hint else f"use one of {', '.join(_COMMON_METHODS)}"
+        errs.add(item_path, f"not a registered HTTP method: {errs.show(value)} ({fix})")
     return frozenset(methods)
 
 
@@ -351,7 +365,10 @@ def _route(raw: object, path: str, errs: Errors, defaults: _Defaults) -> Route |
     methods = _methods(m["methods"], join(path, "methods"), errs) if "methods" in m else None
     paths = pattern_set(m["paths"], join(path, "paths"), errs) if "paths" in m else None
     own = _overrides(m, path, errs, defaults)
-    base_url = _base_url(own.base_url, tenant, join(path, "base_url"), errs) if tenant else None
+    # An inherited base_url's problem is reported once, at defaults.base_url (Errors keeps the
+    # first problem per path), not once per route.
+    where = join(path, "base_url") if "base_url" in m else "defaults.base_url"
+    base_url = _base_url(own.base_url, tenant, where, errs) if tenant else None
     if None in (name, prefix, tenant, tokens, base_url) or ("paths" in m and paths is None):
         return None
     assert name and prefix and tenant and tokens and base_url
@@ -379,12 +396,14 @@ def _routes(raw: object, errs: Errors, defaults: _Defaults) -> tuple[Route, ...]
         errs.add("routes", f"expected a non-empty list of routes, got {type_name(raw)}")
         return ()
     routes = [_route(item, f"routes[{i}]", errs, defaults) for i, item in enumerate(raw)]
+    # Duplicates are judged on what was written, so they are reported in the same pass as
+    # any other problem of those routes.
     for attr in ("prefix", "name"):
         seen: dict[str, int] = {}
-        for i, r in enumerate(routes):
-            if r is None:
-                continue
-            value = getattr(r, attr)
+        for i, item in enumerate(raw):
+            value = _written(item, attr)
+            if value is None or (attr == "name" and errs.failed(f"routes[{i}].prefix")):
+                continue  # a name taken from a duplicate prefix is the same problem
             if value in seen:
                 errs.add(
                     f"routes[{i}].{attr}",
@@ -392,6 +411,18 @@ def _routes(raw: object, errs: Errors, defaults: _Defaults) -> tuple[Route, ...]
                 )
             seen.setdefault(value, i)
     return tuple(r for r in routes if r is not None)
+
+
+def _written(item: object, attr: str) -> str | None:
+    """A route's prefix or name as written (a name defaults to its prefix), for duplicates."""
+    if not isinstance(item, dict):
+        return None
+    prefix = item.get("prefix")
+    value = item.get(
+        attr,
+        prefix.strip("/").replace("/", "-") if attr == "name" and isinstance(prefix, str) else None,
+    )
+    return value.strip() if isinstance(value, str) and value.strip() else None
 
 
 def _log(raw: object, errs: Errors) -> LogSettings:
@@ -405,10 +436,10 @@ def _log(raw: object, errs: Errors) -> LogSettings:
         errs.add("log.format", f"expected auto, json or text, got {errs.show(fmt)}")
         fmt = "auto"
     level = str(m.get("level", "INFO")).upper()
-    if level not in _LOG_LEVELS:
+    if level not in LOG_LEVELS:
         errs.add(
             "log.level",
-            f"expected one of {', '.join(_LOG_LEVELS)}, got {errs.show(m.get('level'))}",
+            f"expected one of {', '.join(LOG_LEVELS)}, got {errs.show(m.get('level'))}",
         )
         level = "INFO"
     return LogSettings(fmt, level)  # type: ignore[arg-type]
@@ -443,15 +474,16 @@ def parse_config(
         d = mapping(m["defaults"], "defaults", errs, _OVERRIDABLE)
         if d is not None:
             defaults = _overrides(d, "defaults", errs, defaults)
+            if "base_url" in d:  # judged once here, whatever the routes' tenants
+                _base_url(defaults.base_url, "tenant", "defaults.base_url", errs)
     shutdown_timeout = 15.0
     if "shutdown_timeout" in m:
         shutdown_timeout = positive(m["shutdown_timeout"], "shutdown_timeout", errs) or 15.0
     routes = _routes(m.get("routes"), errs, defaults)
     log = _log(m.get("log"), errs)
     limits = parse_limits(m.get("limits"), errs)
-    if not errs.messages:
-        for problem in listen_problems(listen):
-            errs.messages.append(problem)
+    for problem in listen_problems(listen):
+        errs.messages.append(problem)
     if errs.messages:
         raise ConfigError(errs.final(), source)
     return Config(
@@ -482,8 +514,26 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Confi
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise ConfigError([f"{where}{problem}"], source) from None
+        raise ConfigError([yaml_problem(exc, text)], source) from None
     return parse_config(raw, source, env)
+
+
+def yaml_problem(exc: yaml.YAMLError, text: str) -> str:
+    """PyYAML's error as `line L, column C: what is wrong (how to fix it)`. SECURITY: the
+    offending line is never quoted (it may hold a token); only its position."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+    problem = str(getattr(exc, "problem", None) or "invalid YAML")
+    line = text.splitlines()[mark.line] if mark and mark.line < len(text.splitlines()) else ""
+    if "'\\t'" in problem or ("\t" in line[: mark.column + 1] if mark else False):
+        return f"{where}a tab; YAML forbids tabs for indentation: indent with spaces"
+    if "${" in line and ("flow" in str(getattr(exc, "context", "")) or "'}'" in problem):
+        return (
+            f"{where}{problem}; inside a flow mapping {{...}} a value holding ${{...}} must be "
+            'quoted: write {key: "${VAR}"}'
+        )
+    if "mapping values are not allowed" in problem:
+        return f"{where}{problem} (a ': ' inside a value: quote the value)"
+    if "found undefined alias" in problem or "found unhashable key" in problem:
+        return f"{where}{problem}"
+    return f"{where}{problem} (check the indentation and quoting around this position)"

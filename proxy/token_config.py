@@ -8,6 +8,8 @@ Pure: nothing is read or run here.
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -15,6 +17,7 @@ from proxy.validation import (
     ENV_NAME_RE,
     Errors,
     join,
+    looks_like_jwt,
     mapping,
     positive,
     string,
@@ -153,10 +156,37 @@ def _client_credentials(raw: object, path: str, errs: Errors) -> TokenSource | N
     )
 
 
+# Echoed only when it reads like a variable name (AMPERITY_TOKEN), never like an opaque token.
+_CONVENTIONAL_NAME_RE = re.compile(r"[A-Z][A-Z0-9_]{0,39}")
+
+
+def _string_source_fix(raw: str, kinds: tuple[str, ...], errs: Errors) -> str:
+    """What to write instead of a bare string where a source mapping belongs. SECURITY: the
+    string is never echoed (it may be the token itself): it is judged by its shape only."""
+    text = raw.strip()
+    if _CONVENTIONAL_NAME_RE.fullmatch(text) and ("_" in text or len(text) <= 16):
+        errs.reveal(text)  # a name, not a token: safe to say
+        return (
+            "expected a mapping, got a string: to read the token from the environment variable "
+            f"{text}, write {{env: {text}}}"
+        )
+    if text.startswith(("/", "~", "./", "../")) and "file" in kinds and len(text) <= 256:
+        return "expected a mapping, got a string that looks like a path: write {file: <that path>}"
+    if looks_like_jwt(text) or len(text) > 64:
+        return (
+            "expected a mapping, got a string that looks like a token (not shown): never paste "
+            "a token into the config; export it and write {env: AMPERITY_TOKEN}"
+        )
+    return "expected a mapping, got a string: write {env: VARIABLE} or {file: PATH}"
+
+
 def parse_source(
     raw: object, path: str, errs: Errors, kinds: tuple[str, ...] = ALL_KINDS
 ) -> TokenSource | None:
     """One token source; reports `path: expected exactly one of ...` and friends."""
+    if isinstance(raw, str):
+        errs.add(path, _string_source_fix(raw, kinds, errs))
+        return None
     m = mapping(raw, path, errs, kinds)
     if m is None:
         return None
@@ -180,7 +210,8 @@ def parse_source(
             return None
         return TokenSource("env", location=value)
     if kind == "file":
-        return TokenSource("file", location=value)
+        # `~/amperity-token` as in a shell (the README uses it); the process's own home.
+        return TokenSource("file", location=os.path.expanduser(value))
     errs.warnings.append(f"{path}: inline token value in the config file; prefer env or file")
     return TokenSource("value", value=value)
 

@@ -16,7 +16,9 @@ from typing import Any
 from proxy.patterns import PatternSet, pattern_problem
 
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_ENV_REF_RE = re.compile(r"\$\$|\$\{([^}:]*)(?::-([^}]*))?\}")
+# `${VAR}`, `${VAR:-default}`; a default may hold `{...}` groups, as in
+# `${AMPERITY_BASE_URL:-https://{tenant}.amperity.com/api}`.
+_ENV_REF_RE = re.compile(r"\$\$|\$\{([^}:]*)(?::-((?:[^{}]|\{[^{}]*\})*))?\}")
 
 
 # SECURITY: keys whose own string value (or list items) is a secret: a token pasted where a
@@ -52,15 +54,33 @@ class Errors:
         self.warnings: list[str] = []
         self._hidden: dict[str, str] = {}  # value -> where it came from (no value in it)
         self.nodes = 0  # values seen by expand_env, against MAX_CONFIG_NODES
+        self._paths: set[str] = set()
 
     def add(self, path: str, message: str) -> None:
+        """Report a problem at `path`. Only the first problem at a path is kept: a second is
+        a consequence of the first (an unset `${VAR}` then reads as an empty string)."""
+        if path in self._paths and path:
+            return
+        self._paths.add(path)
         self.messages.append(f"{path}: {message}" if path else message)
+
+    def failed(self, path: str) -> bool:
+        """A problem was reported at `path` already."""
+        return path in self._paths
 
     def hide(self, value: str, origin: str) -> None:
         """Never echo `value`; say it was `origin` (e.g. `value from ${AMPERITY_TOKEN}`)."""
         for text in (value, value.strip()):
             if text:
                 self._hidden.setdefault(text, origin)
+
+    def reveal(self, value: str) -> None:
+        """`value` may be echoed after all: only for a string whose shape shows it is a name
+        (AMPERITY_TOKEN written where `{env: AMPERITY_TOKEN}` belongs). Never a value that
+        came from a `${VAR}` expansion: that one stays hidden whatever its shape."""
+        for text in (value, value.strip()):
+            if not self._hidden.get(text, "").startswith("value from"):
+                self._hidden.pop(text, None)
 
     def show(self, value: object) -> str:
         """How an error message may quote a config value: its repr, or what it was."""
@@ -203,7 +223,8 @@ def expand_env(
             return default
         errs.add(
             path,
-            f"environment variable {name} is not set (write ${{{name}:-default}} for a default)",
+            f"environment variable {name} is not set: export {name}=..., or write "
+            f"${{{name}:-default}} for a default",
         )
         return ""
 

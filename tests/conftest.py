@@ -386,3 +386,16 @@ class ScriptedUpstream:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def require(found: object, what: str, install: str) -> None:
+    """A test that needs an outside tool: skipped locally with one line saying how to install
+    it; in CI (`CI=true`, set by .ci/run) a missing tool fails the test instead."""
+    if found:
+        return
+    if IN_CI:
+        pytest.fail(f"{what} is required in CI: {install}")
+    pytest.skip(f"{what} missing: {install}")

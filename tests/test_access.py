@@ -289,7 +289,7 @@ def test_route_policy_config_errors() -> None:
     with pytest.raises(ConfigError) as info:
         parse_config({"routes": [route]}, env={})
     assert info.value.errors == [
-        "routes[0].methods[1]: not an HTTP method: 'G T'",
+        "routes[0].methods[1]: not a registered HTTP method: 'G T' (did you mean GET?)",
         "routes[0].paths[0]: RE2 can't run '(unclosed' (missing ): (unclosed); patterns run "
         "on RE2, which has no backreferences or lookaround: see the README's 'Regular "
         "expressions'",

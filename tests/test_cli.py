@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     environment = {k: v for k, v in os.environ.items() if not k.startswith("AMPERITY_")}
+    environment["AMPERITY_TENANT"] = "acme"  # config.example.yaml requires it
     environment.update(env or {})
     return subprocess.run(
         [sys.executable, "-m", "proxy", *args],

@@ -9,10 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from proxy.fake_amperity import make_token
-from tests.conftest import ACME_TOKEN, Proxy, ProxyFactory, Upstream, acme_route
+from tests.conftest import ACME_TOKEN, Proxy, ProxyFactory, Upstream, acme_route, require
 
 ROOT = Path(__file__).resolve().parent.parent
 DAY = 86400
@@ -111,14 +109,12 @@ def _chromium() -> tuple[str, str] | None:
     return (browser, driver) if browser and driver else None
 
 
-@pytest.mark.skipif(
-    _chromium() is None,
-    reason="headless Chromium missing: apt-get install chromium chromium-driver (.ci/run does)",
-)
 async def test_a_real_browser_renders_the_page(
     make_proxy: ProxyFactory, upstream: Upstream, tmp_path: Path
 ) -> None:
     import asyncio
+
+    require(_chromium(), "headless Chromium", "apt-get install chromium chromium-driver")
 
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service

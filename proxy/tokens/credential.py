@@ -62,6 +62,9 @@ class Credential:
     expires_at: float | None = None  # JWT `exp` (or load time + `expires_in` for minted tokens)
     subject: str | None = None  # JWT `sub`
     is_jwt: bool = False
+    # Starts like a JWT (`eyJ`) but does not parse as one: used as an opaque token, which
+    # Amperity will likely refuse; a copy-paste that lost or gained characters, mostly.
+    malformed_jwt: bool = False
 
     @property
     def token(self) -> str:
@@ -110,4 +113,5 @@ def parse_token(text: str, loaded_at: float, expires_in: float | None = None) ->
         expires_at=expires_at,
         subject=sub if isinstance(sub, str) else None,
         is_jwt=claims is not None,
+        malformed_jwt=claims is None and token.startswith("eyJ"),
     )

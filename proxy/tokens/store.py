@@ -352,6 +352,13 @@ class TokenStore:
             "loaded" if previous is None else ("rotated" if changed else "refreshed"),
             extra={"fields": fields},
         )
+        if changed and credential.malformed_jwt:  # once per token, at load
+            log.warning(
+                "token starts like a JWT but does not parse as one: it is used as an opaque "
+                "token, and Amperity will likely refuse it; copy the whole token again from "
+                "Settings > Security > API keys",
+                extra={"fields": self._fields(rs, state)},
+            )
 
     def _schedule(self, state: SourceState, credential: Credential) -> None:
         """The next planned refresh, never sooner than MIN_REFRESH_GAP from now (a command
