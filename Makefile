@@ -8,9 +8,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-RUNVENV := .venv-run
+RUNVENV ?= .venv-run
 RUNPY  := PYTHONPATH=$(CURDIR) $(RUNVENV)/bin/python
-RUNSTAMP := $(RUNVENV)/.installed
+RUNSTAMP ?= $(RUNVENV)/.installed
 CHECK_PYTHON := $(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required") if sys.version_info < (3, 11) else None'
 
 .PHONY: install runtime run ready test lint typecheck pytest rules-test security demo demo-serve fake bench soak lock docker-build clean
@@ -37,6 +37,12 @@ $(RUNSTAMP): requirements.lock
 
 run: runtime
 	$(RUNPY) -m proxy run --config config.example.yaml
+
+# The demo and the standalone fake also need trustme (the fake's throwaway CA): pyproject's
+# `demo` extra, added to the runtime environment on first use.
+$(RUNVENV)/.demo: $(RUNSTAMP)
+	$(RUNVENV)/bin/pip install --disable-pip-version-check 'trustme>=1.1'
+	touch $@
 
 # Waits until the proxy `make run` started answers /readyz (see the README's legacy-tool snippet).
 ready:
@@ -85,15 +91,15 @@ docker-build:
 		echo "docker-build: SKIPPED - no working docker engine or buildah on this machine"; \
 	fi
 
-demo: runtime
+demo: $(RUNVENV)/.demo
 	$(RUNPY) -m proxy.demo
 
 # The demo, kept running: the fake Amperity and the proxy in front of it, for your own requests.
-demo-serve: runtime
+demo-serve: $(RUNVENV)/.demo
 	$(RUNPY) -m proxy.demo --serve
 
 # The bundled fake Amperity API on its own (TLS, its own CA), for your own integration tests.
-fake: runtime
+fake: $(RUNVENV)/.demo
 	$(RUNPY) -m proxy.fake_amperity
 
 # wrk, nginx and curl come from Debian's packages; installed here when missing.
