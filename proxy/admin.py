@@ -135,6 +135,9 @@ class AdminHandlers:
         now = time.time()
         # warn=0: readiness reports ok/expired/missing, not "expiring" (that is for alerts).
         routes = [status.as_dict(now, warn=0) for status in self.store.snapshot()]
+        for route in routes:  # detail only: a refused token must not take the pod out
+            if route["state"] == "ok" and self.activity.route(str(route["route"])).refused:
+                route["state"] = "refused"
         if not self._full_view(request):
             # The kubelet on the pod IP: status per route, no file paths, subjects or errors.
             routes = [

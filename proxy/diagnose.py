@@ -19,12 +19,12 @@ import aiohttp
 
 from proxy.app import ProxyApp, create_app
 from proxy.config import Config, Route
-from proxy.recovery import unauthorized_cause
+from proxy.errors import REFUSAL_PEEK, upstream_message
+from proxy.recovery import EXPLANATIONS, REMEDY, unauthorized_cause
 from proxy.tokens import RouteStatus, in_words
 
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-REMEDY = "generate a new token in Settings > Security > API keys"
 
 
 def parse_duration(text: str) -> float:
@@ -209,20 +209,23 @@ async def _probe(app: ProxyApp, route: Route, verdict: Verdict) -> None:
             timeout=aiohttp.ClientTimeout(total=route.timeouts.connect + route.timeouts.read),
         ) as response:
             status = response.status
+            message = None
+            if status in (401, 403):
+                message = upstream_message(await response.content.read(REFUSAL_PEEK))
     except (aiohttp.ClientError, TimeoutError) as exc:
         verdict.problem(f"probe GET {url}: failed ({type(exc).__name__})", "see the checks above")
         return
+    said = f'; Amperity said: "{message}"' if message else ""
     if status == 200:
         verdict.ok(f"probe GET {url}: 200")
     elif status == 401:
-        cause = unauthorized_cause(credential, time.time())
-        verdict.problem(
-            f"probe GET {url}: 401 ({cause})",
-            f"{REMEDY}; a token that has not expired was probably rotated or revoked",
-        )
+        cause = unauthorized_cause(credential, time.time(), route.tenant, message)
+        explanation, fix = EXPLANATIONS[cause]
+        verdict.problem(f"probe GET {url}: 401 ({cause}){said}: {explanation}", fix)
     elif status == 403:
         verdict.problem(
-            f"probe GET {url}: 403", "the API key's role may not read segments; check its policy"
+            f"probe GET {url}: 403{said}",
+            "the API key's role may not read segments; check its policy",
         )
     else:
         verdict.problem(f"probe GET {url}: {status}", "check tenant, base_url and api_version")

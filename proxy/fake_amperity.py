@@ -11,7 +11,8 @@ Special paths (under any base path, e.g. `/api/_fake/bytes/1024`):
 - `_fake/gzip`        a gzip-encoded JSON body with `Content-Encoding: gzip`
 - `_fake/redirect`    302 to the `to` query parameter
 - `_fake/cookies`     two `Set-Cookie` headers
-- `_fake/status/N`    an empty answer with status N
+- `_fake/status/N`    an empty answer with status N (`?message=M`: Amperity's envelope
+                      `{"status": N, "message": M}`)
 - `_fake/hold`        waits until `FakeAmperity.release` is set (for drain and timeout tests);
                       `?status=N` then answers N, the first time per path (a 401 that
                       arrives after a reload, say; a replay of it gets 200)
@@ -249,6 +250,9 @@ class FakeAmperity:
             response.headers.add("Set-Cookie", "b=2; Path=/")
             return response
         if kind == "status":
+            if "message" in request.query:  # Amperity's envelope with that message
+                body = {"status": int(arg), "message": request.query["message"]}
+                return web.json_response(body, status=int(arg))
             return web.Response(status=int(arg))
         if kind == "hold":
             self.held.set()

@@ -35,7 +35,7 @@ from yarl import URL
 
 from proxy.bodies import BodyClock, BodyLimit, body_refusal, counted
 from proxy.config import Route
-from proxy.errors import envelope
+from proxy.errors import REFUSAL_PEEK, envelope, upstream_message
 from proxy.headers import response_headers, rewrite_location, upstream_headers
 from proxy.tokens import Credential
 from proxy.traffic_config import RetryPolicy
@@ -95,6 +95,7 @@ class Outcome:
     status_sent: int | None = None  # the status line the client got, once it is out
     shutdown: bool = False  # cut by the drain on SIGTERM
     deprecation: str | None = None  # the upstream's Deprecation/Sunset headers
+    upstream_message: str | None = None  # a 401/403's own message (scrubbed; recovery.py)
 
 
 class BadResponse(Exception):
@@ -177,7 +178,27 @@ class _CoalescedResponse(web.StreamResponse):
     _send_headers_immediately = False
 
 
-OnUnauthorized = Callable[[Credential, bool], Awaitable[Credential | None]]
+OnUnauthorized = Callable[[Credential, bool, str | None], Awaitable[Credential | None]]
+REFUSALS = (401, 403)  # answers whose body's message is read for the log and status page
+
+
+async def _peek_refusal(response: aiohttp.ClientResponse, outcome: Outcome) -> bytes | None:
+    """For a 401/403, the first REFUSAL_PEEK bytes of its body (relayed to the client later,
+    unchanged), with the upstream's message taken from them; None for any other answer."""
+    if response.status not in REFUSALS:
+        outcome.upstream_message = None
+        return None
+    parts: list[bytes] = []
+    size = 0
+    while size < REFUSAL_PEEK:
+        chunk = await response.content.read(REFUSAL_PEEK - size)
+        if not chunk:
+            break
+        parts.append(chunk)
+        size += len(chunk)
+    peeked = b"".join(parts)
+    outcome.upstream_message = upstream_message(peeked)
+    return peeked
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,13 +275,17 @@ async def forward(
     upstream_response: aiohttp.ClientResponse | None = None
     try:
         upstream_response = await send(credential)
+        peeked = await _peek_refusal(upstream_response, outcome)
         if upstream_response.status == 401 and on_unauthorized is not None:
-            replacement = await on_unauthorized(credential, body is not None)
+            replacement = await on_unauthorized(
+                credential, body is not None, outcome.upstream_message
+            )
             if replacement is not None and replacement.fingerprint != credential.fingerprint:
                 upstream_response.release()
                 outcome.retried = True
                 credential = replacement
                 upstream_response = await send(credential)
+                peeked = await _peek_refusal(upstream_response, outcome)
         attempt = 1
         policy = route.retry
         while (
@@ -276,6 +301,7 @@ async def forward(
             await backoff.sleep(delay)
             attempt += 1
             upstream_response = await send(credential)
+            peeked = await _peek_refusal(upstream_response, outcome)
         if not 200 <= upstream_response.status <= 599:
             # RFC 9110 §15: a final status is 200-599; 1xx are interim, and aiohttp consumes
             # 100 and 103 itself. A 101 nobody asked for, 000, 099 or 600 is a broken upstream.
@@ -303,7 +329,7 @@ async def forward(
         # The first body bytes are read before anything goes to the client: headers and
         # first bytes then leave in one write, and an upstream that fails before sending any
         # body still gets an honest 502/504 instead of a cut connection.
-        first = await upstream_response.content.readany()
+        first = peeked if peeked is not None else await upstream_response.content.readany()
         await response.prepare(request)
         outcome.status_sent = response.status
         if first:

@@ -172,9 +172,11 @@ class ProxyHandler:
                     request, route.retry_body_limit, body_clock, outcome
                 )
 
-                async def on_unauthorized(cred: Credential, replayable: bool) -> Credential | None:
+                async def on_unauthorized(
+                    cred: Credential, replayable: bool, message: str | None
+                ) -> Credential | None:
                     return await self.recovery.unauthorized(
-                        route, target.tokens, target.metrics, cred, replayable, rid
+                        route, target.tokens, target.metrics, cred, replayable, rid, message
                     )
 
                 # The exchange holds an upstream slot until the client has the last byte.
@@ -238,7 +240,26 @@ class ProxyHandler:
             target.metrics.response(outcome.upstream_status)
         status = outcome.upstream_status or 0
         now = self.clock()
-        self.activity.route(route.name).record(now, outcome.error is not None or status >= 500)
+        activity = self.activity.route(route.name)
+        activity.record(now, outcome.error is not None or status >= 500)
+        if status:
+            activity.answered(status, outcome.upstream_message, now)
+        if status == 403:  # a 401 is explained by Recovery; a 403 by Amperity's own words
+            held = self._repeats.admit(
+                ("403", route.name),
+                f"403s for route {route.name}",
+                {"route": route.name, "tenant": route.tenant},
+            )
+            if held is not None:
+                said = f': "{outcome.upstream_message}"' if outcome.upstream_message else ""
+                log.warning(
+                    "Amperity answered 403 for route %s (tenant %s)%s; the API key's role may "
+                    "not allow this request: check its policy in Settings > Security > API keys",
+                    route.name,
+                    route.tenant,
+                    said,
+                    extra={"fields": fields | ({"repeated": held} if held else {})},
+                )
         if outcome.error is not None:
             self.activity.upstream_error(route.name, outcome.error, now)
             target.metrics.errors[outcome.error].inc()

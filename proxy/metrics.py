@@ -26,7 +26,7 @@ from proxy.tokens import RouteStatus
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
 UPSTREAM_ERROR_REASONS = ("connect", "tls", "timeout", "reset", "bad_response")
-UNAUTHORIZED_CAUSES = ("expired", "rejected", "unknown")
+UNAUTHORIZED_CAUSES = ("expired", "rejected", "unknown", "tenant_mismatch")
 RETRY_REASONS = ("unauthorized", "status_429", "status_503")
 WAIT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 REFRESH_RESULTS = ("success", "failure")
@@ -58,7 +58,8 @@ class ProxyMetrics:
     def __init__(self, registry: CollectorRegistry, version: str) -> None:
         self.unauthorized = Counter(
             "amperity_proxy_upstream_unauthorized",
-            "Upstream 401 responses, by cause: expired, rejected (rotated/revoked), unknown.",
+            "Upstream 401 responses, by cause: expired, rejected (not expired, refused), "
+            "unknown (no exp), tenant_mismatch (the token is for another tenant).",
             ["route", "tenant", "cause"],
             registry=registry,
         )

@@ -9,7 +9,7 @@ render the same token view (`RouteStatus.as_dict`), so there is one source of tr
 from __future__ import annotations
 
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +19,7 @@ from proxy.tokens import RouteStatus
 
 WINDOW = 300  # seconds of traffic the page shows
 EXPIRING = 7 * 86400
+RECENT = 20  # upstream answers judged for "refused": more than half 401/403 -> failing
 
 
 @dataclass
@@ -29,6 +30,21 @@ class RouteActivity:
     unauthorized: Counter[str] = field(default_factory=Counter)
     last_unauthorized: float | None = None
     last_error: tuple[float, str] | None = None  # (when, reason)
+    recent: deque[bool] = field(default_factory=lambda: deque(maxlen=RECENT))  # 401/403?
+    last_refusal: tuple[float, int, str | None] | None = None  # (when, status, its message)
+
+    def answered(self, status: int, message: str | None, now: float) -> None:
+        """One upstream answer; a 401/403 is remembered with the upstream's own message."""
+        refused = status in (401, 403)
+        self.recent.append(refused)
+        if refused:
+            self.last_refusal = (now, status, message)
+
+    @property
+    def refused(self) -> bool:
+        """More than half of the last RECENT upstream answers (or of all, while fewer) were
+        401/403: the route fails, whatever its token looks like from here."""
+        return sum(self.recent) * 2 > len(self.recent)
 
     def _slot(self, second: int) -> int:
         index = second % WINDOW
@@ -82,6 +98,15 @@ def token_state(status: RouteStatus, now: float) -> str:
     return "failing" if any(t.failing for t in status.tokens) else "ok"
 
 
+def route_state(status: RouteStatus, activity: RouteActivity, now: float) -> str:
+    """The token's state, but `refused` when Amperity refuses most requests with a token
+    that looks fine from here (another tenant's, a revoked one): never a green OK then."""
+    state = token_state(status, now)
+    if activity.refused and state in ("ok", "expiring", "failing"):
+        return "refused"
+    return state
+
+
 def status_document(
     config: Config,
     statuses: list[RouteStatus],
@@ -110,7 +135,7 @@ def status_document(
                 "prefix": route.prefix,
                 "tenant": route.tenant,
                 "base_url": str(route.base_url),
-                "state": token_state(status, now),
+                "state": route_state(status, act, now),
                 "token": {
                     "source": token["source"],
                     "fingerprint": token["fingerprint"],
@@ -131,6 +156,19 @@ def status_document(
                 "unauthorized": {
                     "by_cause": dict(act.unauthorized),
                     "last_at": act.last_unauthorized,
+                },
+                "refusals": {
+                    "recent": sum(act.recent),
+                    "of": len(act.recent),
+                    "last": (
+                        {
+                            "at": act.last_refusal[0],
+                            "status": act.last_refusal[1],
+                            "message": act.last_refusal[2],
+                        }
+                        if act.last_refusal
+                        else None
+                    ),
                 },
                 "last_upstream_error": (
                     {"at": act.last_error[0], "reason": act.last_error[1]}

@@ -22,6 +22,7 @@ STATE_LABELS = {
     "expired": "EXPIRED",
     "failing": "failing to load",
     "missing": "no token",
+    "refused": "REFUSED by Amperity",
 }
 
 _CSS = """
@@ -32,11 +33,11 @@ header p{margin:0;color:#c9cfdb}
 main{padding:16px 24px;display:grid;gap:14px;grid-template-columns:repeat(auto-fill,minmax(380px,1fr))}
 section{background:#fff;border-radius:8px;border-left:8px solid #9aa3b5;padding:12px 16px;box-shadow:0 1px 2px #0002}
 section.ok{border-left-color:#1f9d55}section.expiring{border-left-color:#e0a100}
-section.expired{border-left-color:#d42f2f}section.failing,section.missing{border-left-color:#7c3aed}
+section.expired,section.refused{border-left-color:#d42f2f}section.failing,section.missing{border-left-color:#7c3aed}
 h2{font-size:16px;margin:0 0 8px;display:flex;justify-content:space-between;gap:8px}
 .badge{font-size:12px;font-weight:600;border-radius:10px;padding:2px 8px;background:#e6e9ef;color:#1d2330;white-space:nowrap}
 .ok .badge{background:#dcf3e5;color:#145c33}.expiring .badge{background:#fff1c2;color:#6b4d00}
-.expired .badge{background:#fde0e0;color:#8a1c1c}.failing .badge,.missing .badge{background:#ede4ff;color:#4c1d95}
+.expired .badge,.refused .badge{background:#fde0e0;color:#8a1c1c}.failing .badge,.missing .badge{background:#ede4ff;color:#4c1d95}
 .ready{background:#1f9d55;color:#fff}.notready{background:#d42f2f;color:#fff}
 dl{display:grid;grid-template-columns:max-content 1fr;gap:2px 12px;margin:0}
 dt{color:#5b6478}dd{margin:0;overflow-wrap:anywhere}
@@ -75,6 +76,15 @@ def _route(route: dict[str, Any], now: float) -> str:
     last_401 = f" (last {_time(unauthorized['last_at'])})" if unauthorized["last_at"] else ""
     error = route["last_upstream_error"]
     last_error = f"{escape(error['reason'])} at {_time(error['at'])}" if error else "none"
+    refusals = route["refusals"]
+    refused = "none"
+    if refusals["last"]:
+        last = refusals["last"]
+        said = f": “{escape(last['message'])}”" if last["message"] else ""
+        refused = (
+            f"{refusals['recent']} of the last {refusals['of']} answers; last "
+            f"{last['status']} at {_time(last['at'])}{said}"
+        )
     source = escape(token["source"] or "—")
     fingerprint = escape(token["fingerprint"] or "—")
     return f"""
@@ -89,6 +99,7 @@ def _route(route: dict[str, Any], now: float) -> str:
     <dt>expires</dt><dd class="expiry">{expiry}</dd>
     <dt>last 5 min</dt><dd>{traffic["requests"]} requests, {traffic["errors"]} errors ({rate})</dd>
     <dt>upstream 401s</dt><dd>{causes or "none"}{last_401}</dd>
+    <dt>refused (401/403)</dt><dd class="refusals">{refused}</dd>
     <dt>last error</dt><dd>{last_error}</dd>
   </dl>
 </section>"""

@@ -64,7 +64,7 @@ async def test_request_metrics(make_proxy: ProxyFactory, upstream: Upstream) -> 
     values = await samples(proxy)
     other = (("route", "other"), ("tenant", "other"))
     # Pre-initialised at 0 for every route, before any request.
-    for cause in ("expired", "rejected", "unknown"):
+    for cause in ("expired", "rejected", "unknown", "tenant_mismatch"):
         for route in (ACME, other):
             key = ("amperity_proxy_upstream_unauthorized_total", (("cause", cause), *route))
             assert values[key] == 0
@@ -91,8 +91,11 @@ async def test_request_metrics(make_proxy: ProxyFactory, upstream: Upstream) -> 
     assert values[("amperity_proxy_upstream_responses_total", (("code", "404"), *ACME))] == 1
     assert values[("amperity_proxy_upstream_responses_total", (("code", "401"), *other))] == 1
     unauthorized = "amperity_proxy_upstream_unauthorized_total"
-    assert values[(unauthorized, (("cause", "rejected"), *other))] == 1
-    assert values[(unauthorized, (("cause", "rejected"), *ACME))] == 0
+    # the fake says the tenant does not match, and the token names tenant acme: the cause
+    # is known, not guessed ("rotated or revoked")
+    assert values[(unauthorized, (("cause", "tenant_mismatch"), *other))] == 1
+    assert values[(unauthorized, (("cause", "rejected"), *other))] == 0
+    assert values[(unauthorized, (("cause", "tenant_mismatch"), *ACME))] == 0
     assert values[("amperity_proxy_rejected_requests_total", (("reason", "no_route"),))] == 1
     assert values[("amperity_proxy_rejected_requests_total", (("reason", "bad_path"),))] == 1
     assert values[("amperity_proxy_request_duration_seconds_count", ACME)] == 2

@@ -190,7 +190,7 @@ async def test_doctor_on_a_broken_config(
     assert "FAIL  connect: https://localhost:" in report
     assert "FAIL  TLS: certificate of https://localhost:" in report
     assert "fix: if a corporate proxy re-signs TLS, set ca_file to its CA bundle" in report
-    assert "expired 1.0 hours ago" in report
+    assert "expired 1 hour ago" in report
     assert "FAIL  probe GET" in report and ": 401 (rejected)" in report
     for name in ("EXPIRED", "REVOKED"):
         assert os.environ[name] not in report

@@ -99,7 +99,11 @@ async def test_upstream_401_is_explained_in_a_warning(
     assert warning["level"] == "warning"
     assert (warning["route"], warning["tenant"]) == ("acme", "acme")
     assert warning["fingerprint"] == fingerprint(wrong_tenant)
-    assert "Settings > Security > API keys" in str(warning["message"])
+    assert warning["cause"] == "tenant_mismatch"
+    assert warning["upstream_message"] == "Amperity-Tenant does not match the token's tenant"
+    assert 'Amperity said: "Amperity-Tenant does not match' in str(warning["message"])
+    assert "check the route's tenant" in str(warning["message"])
+    assert "rotated or revoked" not in str(warning["message"])  # a cause it can't know
     assert "expires in" in str(warning["message"])
     assert isinstance(warning["token_expires_at"], float)
 

@@ -78,8 +78,12 @@ async def test_traffic_and_401_causes_over_the_last_five_minutes(
         "errors": 1,
         "error_rate": 0.25,
     }
-    assert bad["unauthorized"]["by_cause"] == {"rejected": 1}
+    assert bad["unauthorized"]["by_cause"] == {"tenant_mismatch": 1}
     assert bad["unauthorized"]["last_at"] is not None
+    # every answer it got was a refusal: not a green OK, and Amperity's own words shown
+    assert (acme["state"], bad["state"]) == ("expiring", "refused")  # same 1-hour token
+    assert bad["refusals"]["recent"] == bad["refusals"]["of"] == 1
+    assert bad["refusals"]["last"]["message"] == "Amperity-Tenant does not match the token's tenant"
     assert "secret" not in str(doc) and ACME_TOKEN not in str(doc)
 
 

@@ -35,13 +35,31 @@ def fingerprint(token: str) -> str:
 
 
 def in_words(seconds: float) -> str:
-    """A duration for people: `3.2 days`, `5.0 hours`, `12 minutes`."""
+    """A duration for people: `3.2 days`, `1 hour`, `12 minutes`, `1 minute`."""
     seconds = abs(seconds)
     if seconds >= 86400:
-        return f"{seconds / 86400:.1f} days"
-    if seconds >= 3600:
-        return f"{seconds / 3600:.1f} hours"
-    return f"{seconds / 60:.0f} minutes"
+        value, unit = round(seconds / 86400, 1), "day"
+    elif seconds >= 3600:
+        value, unit = round(seconds / 3600, 1), "hour"
+    else:
+        value, unit = round(seconds / 60), "minute"
+    if value == 1:
+        return f"1 {unit}"
+    return f"{value:g} {unit}s" if unit == "minute" else f"{value:.1f} {unit}s"
+
+
+# Claims a token may name its tenant in. Amperity does not document its tokens' claims; these
+# are the names seen or plausible (the bundled fake uses `tenant`). When none is present the
+# proxy simply can't tell from the token, and judges by the upstream's message alone.
+TENANT_CLAIMS = ("tenant", "amperity_tenant", "tenant_id")
+
+
+def _claim_tenant(claims: Mapping[str, object]) -> str | None:
+    for name in TENANT_CLAIMS:
+        value = claims.get(name)
+        if isinstance(value, str) and value:
+            return value
+    return None
 
 
 def _claim_time(claims: Mapping[str, object], name: str) -> float | None:
@@ -61,6 +79,7 @@ class Credential:
     issued_at: float | None = None  # JWT `iat`
     expires_at: float | None = None  # JWT `exp` (or load time + `expires_in` for minted tokens)
     subject: str | None = None  # JWT `sub`
+    tenant: str | None = None  # the tenant the JWT names, if one of TENANT_CLAIMS is present
     is_jwt: bool = False
     # Starts like a JWT (`eyJ`) but does not parse as one: used as an opaque token, which
     # Amperity will likely refuse; a copy-paste that lost or gained characters, mostly.
@@ -112,6 +131,7 @@ def parse_token(text: str, loaded_at: float, expires_in: float | None = None) ->
         issued_at=_claim_time(claims, "iat") if claims else None,
         expires_at=expires_at,
         subject=sub if isinstance(sub, str) else None,
+        tenant=_claim_tenant(claims) if claims else None,
         is_jwt=claims is not None,
         malformed_jwt=claims is None and token.startswith("eyJ"),
     )
