@@ -122,7 +122,7 @@ class Admission(Generic[T]):
                 404,
                 "no_route",
                 f"no route for http://{parsed.authority}{_shown(parsed.path)}; "
-                "the path must be under a route's base path (e.g. /api)",
+                f"{self.hosts.mismatch(parsed)}",
             )
         chosen = self._pick_tenant(request, parsed, matches)
         if isinstance(chosen, Refusal):

@@ -332,13 +332,14 @@ class ProxyApp:
         Application: the proxy must see CONNECT and `OPTIONS *`, which aiohttp's router would
         answer itself with a plain 404."""
         limits = self.config.limits
-        return self.guarded(self.handle, limits.max_connections, limits.header_timeout)
+        return self.guarded(self.handle, limits.max_connections, limits.header_timeout, "limits")
 
     def guarded(
         self,
         handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]],
         max_connections: int,
         header_timeout: float,
+        section: str,
     ) -> GuardedServer:
         """A `GuardedServer` with this config's size limits, counting its refusals: the proxy
         listener's and the admin listener's differ only in their cap and header deadline."""
@@ -350,6 +351,7 @@ class ProxyApp:
             max_request_line=limits.max_request_line,
             max_header_size=limits.max_header_size,
             max_headers=limits.max_headers,
+            cap_setting=f"{section}.max_connections",
             reject=self.reject,
             access_log=None,
             # The header deadline bounds idle keep-alive connections; aiohttp's own
@@ -494,4 +496,4 @@ def create_admin_app(proxy: ProxyApp) -> GuardedServer:
         proxy.reject,
     )
     admin = proxy.config.admin_settings
-    return proxy.guarded(handlers.handle, admin.max_connections, admin.header_timeout)
+    return proxy.guarded(handlers.handle, admin.max_connections, admin.header_timeout, "admin")

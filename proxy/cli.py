@@ -18,7 +18,7 @@ from proxy.app import StartupError
 from proxy.config import LOG_LEVELS, Config, ConfigError, load_config
 from proxy.diagnose import doctor, parse_duration, token_info
 from proxy.listen_config import listen_problems, parse_listen
-from proxy.logs import setup_logging
+from proxy.logs import flush_logs, setup_logging
 from proxy.server import serve
 from proxy.workers import supervise
 
@@ -134,9 +134,16 @@ def _run(args: argparse.Namespace, argv: Sequence[str]) -> int:
             serve(config, config_loader=lambda: _configure(args), worker=args.worker)
         )
     except StartupError as exc:
-        for line in exc.lines:
-            print(f"amperity-proxy: {line}", file=sys.stderr)
+        _fatal(exc)
         return EXIT_STARTUP
+
+
+def _fatal(exc: StartupError) -> None:
+    """The reason a start failed, as the last lines printed: buffered log lines (a token
+    loaded a moment before) go out first."""
+    flush_logs()
+    for line in exc.lines:
+        print(f"amperity-proxy: {line}", file=sys.stderr, flush=True)
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -157,8 +164,7 @@ def _check(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(token_info(config, 0.0, False, sys.stdout))
     except StartupError as exc:
-        for line in exc.lines:
-            print(f"amperity-proxy: {line}", file=sys.stderr)
+        _fatal(exc)
         return EXIT_STARTUP
 
 
@@ -170,8 +176,7 @@ def _diagnose(args: argparse.Namespace) -> int:
             return asyncio.run(token_info(config, args.warn, args.json, sys.stdout))
         return asyncio.run(doctor(config, args.probe, sys.stdout))
     except StartupError as exc:
-        for line in exc.lines:
-            print(f"amperity-proxy: {line}", file=sys.stderr)
+        _fatal(exc)
         return EXIT_STARTUP
 
 

@@ -167,6 +167,7 @@ class GuardedServer(web.Server):
         max_header_size: int,
         max_headers: int,
         reject: Reject,
+        cap_setting: str = "limits.max_connections",
         **kwargs: Any,
     ) -> None:
         async def guarded(request: web.BaseRequest) -> web.StreamResponse:
@@ -193,6 +194,25 @@ class GuardedServer(web.Server):
         self.max_connections = max_connections
         self.header_timeout = header_timeout
         self.reject = reject
+        # Each refusal names the setting that would raise its limit (built once, here).
+        self._too_many = f"too many connections ({cap_setting}: {max_connections}); retry"
+        self._line_too_long = (
+            "request_line_too_long",
+            414,
+            f"the request line is longer than {max_request_line} bytes "
+            "(limits.max_request_line raises it)",
+        )
+        self._field_too_large = (
+            "headers_too_large",
+            431,
+            f"a request header is longer than {max_header_size} bytes "
+            "(limits.max_header_size raises it)",
+        )
+        self._too_many_headers = (
+            "headers_too_large",
+            431,
+            f"more than {max_headers} request headers (limits.max_headers raises it)",
+        )
         self.draining = False  # set by shutdown()
 
     def __call__(self) -> RequestHandler:
@@ -218,8 +238,7 @@ class GuardedServer(web.Server):
             return True
         self.reject("too_many_connections")
         assert isinstance(transport, asyncio.WriteTransport)
-        message = f"too many connections (limits.max_connections: {self.max_connections}); retry"
-        transport.write(_raw_envelope(503, "Service Unavailable", message))
+        transport.write(_raw_envelope(503, "Service Unavailable", self._too_many))
         handler.force_close()
         return False
 
@@ -227,8 +246,8 @@ class GuardedServer(web.Server):
         """(metric reason, status, message) for a parser error."""
         if isinstance(exc, LineTooLong):
             if str(exc.args[1]) == str(self.line_limit):
-                return "request_line_too_long", 414, "the request line is too long"
-            return "headers_too_large", 431, "a request header is too large"
+                return self._line_too_long
+            return self._field_too_large
         if "Too many headers" in str(exc.message):
-            return "headers_too_large", 431, "too many request headers"
+            return self._too_many_headers
         return "bad_request", 400, "malformed HTTP request"

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -151,7 +152,12 @@ def detail(exc: BaseException) -> str:
     kept (the log formatter also redacts any URL's query string that slips through)."""
     if isinstance(exc, aiohttp.ClientResponseError):
         return f"{type(exc).__name__}: {exc.message}"
-    return f"{type(exc).__name__}: {exc}"
+    # aiohttp's connector errors quote their SSL context as `ssl:<ssl.SSLContext object at
+    # 0x7f...>`: noise to a reader, so the TLS context is named, not its address.
+    return _OBJECT_REPR_RE.sub(r"\1", f"{type(exc).__name__}: {exc}")
+
+
+_OBJECT_REPR_RE = re.compile(r"<(?:[\w.]+\.)?(\w+) object at 0x[0-9a-fA-F]+>")
 
 
 class GuardedClientResponse(aiohttp.ClientResponse):

@@ -173,3 +173,23 @@ class HostTable(Generic[T]):
             if len(e.base_path) == longest:
                 found.append((e, path[len(e.base_path) :]))
         return found
+
+    def mismatch(self, target: AbsoluteTarget) -> str:
+        """Why a served host matched no route: its port, or its path (for the 404's message)."""
+        entries = self._by_host.get(target.host, [])
+        ports = [
+            e for e in entries if target.port == e.port or (target.port == 80 and e.default_port)
+        ]
+        if not ports:
+            served = sorted(
+                {
+                    "the default port (no :port in the URL)" if e.default_port else str(e.port)
+                    for e in entries
+                }
+            )
+            return (
+                f"the port does not match: routes for {target.host} serve {' or '.join(served)}, "
+                f"not port {target.port}"
+            )
+        bases = sorted({e.base_path or "/" for e in ports})
+        return f"the path must be under a route's base path ({', '.join(bases)})"

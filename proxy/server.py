@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import signal
@@ -124,7 +125,14 @@ async def _start_site(
     try:
         await site.start()
     except OSError as exc:
-        raise StartupError([f"cannot listen on {listen} ({what}): {exc.strerror or exc}"]) from None
+        reason = exc.strerror or str(exc)
+        if exc.errno == errno.EADDRINUSE or "address already in use" in reason:
+            flag = "--listen" if what == "proxy" else "--admin-listen"
+            reason = (
+                f"the port is busy (another amperity-proxy?); stop what uses it, or pick "
+                f"another port with {flag} {listen.host}:PORT"
+            )
+        raise StartupError([f"cannot listen on {listen} ({what}): {reason}"]) from None
     sockets = getattr(site._server, "sockets", None) or []
     return [
         f"[{s.getsockname()[0]}]:{s.getsockname()[1]}"
@@ -187,10 +195,10 @@ async def serve(
 
         loop.add_signal_handler(signal.SIGHUP, on_sighup)
         log.info(
-            "amperity-proxy %s listening on %s (admin on %s), routes: %s",
+            "amperity-proxy %s listening on %s (%s), routes: %s",
             __version__,
             ", ".join(proxy_addrs),
-            ", ".join(admin_addrs),
+            f"admin on {', '.join(admin_addrs)}" if admin_addrs else "admin: served by worker 0",
             ", ".join(f"{r.prefix} -> {r.base_url} ({r.tenant})" for r in config.routes),
             extra={
                 "fields": {

@@ -110,6 +110,15 @@ def test_run_on_a_busy_port_fails_cleanly() -> None:
     assert f"cannot listen on 127.0.0.1:{port} (proxy)" in result.stderr
     assert "Traceback" not in result.stderr
     assert "opaque" not in result.stderr
+    # what to do about it, and it is the last thing printed (the token was loaded before,
+    # and its log line used to come out after the error)
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == (
+        f"amperity-proxy: cannot listen on 127.0.0.1:{port} (proxy): the port is busy "
+        "(another amperity-proxy?); stop what uses it, or pick another port with "
+        "--listen 127.0.0.1:PORT"
+    )
+    assert "token loaded" in result.stderr
 
 
 def test_bad_listen_flag_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:

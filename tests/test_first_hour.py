@@ -6,17 +6,23 @@ expected text is the whole message a user reads (paths, the fix), not a fragment
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import ssl
 import subprocess
 import sys
 from pathlib import Path
 
+import aiohttp
 import pytest
+from aiohttp.client_reqrep import ConnectionKey
 
 from proxy.config import ConfigError, load_config, parse_config
 from proxy.fake_amperity import make_token
-from proxy.tokens import TokenStore, make_sources
+from proxy.forward import detail
+from proxy.tokens import TokenStore, in_words, make_sources
+from tests.conftest import ProxyFactory, Upstream, acme_route, get, raw_request
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -224,3 +230,51 @@ def test_log_level_flag_takes_every_level_the_config_takes() -> None:
     result = cli("run", "--log-level", "critical", "--config", "/nonexistent.yaml")
     assert "invalid choice" not in result.stderr
     assert "cannot read config file" in result.stderr
+
+
+async def test_forward_mode_says_whether_the_port_or_the_path_did_not_match(
+    make_proxy: ProxyFactory, upstream: Upstream
+) -> None:
+    """Before: a port mismatch was reported as "the path must be under a route's base path"."""
+    proxy = await make_proxy([acme_route(upstream)])  # https://acme.amperity.com:<port>/api
+    wrong_port = await raw_request(proxy.port, get("http://acme.amperity.com:9999/api/segments"))
+    assert wrong_port.status == 404
+    assert json.loads(wrong_port.body)["message"] == (
+        "no route for http://acme.amperity.com:9999/api/segments; the port does not match: "
+        f"routes for acme.amperity.com serve {upstream.port}, not port 9999"
+    )
+    wrong_path = await raw_request(
+        proxy.port, get(f"http://acme.amperity.com:{upstream.port}/v2/segments")
+    )
+    assert json.loads(wrong_path.body)["message"] == (
+        f"no route for http://acme.amperity.com:{upstream.port}/v2/segments; the path must be "
+        "under a route's base path (/api)"
+    )
+    assert upstream.requests == []
+
+
+def test_upstream_failure_details_carry_no_object_reprs() -> None:
+    key = ConnectionKey(
+        "acme.amperity.com", 443, True, ssl.create_default_context(), None, None, None
+    )
+    text = detail(aiohttp.ClientConnectorError(key, OSError(111, "Connection refused")))
+    assert "object at 0x" not in text
+    assert text == (
+        "ClientConnectorError: Cannot connect to host acme.amperity.com:443 ssl:SSLContext "
+        "[Connection refused]"
+    )
+
+
+@pytest.mark.parametrize(
+    ("seconds", "words"),
+    [
+        (60, "1 minute"),
+        (120, "2 minutes"),
+        (3600, "1 hour"),
+        (5400, "1.5 hours"),
+        (86400, "1 day"),
+        (2 * 86400, "2.0 days"),
+    ],
+)
+def test_durations_agree_in_number(seconds: float, words: str) -> None:
+    assert in_words(seconds) == words

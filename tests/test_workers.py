@@ -66,6 +66,11 @@ def test_two_workers_share_the_port_and_the_metrics(tmp_path: Path) -> None:
             time.sleep(0.05)
         pids = {record.get("pid") for record in listening}
         assert len(pids) == 2  # two processes, each listening on the same port
+        # worker 1 has no admin listener, and says so (it used to log "(admin on )")
+        messages = sorted(str(record["message"]) for record in listening)
+        assert f"(admin on 127.0.0.1:{admin})" in messages[0] + messages[1]
+        assert any("(admin: served by worker 0)" in m for m in messages)
+        assert not any("(admin on )" in m for m in messages)
         for _ in range(20):
             assert _get(f"http://127.0.0.1:{port}/nope")[0] == 404
         status, text = _get(f"http://127.0.0.1:{admin}/metrics")

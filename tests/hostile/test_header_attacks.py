@@ -63,6 +63,8 @@ def test_request_line_too_long_is_414(hostile: Checked) -> None:
     exchange, forwarded = hostile(request("/acme/" + "a" * 9000, H, C))
     assert exchange.status == 414
     assert b"aaaaaaaa" not in exchange.body  # the request is never echoed
+    # the refusal names the setting that would raise the limit
+    assert b"longer than 8190 bytes (limits.max_request_line raises it)" in exchange.body
     assert forwarded == [] and exchange.closed
 
 
@@ -70,6 +72,7 @@ def test_header_too_large_is_431(hostile: Checked) -> None:
     exchange, forwarded = hostile(request("/acme/x", H, C, "X-Big: " + "b" * 9000))
     assert exchange.status == 431
     assert b"bbbbbbbb" not in exchange.body
+    assert b"longer than 8190 bytes (limits.max_header_size raises it)" in exchange.body
     assert forwarded == [] and exchange.closed
 
 
@@ -77,6 +80,7 @@ def test_too_many_headers_is_431(hostile: Checked) -> None:
     many = [f"X-H{i}: v" for i in range(150)]
     exchange, forwarded = hostile(request("/acme/x", H, C, *many))
     assert exchange.status == 431
+    assert b"more than 100 request headers (limits.max_headers raises it)" in exchange.body
     assert forwarded == [] and exchange.closed
 
 
