@@ -91,6 +91,20 @@ def snippet(heading: str) -> str:
     return section[start : section.index("```", start)]
 
 
+async def _gone(group: int, deadline: float = 30) -> None:
+    """Wait until every process of `group` has exited (the proxy drains, then exits), so the
+    ports are free for the next test."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline
+    while loop.time() < end:
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return
+        await asyncio.sleep(0.05)
+    os.killpg(group, signal.SIGKILL)
+
+
 def _free(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) != 0
@@ -130,6 +144,7 @@ async def test_the_legacy_tool_snippet_works_as_written(tls: FakeTLS, tmp_path: 
             code = await asyncio.wait_for(shell.wait(), 120)
         finally:
             os.killpg(shell.pid, signal.SIGTERM)  # the `make run &` left behind
+            await _gone(shell.pid)
             await runner.cleanup()
     printed = out.read_text()
     assert code == 0, printed
