@@ -46,7 +46,7 @@ $(RUNVENV)/.demo: $(RUNSTAMP)
 
 # Waits until the proxy `make run` started answers /readyz (see the README's legacy-tool snippet).
 ready:
-	@PYTHONPATH=$(CURDIR) $(PYTHON) -m proxy.readiness --timeout 120
+	@PYTHONPATH=$(CURDIR) $(PYTHON) -m proxy.cli.readiness --timeout 120
 
 test: lint typecheck rules-test pytest
 
@@ -92,15 +92,15 @@ docker-build:
 	fi
 
 demo: $(RUNVENV)/.demo
-	$(RUNPY) -m proxy.demo
+	$(RUNPY) -m proxy.cli.demo
 
 # The demo, kept running: the fake Amperity and the proxy in front of it, for your own requests.
 demo-serve: $(RUNVENV)/.demo
-	$(RUNPY) -m proxy.demo --serve
+	$(RUNPY) -m proxy.cli.demo --serve
 
 # The bundled fake Amperity API on its own (TLS, its own CA), for your own integration tests.
 fake: $(RUNVENV)/.demo
-	$(RUNPY) -m proxy.fake_amperity
+	$(RUNPY) -m proxy.testing.fake
 
 # wrk, nginx and curl come from Debian's packages; installed here when missing.
 bench: install

@@ -32,7 +32,7 @@ from typing import Any
 import aiohttp
 import yaml
 
-from proxy.fake_amperity import (
+from proxy.testing.fake import (
     FakeAmperity,
     make_tls,
     make_token,

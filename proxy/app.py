@@ -25,21 +25,21 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from proxy import __version__
-from proxy.access import AdminGate, Gate
-from proxy.admin import AdminHandlers, Lifecycle
-from proxy.admit import Admission
+from proxy.admin.endpoints import AdminHandlers, Lifecycle
 from proxy.config import Config, ConfigError, Route
-from proxy.connections import GuardedServer
-from proxy.forward import Backoff, GuardedClientResponse, Upstream
-from proxy.handlers import ProxyHandler, Target
-from proxy.metrics import ProxyMetrics, StateCollector, TokenCollector
-from proxy.pacing import retry_delay
-from proxy.routing import HostEntry, HostTable, RouteTable
-from proxy.slots import UpstreamSlots
+from proxy.listener import GuardedServer
+from proxy.observe.metrics import ProxyMetrics, StateCollector, TokenCollector
+from proxy.request.admission import Admission
+from proxy.request.gate import AdminGate, Gate
+from proxy.request.pacing import retry_delay
+from proxy.request.pipeline import ProxyHandler, Target
+from proxy.request.routing import HostEntry, HostTable, RouteTable
 from proxy.tokens import RouteState, TokenError, TokenStore, make_sources, read_source
 from proxy.tokens.sources import Source
 from proxy.tokens.store import FILE_POLL_INTERVAL
 from proxy.tokens.watch import FileWatch
+from proxy.upstream.exchange import Backoff, GuardedClientResponse, Upstream
+from proxy.upstream.slots import UpstreamSlots
 
 log = logging.getLogger("amperity_proxy")
 
@@ -280,7 +280,7 @@ class ProxyApp:
         Otherwise (diagnostics) the problems are returned and nothing runs in the background."""
         connector = aiohttp.TCPConnector(
             resolver=self._resolver,
-            # proxy.slots keeps exchanges within upstream_connections, so nothing waits in the
+            # proxy.upstream.slots keeps exchanges within upstream_connections, so nothing waits in the
             # pool (a full pool used to surface as a connect timeout); the margin is for token
             # mints, which don't hold a slot.
             limit=self.config.limits.upstream_connections + 8,

@@ -17,8 +17,8 @@ import pytest
 import yaml
 
 from proxy import __version__
-from proxy.cli import main
-from proxy.fake_amperity import FakeAmperity, FakeTLS, make_token, start_fake
+from proxy.cli.main import main
+from proxy.testing.fake import FakeAmperity, FakeTLS, make_token, start_fake
 from tests.conftest import spawn_proxy, tls_route
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -15,8 +15,8 @@ from proxy.config import (
     load_config,
     parse_config,
 )
-from proxy.listen_config import Listen, parse_listen
-from proxy.token_config import TokenSource
+from proxy.config.listen import Listen, parse_listen
+from proxy.config.sources import TokenSource
 
 ROOT = Path(__file__).resolve().parent.parent
 

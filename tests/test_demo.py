@@ -13,7 +13,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from proxy.demo import demo
+from proxy.cli.demo import demo
 
 
 async def test_demo_shows_what_the_upstream_received(capsys: pytest.CaptureFixture[str]) -> None:
@@ -41,7 +41,7 @@ async def test_the_demo_sends_what_it_prints(capsys: pytest.CaptureFixture[str])
 
 def test_the_demo_token_draws_no_expiry_warning() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "proxy.demo"],
+        [sys.executable, "-m", "proxy.cli.demo"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -54,7 +54,7 @@ def test_the_demo_token_draws_no_expiry_warning() -> None:
 async def test_the_fake_runs_on_its_own_and_prints_what_to_use(tmp_path: Path) -> None:
     ca = tmp_path / "ca.pem"
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "proxy.fake_amperity", "--port", "0", "--ca-file", str(ca),
+        sys.executable, "-m", "proxy.testing.fake", "--port", "0", "--ca-file", str(ca),
         stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
     assert process.stdout is not None

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 import yaml
 
+from proxy.cli.diagnose import doctor, parse_duration
 from proxy.config import parse_config
-from proxy.diagnose import doctor, parse_duration
-from proxy.fake_amperity import FakeAmperity, FakeTLS, make_token, start_fake
+from proxy.testing.fake import FakeAmperity, FakeTLS, make_token, start_fake
 from tests.conftest import tls_route
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -14,12 +14,12 @@ from urllib.parse import quote
 
 import pytest
 
+from proxy.cli.diagnose import doctor
 from proxy.config import parse_config
-from proxy.diagnose import doctor
-from proxy.errors import MESSAGE_MAX, upstream_message
-from proxy.fake_amperity import FakeAmperity, FakeTLS, make_token, start_fake
-from proxy.recovery import unauthorized_cause
+from proxy.refusals import MESSAGE_MAX, upstream_message
+from proxy.testing.fake import FakeAmperity, FakeTLS, make_token, start_fake
 from proxy.tokens import parse_token
+from proxy.tokens.health import unauthorized_cause
 from tests.conftest import ProxyFactory, Upstream
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from proxy.fake_amperity import FakeTLS
+from proxy.testing.fake import FakeTLS
 from tests.conftest import (
     ACME_TOKEN,
     Proxy,
@@ -192,7 +192,7 @@ class CountingTLSServer:
 
 
 def _cert_pem(tls: FakeTLS, case: str) -> bytes:
-    from proxy.fake_amperity import make_tls
+    from proxy.testing.fake import make_tls
 
     past = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=30)
     if case == "untrusted CA":
@@ -411,7 +411,7 @@ async def test_a_malformed_upstream_answer_never_logs_the_query_or_the_token(
 ) -> None:
     """aiohttp's exception text carries the full URL; the README promises no query is ever
     logged. Checked on the formatted lines of both formatters, at every level."""
-    from proxy.logs import JsonFormatter, TextFormatter
+    from proxy.observe.logs import JsonFormatter, TextFormatter
 
     scripted = ScriptedUpstream([answer])
     port = await scripted.start(tls)

@@ -19,9 +19,9 @@ import pytest
 from aiohttp.client_reqrep import ConnectionKey
 
 from proxy.config import ConfigError, load_config, parse_config
-from proxy.fake_amperity import make_token
-from proxy.forward import detail
+from proxy.testing.fake import make_token
 from proxy.tokens import TokenStore, in_words, make_sources
+from proxy.upstream.exchange import detail
 from tests.conftest import ProxyFactory, Upstream, acme_route, get, raw_request
 
 ROOT = Path(__file__).resolve().parent.parent

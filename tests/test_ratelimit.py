@@ -251,8 +251,8 @@ async def test_bucket_count_is_bounded_and_each_new_key_costs_constant_work(
     """Many distinct endpoints at a low rate: every bucket stays busy (not idle) for minutes.
     Each new key must cost a bounded number of bucket checks, not one per live bucket (the old
     pruning rebuilt the whole table per request), and the table must stay bounded."""
-    from proxy import pacing
     from proxy.config import parse_config
+    from proxy.request import pacing
 
     route = {
         "prefix": "/a",

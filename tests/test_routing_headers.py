@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from proxy.headers import query_has_api_version, response_headers, upstream_headers
-from proxy.routing import RouteTable, path_problem
+from proxy.request.routing import RouteTable, path_problem
+from proxy.upstream.headers import query_has_api_version, response_headers, upstream_headers
 
 TABLE = RouteTable([("/acme", "acme"), ("/acme/sandbox", "sandbox"), ("/b", "b")])
 

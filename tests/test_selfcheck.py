@@ -7,9 +7,9 @@ import ssl
 
 import pytest
 
+from proxy.cli.selfcheck import c_parser_in_use, self_check
 from proxy.config import Config, ConfigError, parse_config
-from proxy.limits_config import Limits
-from proxy.selfcheck import c_parser_in_use, self_check
+from proxy.config.limits import Limits
 
 ROUTE = {"prefix": "/a", "tenant": "a", "token": {"env": "T"}}
 

@@ -16,7 +16,7 @@ from typing import Any
 import jwt
 import pytest
 
-from proxy.fake_amperity import FAKE_CLIENT_ID, FAKE_CLIENT_SECRET, TEST_SECRET, make_token
+from proxy.testing.fake import FAKE_CLIENT_ID, FAKE_CLIENT_SECRET, TEST_SECRET, make_token
 from tests.conftest import (
     FakeClock,
     ProxyFactory,
@@ -346,7 +346,7 @@ async def test_concurrent_401s_share_one_mint(make_proxy: ProxyFactory, upstream
 async def test_client_secret_never_appears(
     make_proxy: ProxyFactory, upstream: Upstream, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from proxy.diagnose import token_info
+    from proxy.cli.diagnose import token_info
 
     caplog.set_level(logging.DEBUG)
     proxy = await make_proxy([cc_route(upstream)], env=CC_ENV)

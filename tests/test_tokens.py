@@ -13,7 +13,7 @@ import pytest
 
 from proxy.app import StartupError, create_app
 from proxy.config import parse_config
-from proxy.fake_amperity import make_token
+from proxy.testing.fake import make_token
 from proxy.tokens import TokenStore, fingerprint, make_sources, parse_token
 from tests.conftest import ProxyFactory, Upstream, acme_route
 
@@ -191,6 +191,6 @@ async def test_token_close_to_expiry_is_warned_about_at_load(
     assert await store.load_initial() == []
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warnings == [
-        "token expires within 7 days (in 2.0 days); generate a new one in Settings > "
+        "token expires within 7 days (in 2.0 days); generate a new token in Settings > "
         "Security > API keys"
     ]

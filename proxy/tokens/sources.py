@@ -25,7 +25,7 @@ from urllib.parse import urlencode
 import aiohttp
 
 from proxy.config import Route
-from proxy.token_config import TokenSource
+from proxy.config.sources import TokenSource
 from proxy.tokens.credential import MAX_TOKEN_BYTES, Credential, TokenError
 
 log = logging.getLogger("amperity_proxy.tokens")

@@ -32,6 +32,7 @@ from proxy.tokens.credential import (
     in_words,
     parse_token,
 )
+from proxy.tokens.health import API_KEYS, EXPIRY_WARNINGS, REMEDY
 from proxy.tokens.sources import Fetched, Source
 from proxy.tokens.views import RouteStatus, TokenStatus
 
@@ -43,9 +44,6 @@ FILE_POLL_INTERVAL = 5.0  # seconds between re-reads of file sources
 RECOVERY_INTERVAL = 1.0
 MAX_BACKOFF = 300.0
 MIN_REFRESH_GAP = 60.0  # a scheduled refresh never follows the last one sooner than this
-# Warn once as a token comes within each of these of its expiry (largest first).
-EXPIRY_WARNINGS = ((7 * 86400, "7 days"), (86400, "1 day"), (3600, "1 hour"))
-_REMEDY = "generate a new one in Settings > Security > API keys"
 
 SourceFactory = Callable[[Route], list[Source]]
 
@@ -355,8 +353,8 @@ class TokenStore:
         if changed and credential.malformed_jwt:  # once per token, at load
             log.warning(
                 "token starts like a JWT but does not parse as one: it is used as an opaque "
-                "token, and Amperity will likely refuse it; copy the whole token again from "
-                "Settings > Security > API keys",
+                "token, and Amperity will likely refuse it; copy the whole token again from %s",
+                API_KEYS,
                 extra={"fields": self._fields(rs, state)},
             )
 
@@ -424,7 +422,7 @@ class TokenStore:
         fields = self._fields(rs, state) | {"expires_at": cred.expires_at}
         if left <= 0:
             log.warning(
-                "token expired %s ago; %s", in_words(left), _REMEDY, extra={"fields": fields}
+                "token expired %s ago; %s", in_words(left), REMEDY, extra={"fields": fields}
             )
         else:
             window = EXPIRY_WARNINGS[level - 1][1]
@@ -432,7 +430,7 @@ class TokenStore:
                 "token expires within %s (in %s); %s",
                 window,
                 in_words(left),
-                _REMEDY,
+                REMEDY,
                 extra={"fields": fields},
             )
 

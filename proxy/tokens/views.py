@@ -7,6 +7,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from proxy.tokens.credential import LOAD_ERROR_REASONS, Credential
+from proxy.tokens.health import EXPIRING
 
 
 @dataclass(frozen=True)
@@ -23,7 +24,7 @@ class TokenStatus:
     last_loaded: float | None
     load_errors: dict[str, int]
 
-    def state(self, now: float, warn: float = 7 * 86400) -> str:
+    def state(self, now: float, warn: float = EXPIRING) -> str:
         """missing, quarantined, expired, expiring (within `warn`), ok."""
         if self.credential is None:
             return "missing"
@@ -34,7 +35,7 @@ class TokenStatus:
         exp = self.credential.expires_at
         return "expiring" if exp is not None and exp - now <= warn else "ok"
 
-    def as_dict(self, now: float, warn: float = 7 * 86400) -> dict[str, object]:
+    def as_dict(self, now: float, warn: float = EXPIRING) -> dict[str, object]:
         """The JSON view shared by /readyz and `token-info` (never the token itself)."""
         cred = self.credential
         return {
@@ -73,7 +74,7 @@ class RouteStatus:
         cred = self.credential
         return cred is not None and not cred.expired(now)
 
-    def as_dict(self, now: float, warn: float = 7 * 86400) -> dict[str, object]:
+    def as_dict(self, now: float, warn: float = EXPIRING) -> dict[str, object]:
         current = self.current
         tokens = [t.as_dict(now, warn) for t in self.tokens]
         in_use = next((t for t in tokens if t["in_use"]), None)

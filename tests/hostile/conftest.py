@@ -22,7 +22,7 @@ import jwt
 import pytest
 import yaml
 
-from proxy.fake_amperity import FakeAmperity, FakeTLS, RecordedRequest, make_token, start_fake
+from proxy.testing.fake import FakeAmperity, FakeTLS, RecordedRequest, make_token, start_fake
 
 ROOT = Path(__file__).resolve().parents[2]
 

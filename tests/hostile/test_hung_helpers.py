@@ -11,8 +11,8 @@ import sys
 import uuid
 from pathlib import Path
 
-from proxy.fake_amperity import TEST_SECRET
-from proxy.token_config import TokenSource
+from proxy.config.sources import TokenSource
+from proxy.testing.fake import TEST_SECRET
 from proxy.tokens import TokenError
 from proxy.tokens.sources import ExecSource
 from tests.conftest import ProxyFactory, Upstream, acme_route

@@ -10,7 +10,7 @@ import socket
 
 import pytest
 
-from proxy.logs import flush_logs
+from proxy.observe.logs import flush_logs
 from tests.conftest import FakeClock, ProxyFactory, Upstream, acme_route, metric
 from tests.hostile.conftest import LEDGER
 

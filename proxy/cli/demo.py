@@ -1,0 +1,132 @@
+"""`make demo`: the fake Amperity API over TLS, the proxy in front of it, and one request.
+
+Everything runs on 127.0.0.1. `make demo` stops by itself after the request; `make demo-serve`
+(`python -m proxy.cli.demo --serve`) keeps both running until Ctrl-C so you can send your own
+requests, and prints what each one looked like upstream. The fake's certificates come from
+trustme (installed by `make demo`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+from proxy.app import create_app
+from proxy.config import parse_config
+from proxy.testing.fake import FakeAmperity, RecordedRequest, make_tls, make_token, start_fake
+from proxy.tokens import fingerprint
+
+DEMO_TOKEN_TTL = 30 * 86400  # plainly fine: the proxy warns about tokens within 7 days of expiry
+
+
+def upstream_view(received: RecordedRequest, token: str) -> list[str]:
+    """What the fake upstream received, the token shown by its fingerprint only."""
+    lines = [f"  {received.method} {received.raw_path}"]
+    for name, value in received.headers:
+        if name.lower() == "authorization":
+            value = f"Bearer <token, fingerprint {fingerprint(token)}>"
+        lines.append(f"  {name}: {value}")
+    return lines
+
+
+async def _send(url: str) -> tuple[str, str]:
+    """Send the demo request with curl when it is installed (what the printed command says),
+    else with aiohttp; returns (the command as printed, the status line)."""
+    curl = shutil.which("curl")
+    if curl is not None:
+        process = await asyncio.create_subprocess_exec(
+            curl, "-s", "-o", "/dev/null", "-w", "%{http_code}", url,
+            stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, _ = await process.communicate()
+        return f"$ curl -s '{url}'   # no credentials", f"<- {out.decode()}"
+    async with aiohttp.ClientSession() as client, client.get(url) as response:
+        await response.read()
+        return (
+            f"GET {url}   # no credentials (sent with aiohttp: curl is not installed)",
+            f"<- {response.status} {response.reason}",
+        )
+
+
+async def demo(serve: bool = False) -> None:
+    """Run the demo and print what the fake upstream received; with `serve`, keep running."""
+    tls = make_tls("localhost")
+    fake = FakeAmperity()
+    fake_runner, fake_port = await start_fake(fake, tls.server)
+    token = make_token("acme", ttl=DEMO_TOKEN_TTL)
+    with tempfile.TemporaryDirectory() as tmp:
+        ca_file = Path(tmp) / "fake-ca.pem"
+        ca_file.write_bytes(tls.ca_pem)
+        config = parse_config(
+            {
+                "listen": {"host": "127.0.0.1", "port": 0},
+                "routes": [
+                    {
+                        "prefix": "/acme",
+                        "tenant": "acme",
+                        "base_url": f"https://localhost:{fake_port}/api",
+                        "ca_file": str(ca_file),
+                        "token": {"env": "DEMO_AMPERITY_TOKEN"},
+                    }
+                ],
+            },
+            source="demo",
+        )
+        app = create_app(config, env={"DEMO_AMPERITY_TOKEN": token})
+        await app.startup()
+        runner = web.ServerRunner(app.server())
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        url = f"http://127.0.0.1:{port}/acme/segments?limit=2"
+        try:
+            print(f"fake Amperity API: https://localhost:{fake_port}/api (tenant acme)")
+            print(f"proxy:             http://127.0.0.1:{port}/acme -> the fake API\n")
+            command, status = await _send(url)
+            print(command)
+            print(status)
+            print("\nthe upstream received:")
+            print("\n".join(upstream_view(fake.requests[-1], token)))
+            verdict = "accepted" if fake.requests[-1].status == 200 else "refused"
+            print(f"\nupstream verdict: {fake.requests[-1].status} ({verdict})")
+            if not serve:
+                print("\nTo keep both running and send your own requests: make demo-serve")
+                return
+            print(
+                f"\nServing until Ctrl-C. Try:\n  curl -s 'http://127.0.0.1:{port}/acme/segments'"
+            )
+            print(f"  curl -s -X POST 'http://127.0.0.1:{port}/acme/segments' -d '{{}}'")
+            print("Each request's upstream view is printed below.\n", flush=True)
+            seen = len(fake.requests)
+            while True:
+                await asyncio.sleep(0.2)
+                for received in fake.requests[seen:]:
+                    print(f"-> upstream answered {received.status}:")
+                    print("\n".join(upstream_view(received, token)), flush=True)
+                seen = len(fake.requests)
+        finally:
+            await runner.cleanup()
+            await app.cleanup()
+            await fake_runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m proxy.cli.demo", description=__doc__)
+    parser.add_argument("--serve", action="store_true", help="keep running until Ctrl-C")
+    args = parser.parse_args(argv)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(demo(serve=args.serve))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

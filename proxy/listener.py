@@ -1,0 +1,253 @@
+"""Connection-level limits, below the request handler: what aiohttp's server does not do itself.
+
+- **max_connections**: past it, a new connection gets a 503 envelope and is closed at once, so
+  nothing queues without bound.
+- **header deadline**: from the moment a connection opens (or its previous response was
+  handed over) the client has `header_timeout` seconds to send complete request headers; a
+  connection with a partial request gets a 408 envelope, an idle one is closed quietly (like
+  HAProxy's `timeout http-request`, which also bounds keep-alive idleness). aiohttp has no such
+  deadline, so slow-header clients (slowloris) could otherwise hold connections forever.
+- **parser errors** answer in the proxy's JSON envelope with the right status (414 request line
+  too long, 431 headers too large or too many, 400 otherwise), never echoing request bytes, and
+  are logged without a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
+from aiohttp.web_protocol import RequestHandler
+
+from proxy.refusals import envelope
+
+log = logging.getLogger("amperity_proxy.connections")
+
+Reject = Callable[[str], None]
+_UNWIND = 0.5  # seconds cancelled handlers get to write their log lines after the drain
+
+
+def _raw_envelope(status: int, reason: str, message: str) -> bytes:
+    """A complete HTTP/1.1 response for when there is no request object to answer with."""
+    body = json.dumps({"status": status, "message": message, "request_id": uuid.uuid4().hex})
+    return (
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\nCache-Control: no-store\r\n\r\n"
+        f"{body}"
+    ).encode()
+
+
+class GuardedHandler(RequestHandler):
+    """aiohttp's per-connection protocol, plus the header deadline and enveloped parse errors."""
+
+    def __init__(self, manager: GuardedServer, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._guard = manager
+        self._deadline: asyncio.TimerHandle | None = None
+        self._busy = False
+        self._idle_since = 0.0  # when the connection last became idle (loop time)
+        self._partial = False  # bytes of a request arrived since the deadline was armed
+        self.gone = asyncio.Event()  # set when the client disconnects (queued requests give up)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if self._guard.admit_connection(self, transport):
+            self._arm()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._disarm()
+        self.gone.set()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if data and not self._busy:
+            self._partial = True
+        super().data_received(data)
+
+    @property
+    def draining(self) -> bool:
+        """The server is shutting down: a request cut now was cut by the drain."""
+        return self._guard.draining
+
+    def abandon_body(self) -> None:
+        """Close after the current response instead of reading the rest of an unwanted body
+        (aiohttp would otherwise linger up to 10 s draining it)."""
+        self._lingering_time = 0.0
+        self.close()
+
+    # The deadline timer is not cancelled and re-created for every request (that was a
+    # noticeable share of a small request's cost): requests only move `_idle_since`, and a timer
+    # that fires early re-arms itself for the time that is left.
+
+    def request_started(self) -> None:
+        self._busy = True
+
+    def request_finished(self) -> None:
+        self._busy = False
+        self._partial = False
+        self._idle_since = asyncio.get_running_loop().time()
+        if (
+            self._deadline is None
+            and self.transport is not None
+            and not self.transport.is_closing()
+        ):
+            self._arm()
+
+    def _arm(self, delay: float | None = None) -> None:
+        self._disarm()
+        loop = asyncio.get_running_loop()
+        if delay is None:
+            self._idle_since = loop.time()
+            delay = self._guard.header_timeout
+        self._deadline = loop.call_later(delay, self._expired)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _expired(self) -> None:
+        self._deadline = None
+        transport = self.transport
+        if self._busy or transport is None or transport.is_closing():
+            return  # a running request re-arms the deadline when it finishes
+        left = self._idle_since + self._guard.header_timeout - asyncio.get_running_loop().time()
+        if left > 0.001:  # a request finished since this timer was set: wait for the rest
+            self._arm(left)
+            return
+        if self._partial:  # headers started but never completed: tell the client why
+            self._guard.reject("header_timeout")
+            message = (
+                f"request headers not received within {self._guard.header_timeout:g}s "
+                "(limits.header_timeout)"
+            )
+            transport.write(_raw_envelope(408, "Request Timeout", message))
+        self.force_close()
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        """Parser and server errors in the proxy's envelope; request bytes are never echoed."""
+        if status >= 500 or not isinstance(exc, BadHttpMessage):
+            return super().handle_error(request, status, exc, message)
+        reason, status, text = self._guard.classify(exc)
+        self._guard.reject(reason)
+        log.info(
+            "refused a malformed request from %s: %s",
+            request.remote,
+            type(exc).__name__,
+            extra={"fields": {"refused": reason, "status": status}},
+        )
+        response = envelope(status, text, uuid.uuid4().hex)
+        response.force_close()
+        return response
+
+
+class GuardedServer(web.Server):
+    """`web.Server` with a connection cap and `GuardedHandler` connections."""
+
+    def __init__(
+        self,
+        handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]],
+        *,
+        max_connections: int,
+        header_timeout: float,
+        max_request_line: int,
+        max_header_size: int,
+        max_headers: int,
+        reject: Reject,
+        cap_setting: str = "limits.max_connections",
+        **kwargs: Any,
+    ) -> None:
+        async def guarded(request: web.BaseRequest) -> web.StreamResponse:
+            protocol = request.protocol
+            if isinstance(protocol, GuardedHandler):
+                protocol.request_started()
+            try:
+                return await handler(request)
+            finally:
+                if isinstance(protocol, GuardedHandler):
+                    protocol.request_finished()
+
+        # When the two limits are equal, the request line's is raised by one byte so that
+        # llhttp's LineTooLong (which only carries the limit) tells 414 from 431.
+        self.line_limit = max_request_line + (1 if max_request_line == max_header_size else 0)
+        self.field_limit = max_header_size
+        super().__init__(
+            guarded,
+            max_line_size=self.line_limit,
+            max_field_size=self.field_limit,
+            max_headers=max_headers,
+            **kwargs,
+        )
+        self.max_connections = max_connections
+        self.header_timeout = header_timeout
+        self.reject = reject
+        # Each refusal names the setting that would raise its limit (built once, here).
+        self._too_many = f"too many connections ({cap_setting}: {max_connections}); retry"
+        self._line_too_long = (
+            "request_line_too_long",
+            414,
+            f"the request line is longer than {max_request_line} bytes "
+            "(limits.max_request_line raises it)",
+        )
+        self._field_too_large = (
+            "headers_too_large",
+            431,
+            f"a request header is longer than {max_header_size} bytes "
+            "(limits.max_header_size raises it)",
+        )
+        self._too_many_headers = (
+            "headers_too_large",
+            431,
+            f"more than {max_headers} request headers (limits.max_headers raises it)",
+        )
+        self.draining = False  # set by shutdown()
+
+    def __call__(self) -> RequestHandler:
+        return GuardedHandler(self, loop=self._loop, **self._kwargs)
+
+    async def shutdown(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 (aiohttp's signature)
+        """Drain within `timeout` seconds in all. aiohttp's own shutdown waits the timeout for
+        handlers, cancels them, then may wait the timeout again (33 s for a 15 s setting, past
+        Kubernetes' 30 s grace): here in-flight requests get `timeout`, then the ones left are
+        cancelled and their connections closed, with a short bounded wait for them to unwind."""
+        budget = 0.0 if timeout is None else timeout
+        self.draining = True
+        # Phase 1 inside aiohttp waits `budget` for handlers; its phase 2 (cancel, then wait
+        # again) is cut short here.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(super().shutdown(budget), budget + _UNWIND)
+        for connection in list(self._connections):
+            connection.force_close()
+        self._connections.clear()
+
+    def admit_connection(self, handler: GuardedHandler, transport: asyncio.BaseTransport) -> bool:
+        if len(self._connections) <= self.max_connections:  # this one is already counted
+            return True
+        self.reject("too_many_connections")
+        assert isinstance(transport, asyncio.WriteTransport)
+        transport.write(_raw_envelope(503, "Service Unavailable", self._too_many))
+        handler.force_close()
+        return False
+
+    def classify(self, exc: BadHttpMessage) -> tuple[str, int, str]:
+        """(metric reason, status, message) for a parser error."""
+        if isinstance(exc, LineTooLong):
+            if str(exc.args[1]) == str(self.line_limit):
+                return self._line_too_long
+            return self._field_too_large
+        if "Too many headers" in str(exc.message):
+            return self._too_many_headers
+        return "bad_request", 400, "malformed HTTP request"

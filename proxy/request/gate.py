@@ -1,0 +1,301 @@
+"""Who may use the proxy: client networks, browser protections, the client token, route policy.
+
+Anything that reaches the proxy gets a live Amperity credential attached, so every check here
+refuses by default and each refusal says how to allow a legitimate client. All sets, networks
+and patterns are built once from the config; a check is a few lookups.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import ipaddress
+import re
+import socket
+import struct
+
+from aiohttp import web
+
+from proxy.config import Route
+from proxy.config.listen import Listen
+from proxy.refusals import Refusal
+from proxy.upstream.bodies import CONTINUE_EXPECTATION
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+_LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+# Sec-Fetch-Site values a browser sends for requests a user made directly (typed URL, bookmark)
+# or from the proxy's own origin; anything else (same-site, cross-site) is a page's request.
+_SAFE_FETCH_SITES = frozenset({"none", "same-origin"})
+_CACHE_LIMIT = 4096
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+REJECT_REASONS = (
+    "forbidden_client",
+    "forbidden_host",
+    "forbidden_origin",
+    "forbidden_method",
+    "forbidden_path",
+    "bad_client_token",
+    "connect",
+    "upgrade",
+    "bad_expect",
+    "bad_content_type",
+    "foreign_host",
+    "ambiguous_tenant",
+)
+
+
+_HOST_RE = re.compile(r"(\[[0-9a-f:.]+\]|[a-z0-9._-]+)(:[0-9]{0,5})?")
+
+
+def host_part(host_header: str) -> str:
+    """The host of a Host header without its port: `[::1]:8080` → `::1`, lower case; "" when
+    the value is not a well-formed `host[:port]` (user info, commas, spaces, ...)."""
+    host = host_header.strip().lower()
+    match = _HOST_RE.fullmatch(host)
+    if match is None:
+        return ""
+    return match.group(1).strip("[]").rstrip(".")
+
+
+def peer_uid(request: web.BaseRequest) -> int | None:
+    """The uid of the process at the other end of a Unix socket (SO_PEERCRED), if any."""
+    sock = request.transport.get_extra_info("socket") if request.transport else None
+    if sock is None or sock.family != socket.AF_UNIX or not hasattr(socket, "SO_PEERCRED"):
+        return None
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return int(struct.unpack("3i", creds)[1])
+
+
+class Gate:
+    """The listener's access checks, precomputed from `listen:` (or `admin:`: `section`)."""
+
+    def __init__(self, listen: Listen, client_token: str | None, section: str = "listen") -> None:
+        self._section = section
+        self.unix = listen.unix is not None
+        self._networks: tuple[IPNetwork, ...] = tuple(
+            ipaddress.ip_network(n) for n in listen.client_networks
+        )
+        self._allowed_networks_text = ", ".join(listen.client_networks)
+        self._hosts = _LOOPBACK_NAMES | {host_part(listen.host)} | set(listen.allowed_hosts)
+        self._origins = frozenset(listen.allowed_origins)
+        self._client_token = client_token.encode() if client_token is not None else None
+        self._client_ok: dict[str, bool] = {}
+
+    def client(self, address: str | None) -> Refusal | None:
+        """Is the peer address inside `listen.allow_clients`? (Unix sockets: file permissions.)"""
+        if self.unix:
+            return None
+        allowed = self._client_ok.get(address or "")
+        if allowed is None:
+            allowed = self._check_address(address)
+            if len(self._client_ok) >= _CACHE_LIMIT:
+                self._client_ok.clear()
+            self._client_ok[address or ""] = allowed
+        if allowed:
+            return None
+        return Refusal(
+            403,
+            "forbidden_client",
+            f"client address {address} may not use this proxy; allowed networks: "
+            f"{self._allowed_networks_text} ({self._section}.allow_clients)",
+        )
+
+    def _check_address(self, address: str | None) -> bool:
+        if not address:
+            return False
+        try:
+            ip = ipaddress.ip_address(address.partition("%")[0])
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped  # a dual-stack listener reports IPv4 peers as ::ffff:a.b.c.d
+        return any(ip in net for net in self._networks)
+
+    def browser(self, request: web.BaseRequest, *, forward: bool) -> Refusal | None:
+        """SECURITY: refuse web pages (Origin, Sec-Fetch-Site) and DNS rebinding (Host)."""
+        origin = request.headers.get("Origin")
+        origin_ok = origin is not None and origin.lower().rstrip("/") in self._origins
+        if origin is not None and not origin_ok:
+            return Refusal(
+                403,
+                "forbidden_origin",
+                f"requests from web pages are refused (Origin: {origin[:100]}); to allow a "
+                "browser-based tool, add its origin to listen.allowed_origins",
+            )
+        site = request.headers.get("Sec-Fetch-Site")
+        if site is not None and site.lower() not in _SAFE_FETCH_SITES and not origin_ok:
+            return Refusal(
+                403,
+                "forbidden_origin",
+                f"requests from web pages are refused (Sec-Fetch-Site: {site[:40]}); to allow a "
+                "browser-based tool, add its origin to listen.allowed_origins",
+            )
+        if forward:
+            return None  # the absolute URL, not Host, decides where a forward request goes
+        host = request.headers.get("Host")
+        if host is not None and host_part(host) not in self._hosts:
+            return Refusal(
+                403,
+                "forbidden_host",
+                f"Host {host[:100]!r} is not a name of this proxy (DNS rebinding protection); "
+                "use http://127.0.0.1:<port>/ or add the name to listen.allowed_hosts",
+            )
+        return None
+
+    def client_token(self, request: web.BaseRequest, *, forward: bool) -> Refusal | None:
+        """When `listen.client_token` is set, require it (constant-time comparison)."""
+        if self._client_token is None:
+            return None
+        if forward:
+            presented = _proxy_authorization(request.headers.get("Proxy-Authorization", ""))
+        else:
+            presented = request.headers.get("X-Proxy-Token", "")
+        if presented and hmac.compare_digest(presented.strip().encode(), self._client_token):
+            return None
+        what = "Proxy-Authorization: Bearer <client token>" if forward else "X-Proxy-Token"
+        status, headers = (
+            (407, {"Proxy-Authenticate": 'Bearer realm="amperity-proxy"'})
+            if forward
+            else (403, None)
+        )
+        return Refusal(
+            status,
+            "bad_client_token",
+            f"{'a wrong' if presented else 'no'} client token; send {what} with the token "
+            "configured in listen.client_token",
+            headers,
+        )
+
+
+class AdminGate:
+    """The admin listener's checks: as guarded as the proxy listener, with rules for who
+    reaches it (the kubelet and Prometheus on the pod IP; an operator on loopback).
+
+    - Host (DNS rebinding needs a *name*): an IP literal is accepted, a name must be
+      `localhost` or in `admin.allowed_hosts`.
+    - Browsers: a request whose `Sec-Fetch-Site` says same-site or cross-site, or whose
+      `Origin` is not the admin's own origin, is refused (the status page's own requests are
+      same-origin; a page elsewhere can't read or act on the admin port).
+    - `sensitive` views (tenants, fingerprints, file paths, reload errors, reload itself) answer
+      only to `admin.allow_clients` (default loopback, which `kubectl port-forward` is)."""
+
+    def __init__(self, admin: Listen) -> None:
+        self._names = frozenset({"localhost", *admin.allowed_hosts})
+        self._clients = Gate(admin, None, section="admin")
+
+    def host(self, request: web.BaseRequest) -> Refusal | None:
+        raw = request.headers.get("Host")
+        if raw is None:
+            return None  # HTTP/1.0 without Host: no name to rebind
+        host = host_part(raw)
+        if host and (host in self._names or _is_ip_literal(host)):
+            return None
+        return Refusal(
+            403,
+            "forbidden_host",
+            f"Host {raw[:100]!r} is not a name of this admin listener (DNS rebinding "
+            "protection); use its IP address or localhost, or add the name to "
+            "admin.allowed_hosts",
+        )
+
+    def browser(self, request: web.BaseRequest) -> Refusal | None:
+        site = request.headers.get("Sec-Fetch-Site")
+        if site is not None and site.lower() not in _SAFE_FETCH_SITES:
+            return Refusal(
+                403,
+                "forbidden_origin",
+                f"requests from other web pages are refused on the admin port (Sec-Fetch-Site: "
+                f"{site[:40]})",
+            )
+        origin = request.headers.get("Origin")
+        if origin is not None:
+            own = f"http://{request.headers.get('Host', '')}".lower()
+            if origin.lower().rstrip("/") != own:
+                return Refusal(
+                    403,
+                    "forbidden_origin",
+                    f"requests from other web pages are refused on the admin port (Origin: "
+                    f"{origin[:100]})",
+                )
+        return None
+
+    def client(self, address: str | None) -> Refusal | None:
+        return self._clients.client(address)
+
+
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.partition("%")[0])
+    except ValueError:
+        return False
+    return True
+
+
+def _proxy_authorization(value: str) -> str:
+    """The token in `Bearer <token>`, or the password of `Basic base64(user:token)` (what
+    clients send for HTTP_PROXY=http://user:token@host:port)."""
+    scheme, _, credentials = value.strip().partition(" ")
+    if scheme.lower() == "bearer":
+        return credentials
+    if scheme.lower() == "basic":
+        try:
+            decoded = base64.b64decode(credentials.strip(), validate=True).decode()
+        except (ValueError, UnicodeDecodeError):
+            return ""
+        return decoded.partition(":")[2]
+    return ""
+
+
+def method_refusal(request: web.BaseRequest) -> Refusal | None:
+    """CONNECT, TRACE, protocol upgrades and unknown expectations are never proxied."""
+    if request.method == "CONNECT":
+        return Refusal(
+            405,
+            "connect",
+            "CONNECT is not supported: an HTTPS tunnel can't carry an injected credential. "
+            "Use http:// URLs through the proxy; it upgrades them to HTTPS itself",
+        )
+    if request.method == "TRACE":
+        return Refusal(405, "forbidden_method", "TRACE is not allowed")
+    if request.method not in _METHODS:
+        # Methods are case-sensitive tokens; `get` is not GET. llhttp refuses unknown methods
+        # itself; the pure-Python parser accepts any token, so both end up here.
+        return Refusal(
+            405,
+            "forbidden_method",
+            f"method {request.method[:20]!r} is not supported; use one of "
+            + ", ".join(sorted(_METHODS)),
+        )
+    if "Upgrade" in request.headers:
+        return Refusal(
+            400, "upgrade", "protocol upgrades (WebSocket, h2c) are not supported by this proxy"
+        )
+    expect = request.headers.get("Expect")
+    if expect is not None and expect.strip().lower() != CONTINUE_EXPECTATION:
+        # RFC 9110 §10.1.1: a server "MAY respond with a 417 (Expectation Failed)" to an
+        # expectation other than 100-continue.
+        return Refusal(
+            417,
+            "bad_expect",
+            f"Expect: {expect[:40]!r} is not supported; only Expect: 100-continue is",
+        )
+    return None
+
+
+def route_policy(route: Route, method: str, rest: str) -> Refusal | None:
+    """A route's `methods` and `paths` restrictions, checked before anything is sent."""
+    if route.methods is not None and method not in route.methods:
+        return Refusal(
+            403,
+            "forbidden_method",
+            f"route {route.name} allows only {', '.join(sorted(route.methods)) or 'no methods'}",
+        )
+    if route.paths is not None and not route.paths.fullmatch(rest):
+        return Refusal(
+            403,
+            "forbidden_path",
+            f"route {route.name} does not allow this path; allowed (after the prefix): "
+            + ", ".join(route.paths.patterns),
+        )
+    return None

@@ -1,0 +1,486 @@
+"""A fake Amperity API for tests, `make demo` and users' own tests. Never for production.
+
+It checks what Amperity checks (a HS256 JWT signed with `TEST_SECRET`, an `Amperity-Tenant`
+header equal to the token's `tenant` claim, an `api-version` header) and answers 401 in
+Amperity's envelope otherwise. It records every request it receives (method, raw path,
+headers, body length and sha256, status, the connection's peer) and, by default, reflects it
+back as JSON.
+
+Special paths (under any base path, e.g. `/api/_fake/bytes/1024`):
+- `_fake/bytes/N`     N deterministic bytes (see `pattern`), with Content-Length
+- `_fake/gzip`        a gzip-encoded JSON body with `Content-Encoding: gzip`
+- `_fake/redirect`    302 to the `to` query parameter
+- `_fake/cookies`     two `Set-Cookie` headers
+- `_fake/status/N`    an empty answer with status N (`?message=M`: Amperity's envelope
+                      `{"status": N, "message": M}`)
+- `_fake/hold`        waits until `FakeAmperity.release` is set (for drain and timeout tests);
+                      `?status=N` then answers N, the first time per path (a 401 that
+                      arrives after a reload, say; a replay of it gets 200)
+- `_fake/cut/N`       announces 2N bytes, sends N, then drops the connection
+                      (`?chunked`: chunked encoding, dropped before the last chunk)
+- `_fake/stall/N`     announces 2N bytes, sends N, then goes silent until `release`
+- `_fake/reset`       sends headers, then resets the connection
+- `_fake/hop`         answers with hop-by-hop and CORS headers a proxy must remove
+- `_fake/deprecated`  answers with `Deprecation` and `Sunset` headers
+- `_fake/flaky/N`     the first N answers per path are `?status=` (429) with `?after=` as
+                      Retry-After, then 200
+
+`POST <base>/v0/oauth2/token` is Amperity's client-credentials endpoint (see `clients`,
+`token_ttl`, `token_failures`, `mint_gate`, `mints`); `revoked` tokens get 401 although valid.
+
+On its own, until Ctrl-C (prints its URL, a CA bundle path, a token and the exports that put
+config.example.yaml in front of it): `make fake`, or
+`python -m proxy.testing.fake [--port 8443] [--tenant acme] [--ca-file PATH]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime
+import gzip
+import hashlib
+import os
+import socket
+import ssl
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import jwt
+from aiohttp import web
+from aiohttp.abc import AbstractResolver, ResolveResult
+
+TEST_SECRET = "fake-amperity-test-secret-not-for-production"  # noqa: S105 (test-only)
+FAKE_CLIENT_ID = "fake-client"
+FAKE_CLIENT_SECRET = "fake-client-secret-not-for-production"  # noqa: S105 (test-only)
+TENANT_CLAIM = "tenant"
+_BLOCK = 64 * 1024
+GZIP_JSON = b'{"compressed": true}'
+
+
+def make_token(
+    tenant: str,
+    *,
+    secret: str = TEST_SECRET,
+    ttl: float | None = 3600,
+    issued_at: float | None = None,
+    subject: str = "fake-api-key",
+) -> str:
+    """A JWT the fake accepts for `tenant` (HS256, `tenant`/`iat`/`exp`/`sub` claims)."""
+    iat = time.time() if issued_at is None else issued_at
+    # `jti` makes every token unique, as real ones are, even when minted in the same second.
+    claims: dict[str, Any] = {
+        TENANT_CLAIM: tenant,
+        "iat": int(iat),
+        "sub": subject,
+        "jti": uuid.uuid4().hex,
+    }
+    if ttl is not None:
+        claims["exp"] = int(iat + ttl)
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+def pattern(n: int) -> Iterator[bytes]:
+    """N deterministic bytes in 64 KiB blocks; each block starts with its index."""
+    sent = 0
+    index = 0
+    base = bytes(range(256)) * (_BLOCK // 256)
+    while sent < n:
+        block = index.to_bytes(8, "big") + base[8:]
+        size = min(_BLOCK, n - sent)
+        yield block[:size]
+        sent += size
+        index += 1
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """What the fake received."""
+
+    method: str
+    raw_path: str
+    headers: tuple[tuple[str, str], ...]
+    body_length: int
+    body_sha256: str
+    status: int
+    received_at: float = 0.0  # FakeAmperity.clock() when it arrived
+    peer: str = ""  # the client's address and port: which connection carried it
+
+    def header(self, name: str) -> str | None:
+        values = self.header_all(name)
+        return values[0] if values else None
+
+    def header_all(self, name: str) -> list[str]:
+        return [v for k, v in self.headers if k.lower() == name.lower()]
+
+
+def _peer(request: web.Request) -> str:
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    return f"{peer[0]}:{peer[1]}" if peer else ""
+
+
+class FakeAmperity:
+    """The fake upstream application and what it has recorded."""
+
+    def __init__(self, secret: str = TEST_SECRET) -> None:
+        self.secret = secret
+        self.requests: list[RecordedRequest] = []
+        self.release = asyncio.Event()
+        self.held = asyncio.Event()  # set when a request reaches `_fake/hold`
+        self._recorded = asyncio.Condition()
+        self.revoked: set[str] = set()  # tokens answered with 401 although valid ("rotated")
+        # The OAuth2 client-credentials endpoint (`POST <base>/v0/oauth2/token`).
+        self.clients: dict[str, str] = {FAKE_CLIENT_ID: FAKE_CLIENT_SECRET}
+        self.token_ttl = 3600
+        self.token_failures = 0  # answer the next N token requests with 503
+        self.mint_gate: asyncio.Event | None = None  # when set, token requests wait for it
+        self.mints: list[dict[str, str]] = []  # client_id, tenant, status: never the secret
+        self.streamed = 0  # bytes written by `_fake/bytes/N` so far (back-pressure tests)
+        self.clock: Callable[[], float] = time.time  # stamps `received_at`
+        self.flaky: Counter[str] = Counter()  # answers so far per `_fake/flaky/...` path
+        self.holds: Counter[str] = Counter()  # answers so far per `_fake/hold` path
+        self.app = web.Application()
+        self.app.router.add_post("/{base:.*}/v0/oauth2/token", self._token)
+        self.app.router.add_route("*", "/{tail:.*}", self._handle)
+
+    async def _token(self, request: web.Request) -> web.Response:
+        form = await request.post()
+        client_id, secret = str(form.get("client_id", "")), str(form.get("client_secret", ""))
+        tenant = request.headers.get("X-Amperity-Tenant", "")
+        if self.mint_gate is not None:
+            await self.mint_gate.wait()
+        status = 200
+        if self.token_failures > 0:
+            self.token_failures -= 1
+            status = 503
+        elif form.get("grant_type") != "client_credentials" or not tenant:
+            status = 400
+        elif self.clients.get(client_id) != secret:
+            status = 401
+        self.mints.append({"client_id": client_id, "tenant": tenant, "status": str(status)})
+        if status != 200:
+            return web.json_response({"error": "invalid_client"}, status=status)
+        token = make_token(tenant, secret=self.secret, ttl=self.token_ttl, subject=client_id)
+        return web.json_response(
+            {"access_token": token, "expires_in": self.token_ttl, "token_type": "Bearer"}
+        )
+
+    def _check(self, request: web.Request) -> str | None:
+        auth = request.headers.getall("Authorization", [])
+        if len(auth) != 1 or not auth[0].startswith("Bearer "):
+            return "missing or malformed Authorization header"
+        try:
+            claims = jwt.decode(auth[0][7:], self.secret, algorithms=["HS256"])
+        except jwt.PyJWTError as exc:
+            return f"invalid token: {type(exc).__name__}"
+        tenants = request.headers.getall("Amperity-Tenant", [])
+        if tenants != [claims.get(TENANT_CLAIM)]:
+            return "Amperity-Tenant does not match the token's tenant"
+        if auth[0][7:] in self.revoked:
+            return "the token was revoked"
+        if "api-version" not in request.headers and "api-version" not in request.query:
+            return "missing api-version"
+        return None
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        digest = hashlib.sha256()
+        length = 0
+        async for chunk in request.content.iter_any():
+            digest.update(chunk)
+            length += len(chunk)
+        problem = self._check(request)
+        status = 401 if problem is not None else None
+        if status is not None:  # recorded before answering, so a test can wait for it
+            await self._record(request, length, digest.hexdigest(), status)
+        response = await self._respond(request, problem, length, digest.hexdigest())
+        if status is None:
+            await self._record(request, length, digest.hexdigest(), response.status)
+        return response
+
+    async def _record(self, request: web.Request, length: int, digest: str, status: int) -> None:
+        recorded = RecordedRequest(
+            request.method,
+            request.raw_path,
+            tuple(request.headers.items()),
+            length,
+            digest,
+            status,
+            self.clock(),
+            _peer(request),
+        )
+        async with self._recorded:
+            self.requests.append(recorded)
+            self._recorded.notify_all()
+
+    async def wait_for_requests(self, count: int) -> None:
+        """Wait until at least `count` requests were recorded (no polling)."""
+        async with self._recorded:
+            await self._recorded.wait_for(lambda: len(self.requests) >= count)
+
+    async def _respond(
+        self, request: web.Request, problem: str | None, length: int, digest: str
+    ) -> web.StreamResponse:
+        if problem is not None:
+            body = {"status": 401, "message": problem, "request_id": "fake"}
+            return web.json_response(body, status=401)
+        _, _, special = request.raw_path.partition("/_fake/")
+        special = special.split("?", 1)[0]
+        kind, _, arg = special.partition("/")
+        if kind == "bytes":
+            return await self._stream(request, int(arg))
+        if kind == "gzip":
+            payload = gzip.compress(GZIP_JSON, mtime=0)
+            return web.Response(
+                body=payload,
+                headers={"Content-Encoding": "gzip", "Content-Type": "application/json"},
+            )
+        if kind == "redirect":
+            return web.Response(status=302, headers={"Location": request.query["to"]})
+        if kind == "cookies":
+            response = web.Response(text="cookies")
+            response.headers.add("Set-Cookie", "a=1; Path=/")
+            response.headers.add("Set-Cookie", "b=2; Path=/")
+            return response
+        if kind == "status":
+            if "message" in request.query:  # Amperity's envelope with that message
+                body = {"status": int(arg), "message": request.query["message"]}
+                return web.json_response(body, status=int(arg))
+            return web.Response(status=int(arg))
+        if kind == "hold":
+            self.held.set()
+            await self.release.wait()
+            path = request.raw_path.split("?", 1)[0]
+            self.holds[path] += 1
+            first = self.holds[path] == 1
+            status = int(request.query.get("status", 200)) if first else 200
+            return web.json_response({"held": True}, status=status)
+        if kind == "cut":
+            return await self._cut(request, int(arg))
+        if kind == "stall":  # N bytes of a 2N-byte body, then silence until `release`
+            stalled = web.StreamResponse()
+            stalled.content_length = 2 * int(arg)
+            await stalled.prepare(request)
+            await stalled.write(b"s" * int(arg))
+            await self.release.wait()
+            return stalled
+        if kind == "reset":  # headers, then a TCP reset
+            reset = web.StreamResponse()
+            reset.content_length = 1000
+            await reset.prepare(request)
+            await reset.drain()
+            assert request.transport is not None
+            request.transport.abort()
+            return reset
+        if kind == "flaky":  # the first N answers carry `status` (and `after` as Retry-After)
+            path = request.raw_path.split("?", 1)[0]
+            self.flaky[path] += 1
+            if self.flaky[path] <= int(arg):
+                headers = (
+                    {"Retry-After": request.query["after"]} if "after" in request.query else {}
+                )
+                status = int(request.query.get("status", "429"))
+                return web.json_response({"status": status}, status=status, headers=headers)
+            return web.json_response({"ok": True})
+        if kind == "deprecated":
+            return web.json_response(
+                {"old": True},
+                headers={"Deprecation": "@1767225600", "Sunset": "Wed, 01 Jul 2026 00:00:00 GMT"},
+            )
+        if kind == "hop":
+            return web.Response(
+                text="hop",
+                headers={
+                    "Access-Control-Allow-Origin": "*",
+                    "Access-Control-Allow-Credentials": "true",
+                    "Connection": "X-Hop-Secret",
+                    "X-Hop-Secret": "1",
+                    "Keep-Alive": "timeout=5",
+                    "X-End": "1",
+                },
+            )
+        return web.json_response(
+            {
+                "method": request.method,
+                "path": request.raw_path,
+                # Like a real API, never echo the credential back; `requests` has it all.
+                "headers": [
+                    [k, "<redacted>" if k.lower() == "authorization" else v]
+                    for k, v in request.headers.items()
+                ],
+                "body_length": length,
+                "body_sha256": digest,
+            }
+        )
+
+    async def _stream(self, request: web.Request, n: int) -> web.StreamResponse:
+        response = web.StreamResponse()
+        response.content_length = n
+        response.content_type = "application/octet-stream"
+        await response.prepare(request)
+        if request.method != "HEAD":
+            for block in pattern(n):
+                await response.write(block)
+                self.streamed += len(block)
+        await response.write_eof()
+        return response
+
+    async def _cut(self, request: web.Request, n: int) -> web.StreamResponse:
+        response = web.StreamResponse()
+        if "chunked" not in request.query:
+            response.content_length = 2 * n
+        await response.prepare(request)
+        for block in pattern(n):
+            await response.write(block)
+        assert request.transport is not None
+        request.transport.close()
+        return response
+
+
+def swap_secret_volume(directory: Path, token: str, generation: int) -> None:
+    """Update `directory` the way the kubelet updates a Secret volume: a new timestamped
+    directory holding the file, then an atomic swap of the `..data` symlink; `token` is a
+    symlink through `..data` (what a pod sees as /var/run/secrets/.../token)."""
+    data = directory / f"..2026_12_01_{generation:04d}"
+    data.mkdir()
+    (data / "token").write_text(token)
+    link = directory / "..data_tmp"
+    link.symlink_to(data.name)
+    os.replace(link, directory / "..data")
+    if not (directory / "token").is_symlink():
+        (directory / "token").symlink_to("..data/token")
+
+
+class FakeResolver(AbstractResolver):
+    """Resolves the given host names to loopback and refuses every other name."""
+
+    def __init__(self, hosts: dict[str, str]) -> None:
+        self.hosts = {h.lower(): ip for h, ip in hosts.items()}
+        self.lookups: list[str] = []
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        self.lookups.append(host)
+        ip = self.hosts.get(host.lower().rstrip("."))
+        if ip is None:
+            raise OSError(socket.EAI_NONAME, f"fake resolver: unknown host {host}")
+        fam = socket.AF_INET6 if ":" in ip else socket.AF_INET
+        return [
+            ResolveResult(
+                hostname=host, host=ip, port=port, family=fam, proto=0, flags=socket.AI_NUMERICHOST
+            )
+        ]
+
+    async def close(self) -> None:
+        return None
+
+
+@dataclass
+class FakeTLS:
+    """A throwaway CA (trustme) and the contexts that go with it."""
+
+    ca_pem: bytes
+    server: ssl.SSLContext
+    client: ssl.SSLContext
+    ca: Any = None  # the trustme.CA, to issue more certificates
+
+    def issue_pem(
+        self,
+        *hostnames: str,
+        not_before: datetime.datetime | None = None,
+        not_after: datetime.datetime | None = None,
+    ) -> bytes:
+        """Private key and certificate chain (PEM) from this CA, e.g. an expired one."""
+        cert = self.ca.issue_cert(*hostnames, not_before=not_before, not_after=not_after)
+        pem: bytes = cert.private_key_and_cert_chain_pem.bytes()
+        return pem
+
+
+def make_tls(*hostnames: str) -> FakeTLS:
+    """Build a CA and a server certificate for `hostnames` (requires the dev extra trustme)."""
+    import trustme  # dev dependency: only the fake needs it
+
+    ca = trustme.CA()
+    cert = ca.issue_cert(*hostnames)
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(server)
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    return FakeTLS(ca.cert_pem.bytes(), server, client, ca)
+
+
+async def start_fake(
+    fake: FakeAmperity, ssl_context: ssl.SSLContext | None, host: str = "127.0.0.1", port: int = 0
+) -> tuple[web.AppRunner, int]:
+    """Serve `fake` on host:port (0 = any free port); return the runner and the bound port."""
+    runner = web.AppRunner(fake.app, access_log=None, shutdown_timeout=1)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
+    await site.start()
+    sockets = getattr(site._server, "sockets", [])
+    return runner, int(sockets[0].getsockname()[1])
+
+
+async def serve_standalone(
+    tls: FakeTLS, port: int, tenant: str, ca_path: Path, out: TextIO
+) -> None:
+    """`python -m proxy.testing.fake`: the fake on its own until Ctrl-C, for users' own
+    integration tests. Prints its URL, the CA bundle to trust (written to `ca_path` already)
+    and a token it accepts, as the exports config.example.yaml reads."""
+    fake = FakeAmperity()
+    runner, bound = await start_fake(fake, tls.server, port=port)
+    token = make_token(tenant, ttl=30 * 86400)
+    print(
+        f"fake Amperity API: https://localhost:{bound}/api (tenant {tenant}; Ctrl-C stops it)",
+        file=out,
+    )
+    print(f"CA bundle:         {ca_path}", file=out)
+    print(f"token (30 days):   {token}", file=out)
+    print("\nTo put the proxy in front of it (config.example.yaml), in another shell:", file=out)
+    print(f"  export AMPERITY_TENANT={tenant} AMPERITY_TOKEN={token}", file=out)
+    print(
+        f"  export AMPERITY_BASE_URL=https://localhost:{bound}/api AMPERITY_CA_FILE={ca_path}",
+        file=out,
+    )
+    print("  make run", file=out, flush=True)
+    try:
+        await asyncio.Event().wait()  # until cancelled (Ctrl-C)
+    finally:
+        await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m proxy.testing.fake",
+        description="Run the bundled fake Amperity API over TLS (for your own integration tests).",
+    )
+    parser.add_argument(
+        "--port", type=int, default=8443, help="TCP port on 127.0.0.1 (default 8443; 0: any)"
+    )
+    parser.add_argument(
+        "--tenant", default="acme", help="tenant the printed token is for (default acme)"
+    )
+    parser.add_argument(
+        "--ca-file",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "fake-amperity-ca.pem",
+        help="where to write the CA bundle (default: fake-amperity-ca.pem in the temp folder)",
+    )
+    args = parser.parse_args(argv)
+    tls = make_tls("localhost")
+    args.ca_file.write_bytes(tls.ca_pem)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve_standalone(tls, args.port, args.tenant, args.ca_file, sys.stdout))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
