@@ -27,18 +27,20 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from proxy import __version__
 from proxy.admin.endpoints import AdminHandlers, Lifecycle
 from proxy.config import Config, ConfigError, Route
-from proxy.listener import GuardedServer
+from proxy.gate import AdminGate, Gate
+from proxy.listener import GuardedClientResponse, GuardedServer
+from proxy.observe.activity import Activity
 from proxy.observe.metrics import ProxyMetrics, StateCollector, TokenCollector
+from proxy.observe.record import Recorder
 from proxy.request.admission import Admission
-from proxy.request.gate import AdminGate, Gate
-from proxy.request.pacing import retry_delay
-from proxy.request.pipeline import ProxyHandler, Target
+from proxy.request.pipeline import Pipeline, Target
 from proxy.request.routing import HostEntry, HostTable, RouteTable
 from proxy.tokens import RouteState, TokenError, TokenStore, make_sources, read_source
 from proxy.tokens.sources import Source
 from proxy.tokens.store import FILE_POLL_INTERVAL
 from proxy.tokens.watch import FileWatch
-from proxy.upstream.exchange import Backoff, GuardedClientResponse, Upstream
+from proxy.upstream.plan import Plan
+from proxy.upstream.retry import Retry
 from proxy.upstream.slots import UpstreamSlots
 
 log = logging.getLogger("amperity_proxy")
@@ -162,8 +164,6 @@ class ProxyApp:
         self._poller: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._reload_lock = asyncio.Lock()
-        self._sleep = sleep
-        self._rng = rng
         self._context_cache: dict[ContextKey, ssl.SSLContext] = {}
         built = self._contexts(config)
         self._context_cache = built.by_key
@@ -195,7 +195,8 @@ class ProxyApp:
             registry.register(collector)
             if self.exposition is not registry:
                 self.exposition.register(collector)
-        self.handler = ProxyHandler(
+        self.activity = Activity()  # the status page's per-route traffic; survives reloads
+        self.handler = Pipeline(
             self._admission(config, contexts, self._client_token(config), self.store.routes),
             self.store,
             self.metrics,
@@ -205,6 +206,8 @@ class ProxyApp:
                 config.limits.upstream_connections_per_client,
                 config.limits.upstream_queue_wait,
             ),
+            Retry(self.store, self.activity, clock, sleep, rng),
+            Recorder(self.activity, config.listen.unix is not None, clock),
             clock,
             sleep,
         )
@@ -245,21 +248,14 @@ class ProxyApp:
             base = route.base_url
             route_metrics = self.metrics.for_route(route.name, route.tenant)
             target = Target(
-                Upstream.from_route(
+                route,
+                Plan.of(
                     route,
                     contexts[route.name],
                     config.limits.body_timeout,
                     config.limits.body_deadline,
                 ),
                 route_metrics,
-                # A forward-mode client writes http:// with the base URL's host (and its port
-                # when it is not the default): that is where rewritten Locations point.
-                forward_base=f"http://{base.host_header}{base.path}",
-                backoff=Backoff(
-                    self._sleep,
-                    lambda policy, attempt, after: retry_delay(policy, attempt, after, self._rng),
-                    route_metrics.retry,
-                ),
                 tokens=tokens[route.name],  # this generation's tokens, for this Target only
             )
             prefixes.append((route.prefix, target))
@@ -489,7 +485,7 @@ def create_admin_app(proxy: ProxyApp) -> GuardedServer:
         proxy.store,
         proxy.exposition,
         proxy.lifecycle,
-        proxy.handler.activity,
+        proxy.activity,
         lambda: proxy.config,
         proxy.reload_from_source,
         AdminGate(proxy.config.admin),

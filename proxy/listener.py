@@ -10,6 +10,13 @@
 - **parser errors** answer in the proxy's JSON envelope with the right status (414 request line
   too long, 431 headers too large or too many, 400 otherwise), never echoing request bytes, and
   are logged without a traceback.
+
+Every use of aiohttp internals lives in this module and nowhere else: the guarded server and
+its connections, typed accessors for per-connection state (`abandon_body`, `client_gone`,
+`draining`, `force_close`, `peer_uid`, `write_interim`), a response whose headers leave with
+its first body bytes (`CoalescedResponse`), the upstream response class that closes a
+connection after a status outside 200-599 (`GuardedClientResponse`), and a site's bound
+addresses (`bound_sockets`).
 """
 
 from __future__ import annotations
@@ -18,15 +25,19 @@ import asyncio
 import contextlib
 import json
 import logging
+import socket
+import struct
 import uuid
 from collections.abc import Awaitable, Callable
+from http import HTTPStatus
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
-from proxy.refusals import envelope
+from proxy.refusals import Refusal, answer, refuse
 
 log = logging.getLogger("amperity_proxy.connections")
 
@@ -34,11 +45,14 @@ Reject = Callable[[str], None]
 _UNWIND = 0.5  # seconds cancelled handlers get to write their log lines after the drain
 
 
-def _raw_envelope(status: int, reason: str, message: str) -> bytes:
+def _raw_envelope(refusal: Refusal) -> bytes:
     """A complete HTTP/1.1 response for when there is no request object to answer with."""
-    body = json.dumps({"status": status, "message": message, "request_id": uuid.uuid4().hex})
+    status = refusal.status
+    body = json.dumps(
+        {"status": status, "message": refusal.message, "request_id": uuid.uuid4().hex}
+    )
     return (
-        f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
+        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\nConnection: close\r\nCache-Control: no-store\r\n\r\n"
         f"{body}"
     ).encode()
@@ -124,11 +138,7 @@ class GuardedHandler(RequestHandler):
             return
         if self._partial:  # headers started but never completed: tell the client why
             self._guard.reject("header_timeout")
-            message = (
-                f"request headers not received within {self._guard.header_timeout:g}s "
-                "(limits.header_timeout)"
-            )
-            transport.write(_raw_envelope(408, "Request Timeout", message))
+            transport.write(_raw_envelope(self._guard.header_timeout_refusal))
         self.force_close()
 
     def handle_error(
@@ -141,15 +151,15 @@ class GuardedHandler(RequestHandler):
         """Parser and server errors in the proxy's envelope; request bytes are never echoed."""
         if status >= 500 or not isinstance(exc, BadHttpMessage):
             return super().handle_error(request, status, exc, message)
-        reason, status, text = self._guard.classify(exc)
-        self._guard.reject(reason)
+        refusal = self._guard.classify(exc)
+        self._guard.reject(refusal.reason)
         log.info(
             "refused a malformed request from %s: %s",
             request.remote,
             type(exc).__name__,
-            extra={"fields": {"refused": reason, "status": status}},
+            extra={"fields": {"refused": refusal.reason, "status": refusal.status}},
         )
-        response = envelope(status, text, uuid.uuid4().hex)
+        response = answer(refusal, uuid.uuid4().hex)
         response.force_close()
         return response
 
@@ -195,24 +205,30 @@ class GuardedServer(web.Server):
         self.header_timeout = header_timeout
         self.reject = reject
         # Each refusal names the setting that would raise its limit (built once, here).
-        self._too_many = f"too many connections ({cap_setting}: {max_connections}); retry"
-        self._line_too_long = (
+        section = cap_setting.partition(".")[0]
+        self._too_many = refuse(
+            "too_many_connections",
+            f"too many connections ({cap_setting}: {max_connections}); retry",
+        )
+        self.header_timeout_refusal = refuse(
+            "header_timeout",
+            f"request headers not received within {header_timeout:g}s ({section}.header_timeout)",
+        )
+        self._line_too_long = refuse(
             "request_line_too_long",
-            414,
             f"the request line is longer than {max_request_line} bytes "
             "(limits.max_request_line raises it)",
         )
-        self._field_too_large = (
+        self._field_too_large = refuse(
             "headers_too_large",
-            431,
             f"a request header is longer than {max_header_size} bytes "
             "(limits.max_header_size raises it)",
         )
-        self._too_many_headers = (
+        self._too_many_headers = refuse(
             "headers_too_large",
-            431,
             f"more than {max_headers} request headers (limits.max_headers raises it)",
         )
+        self._malformed = refuse("bad_request", "malformed HTTP request")
         self.draining = False  # set by shutdown()
 
     def __call__(self) -> RequestHandler:
@@ -238,16 +254,93 @@ class GuardedServer(web.Server):
             return True
         self.reject("too_many_connections")
         assert isinstance(transport, asyncio.WriteTransport)
-        transport.write(_raw_envelope(503, "Service Unavailable", self._too_many))
+        transport.write(_raw_envelope(self._too_many))
         handler.force_close()
         return False
 
-    def classify(self, exc: BadHttpMessage) -> tuple[str, int, str]:
-        """(metric reason, status, message) for a parser error."""
+    def classify(self, exc: BadHttpMessage) -> Refusal:
+        """The refusal for a parser error."""
         if isinstance(exc, LineTooLong):
             if str(exc.args[1]) == str(self.line_limit):
                 return self._line_too_long
             return self._field_too_large
         if "Too many headers" in str(exc.message):
             return self._too_many_headers
-        return "bad_request", 400, "malformed HTTP request"
+        return self._malformed
+
+
+# --- typed accessors for per-connection state --------------------------------------------
+
+
+def _guarded(request: web.BaseRequest) -> GuardedHandler | None:
+    protocol = request.protocol
+    return protocol if isinstance(protocol, GuardedHandler) else None
+
+
+def abandon_body(request: web.BaseRequest) -> None:
+    """Don't drain a body the proxy refused; close once the answer is out."""
+    handler = _guarded(request)
+    if handler is not None:
+        handler.abandon_body()
+
+
+def client_gone(request: web.BaseRequest) -> asyncio.Event | None:
+    """Set when the client disconnects (a queued request gives up)."""
+    handler = _guarded(request)
+    return handler.gone if handler is not None else None
+
+
+def draining(request: web.BaseRequest) -> bool:
+    """The server is shutting down: a request cut now was cut by the drain."""
+    handler = _guarded(request)
+    return handler is not None and handler.draining
+
+
+def force_close(request: web.BaseRequest) -> None:
+    """Close the connection once the current answer is out (or at once, mid-answer)."""
+    request.protocol.force_close()
+
+
+def peer_uid(request: web.BaseRequest) -> int | None:
+    """The uid of the process at the other end of a Unix socket (SO_PEERCRED), if any."""
+    sock = request.transport.get_extra_info("socket") if request.transport else None
+    if sock is None or sock.family != socket.AF_UNIX or not hasattr(socket, "SO_PEERCRED"):
+        return None
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return int(struct.unpack("3i", creds)[1])
+
+
+async def write_interim(request: web.BaseRequest, data: bytes) -> None:
+    """Write an interim answer (`100 Continue`) that is not part of the response."""
+    await request.writer.write(data)
+    request.writer.output_size = 0
+
+
+def bound_sockets(site: web.BaseSite) -> list[socket.socket]:
+    """The sockets a started site listens on."""
+    server = getattr(site, "_server", None)
+    return list(getattr(server, "sockets", None) or [])
+
+
+class CoalescedResponse(web.StreamResponse):
+    """A streamed response whose headers leave with its first body bytes (or its end) in one
+    socket write, instead of a write of their own: for small API answers that halves the
+    writes. The upstream's read timeout bounds how long headers can wait for body bytes."""
+
+    _send_headers_immediately = False
+
+
+class GuardedClientResponse(aiohttp.ClientResponse):
+    """The upstream session's response class: a status outside 200-599 closes the connection
+    it came on. aiohttp hands a connection back to the pool as soon as a small body is
+    complete, before the caller sees the status, so closing the response would be too late;
+    the protocol is held here and closed instead, and the pool drops a closed connection.
+    SECURITY: after a 101 nobody asked for (or 000, 600) the connection's framing can't be
+    trusted, and the next request must not ride on it."""
+
+    async def start(self, connection: aiohttp.connector.Connection) -> aiohttp.ClientResponse:
+        protocol = connection.protocol
+        response = await super().start(connection)
+        if not 200 <= self.status <= 599 and protocol is not None:
+            protocol.close()
+        return response

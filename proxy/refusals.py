@@ -18,17 +18,81 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from proxy.observe.logs import redact
+from proxy.redaction import redact
+
+
+@dataclass(frozen=True, slots=True)
+class Kind:
+    """A kind of refusal: the status it is answered with and its metric label."""
+
+    status: int
+    label: str  # a value of amperity_proxy_rejected_requests_total{reason}
+
+
+# The catalogue: every refusal the proxy answers itself, and the only place its status is
+# chosen. Keys name the situation; several may share a label (a method is refused with 405
+# when the proxy never supports it, 403 when a route's policy excludes it). Label order is
+# the metric's series order.
+CATALOGUE: dict[str, Kind] = {
+    "no_route": Kind(404, "no_route"),
+    "bad_path": Kind(400, "bad_path"),
+    "bad_target": Kind(400, "bad_target"),
+    "token_expired": Kind(401, "token_expired"),  # expired_token: reject
+    # limits: the listener's parser and connection cap, the body checks
+    "bad_request": Kind(400, "bad_request"),
+    "request_line_too_long": Kind(414, "request_line_too_long"),
+    "headers_too_large": Kind(431, "headers_too_large"),
+    "header_timeout": Kind(408, "header_timeout"),
+    "too_many_connections": Kind(503, "too_many_connections"),
+    "body_timeout": Kind(408, "body_timeout"),
+    "body_too_large": Kind(413, "body_too_large"),
+    "body_deadline": Kind(408, "body_deadline"),
+    "upstream_busy": Kind(503, "upstream_busy"),
+    "rate_limited": Kind(429, "rate_limited"),
+    # who may use the proxy (gate) and what it forwards
+    "forbidden_client": Kind(403, "forbidden_client"),
+    "forbidden_host": Kind(403, "forbidden_host"),
+    "forbidden_origin": Kind(403, "forbidden_origin"),
+    "unsupported_method": Kind(405, "forbidden_method"),
+    "route_method": Kind(403, "forbidden_method"),
+    "forbidden_path": Kind(403, "forbidden_path"),
+    "bad_client_token": Kind(403, "bad_client_token"),
+    "bad_proxy_token": Kind(407, "bad_client_token"),  # forward mode: Proxy-Authorization
+    "connect": Kind(405, "connect"),
+    "upgrade": Kind(400, "upgrade"),
+    "bad_expect": Kind(417, "bad_expect"),
+    "bad_content_type": Kind(415, "bad_content_type"),
+    "foreign_host": Kind(403, "foreign_host"),
+    "ambiguous_tenant": Kind(421, "ambiguous_tenant"),
+    # not counted as rejected requests: the route can't serve at all
+    "no_token": Kind(503, "no_token"),
+}
+# amperity_proxy_rejected_requests_total's `reason` values, in catalogue order.
+REJECT_REASONS = tuple(dict.fromkeys(k.label for n, k in CATALOGUE.items() if n != "no_token"))
+# Upstream failures: reason (amperity_proxy_upstream_errors_total) -> status.
+UPSTREAM_FAILURES = {"connect": 502, "tls": 502, "timeout": 504, "reset": 502, "bad_response": 502}
 
 
 @dataclass(frozen=True, slots=True)
 class Refusal:
-    """A request the proxy answers itself: status, metric reason, and the user-facing message."""
+    """A request the proxy answers itself: status, metric reason, and the user-facing message.
+    Made by `refuse`, so its status comes from the catalogue."""
 
     status: int
     reason: str  # a label of amperity_proxy_rejected_requests_total
     message: str
     headers: Mapping[str, str] | None = None
+
+
+def refuse(kind: str, message: str, headers: Mapping[str, str] | None = None) -> Refusal:
+    """The refusal of `kind` (a CATALOGUE key) with this message."""
+    entry = CATALOGUE[kind]
+    return Refusal(entry.status, entry.label, message, headers)
+
+
+def answer(refusal: Refusal, request_id: str) -> web.Response:
+    """A refusal as a response in Amperity's envelope."""
+    return envelope(refusal.status, refusal.message, request_id, refusal.headers)
 
 
 def envelope(

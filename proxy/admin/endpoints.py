@@ -26,9 +26,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from proxy.admin.document import status_document
 from proxy.admin.page import render
 from proxy.config import Config
+from proxy.gate import AdminGate
 from proxy.observe.activity import Activity
-from proxy.refusals import Refusal, envelope
-from proxy.request.gate import AdminGate
+from proxy.refusals import Refusal, envelope, refuse
 from proxy.tokens import TokenStore
 from proxy.upstream.headers import request_id
 
@@ -107,10 +107,10 @@ class AdminHandlers:
         if refusal is not None:
             return refusal
         if entry is None:
-            return Refusal(404, "no_route", f"no admin endpoint {request.path[:100]}; see /")
+            return refuse("no_route", f"no admin endpoint {request.path[:100]}; see /")
         method, _, sensitive = entry
         if request.method != method and not (method == "GET" and request.method == "HEAD"):
-            return Refusal(405, "forbidden_method", f"{request.path} answers {method} only")
+            return refuse("unsupported_method", f"{request.path} answers {method} only")
         if sensitive:
             refusal = gate.client(request.remote)
             if refusal is not None:
@@ -118,8 +118,7 @@ class AdminHandlers:
         if method == "POST" and request.content_type != "application/json":
             # SECURITY: a cross-site form or `fetch` can't send this content type without a
             # CORS preflight, which the admin port never answers.
-            return Refusal(
-                415,
+            return refuse(
                 "bad_content_type",
                 f"{request.path} needs Content-Type: application/json (e.g. curl -X POST "
                 "-H 'Content-Type: application/json' ...)",

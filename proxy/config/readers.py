@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from proxy.config.patterns import PatternSet, pattern_problem
+from proxy.redaction import JWT_RE, looks_like_jwt
 
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # `${VAR}`, `${VAR:-default}`; a default may hold `{...}` groups, as in
@@ -25,8 +26,6 @@ _ENV_REF_RE = re.compile(r"\$\$|\$\{([^}:]*)(?::-((?:[^{}]|\{[^{}]*\})*))?\}")
 # source mapping belongs, an inline `value:`, a password. Such values are never echoed.
 SECRET_FIELDS = frozenset({"token", "tokens", "value", "client_secret", "client_token", "password"})
 MAX_SHOWN = 64  # a longer value is never echoed: it is more likely a pasted secret than a name
-# Three base64url parts, the first a JSON header (`{"` encodes as `eyJ`): a JWT.
-JWT_RE = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 _SUBSTRING_MIN = 8  # shorter registered values are too common to replace inside other text
 # A real config has a few hundred values; YAML aliases can make 500 bytes expand to millions
 # (the "billion laughs"), and `${VAR}` expansion copies every one of them.
@@ -35,10 +34,6 @@ MAX_CONFIG_NODES = 100_000
 
 class TooLarge(Exception):
     """The config expands to more than MAX_CONFIG_NODES values."""
-
-
-def looks_like_jwt(text: str) -> bool:
-    return JWT_RE.search(text) is not None
 
 
 class Errors:

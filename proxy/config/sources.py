@@ -17,13 +17,13 @@ from proxy.config.readers import (
     ENV_NAME_RE,
     Errors,
     join,
-    looks_like_jwt,
     mapping,
     positive,
     string,
     string_list,
     type_name,
 )
+from proxy.redaction import looks_like_jwt
 
 TokenKind = Literal["env", "file", "value", "exec", "client_credentials"]
 ALL_KINDS: tuple[str, ...] = ("env", "file", "value", "exec", "client_credentials")

@@ -13,33 +13,18 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
 import time
 import weakref
 from typing import IO, Any
 
-from proxy.config.readers import JWT_RE
+from proxy.redaction import redact
 
 _STDLIB_KEYS = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
     "message",
     "asctime",
     "fields",
 }
-
-
-# `scheme://anything-but-space-quote-?#` then `?query`: the query goes, the rest stays.
-_URL_QUERY_RE = re.compile(r"""([A-Za-z][A-Za-z0-9+.-]*://[^\s'"?#<>]*)\?[^\s'"#<>]*""")
-
-
-def redact(text: str) -> str:
-    """SECURITY: `text` without URL query strings or JWT-shaped values (cheap when neither
-    can be there, which is almost always)."""
-    if "://" in text and "?" in text:
-        text = _URL_QUERY_RE.sub(r"\1?<redacted>", text)
-    if "eyJ" in text:
-        text = JWT_RE.sub("<redacted JWT>", text)
-    return text
 
 
 def _redacted(value: Any) -> Any:

@@ -19,7 +19,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from proxy.request.gate import REJECT_REASONS as ACCESS_REJECT_REASONS
+from proxy.refusals import REJECT_REASONS
 from proxy.tokens import RouteStatus
 
 # No `*_created` series: they double the series count and no alert or dashboard here uses them.
@@ -30,24 +30,6 @@ UNAUTHORIZED_CAUSES = ("expired", "rejected", "unknown", "tenant_mismatch")
 RETRY_REASONS = ("unauthorized", "status_429", "status_503")
 WAIT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 REFRESH_RESULTS = ("success", "failure")
-REJECT_REASONS = (
-    "no_route",
-    "bad_path",
-    "bad_target",
-    "token_expired",
-    # limits (proxy.listener and the body checks in proxy.upstream.exchange)
-    "bad_request",
-    "request_line_too_long",
-    "headers_too_large",
-    "header_timeout",
-    "too_many_connections",
-    "body_timeout",
-    "body_too_large",
-    "body_deadline",
-    "upstream_busy",
-    "rate_limited",
-    *ACCESS_REJECT_REASONS,
-)
 # Amperity API calls range from milliseconds to minutes (large exports).
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 

@@ -15,8 +15,8 @@ from typing import Generic, Protocol, TypeVar
 from aiohttp import web
 
 from proxy.config import Route
-from proxy.refusals import Refusal
-from proxy.request.gate import Gate, method_refusal, route_policy
+from proxy.gate import Gate
+from proxy.refusals import Refusal, refuse
 from proxy.request.routing import (
     FRAGMENT,
     AbsoluteTarget,
@@ -26,6 +26,7 @@ from proxy.request.routing import (
     parse_absolute_target,
     path_problem,
 )
+from proxy.upstream.bodies import CONTINUE_EXPECTATION
 from proxy.upstream.headers import normalize
 
 _TENANT_HEADERS = frozenset({"amperity-tenant", "x-amperity-tenant"})
@@ -84,15 +85,14 @@ class Admission(Generic[T]):
 
     def _reverse(self, request: web.BaseRequest, raw: str) -> Admitted[T] | Refusal:
         if "#" in raw:
-            return Refusal(400, "bad_target", FRAGMENT)
+            return refuse("bad_target", FRAGMENT)
         path, sep, query = raw.partition("?")
         problem = path_problem(path)
         if problem is not None:
-            return Refusal(400, "bad_path", f"refused path: {problem}")
+            return refuse("bad_path", f"refused path: {problem}")
         match = self.prefixes.match(path)
         if match is None:
-            return Refusal(
-                404,
+            return refuse(
                 "no_route",
                 f"no route for {_shown(path)}; configured prefixes: {self._prefix_list}",
             )
@@ -104,22 +104,20 @@ class Admission(Generic[T]):
         if isinstance(parsed, str):
             if raw == "*":
                 parsed = "'*' request targets are not supported"
-            return Refusal(400, "bad_target", parsed)
+            return refuse("bad_target", parsed)
         problem = path_problem(parsed.path)
         if problem is not None:
-            return Refusal(400, "bad_path", f"refused path: {problem}")
+            return refuse("bad_path", f"refused path: {problem}")
         matches = self.hosts.match(parsed)
         if matches is None:
             # SECURITY: never an open proxy; no connection and no DNS lookup for such a host.
-            return Refusal(
-                403,
+            return refuse(
                 "foreign_host",
                 f"this proxy only forwards to its configured Amperity hosts "
                 f"({', '.join(self.hosts.hosts)}); {_shown(parsed.host)} is not one of them",
             )
         if not matches:
-            return Refusal(
-                404,
+            return refuse(
                 "no_route",
                 f"no route for http://{parsed.authority}{_shown(parsed.path)}; "
                 f"{self.hosts.mismatch(parsed)}",
@@ -142,12 +140,11 @@ class Admission(Generic[T]):
         }
         tenants = ", ".join(sorted(e.tenant for e, _ in matches))
         if len(hints) > 1:
-            return Refusal(421, "ambiguous_tenant", "conflicting Amperity-Tenant headers")
+            return refuse("ambiguous_tenant", "conflicting Amperity-Tenant headers")
         if not hints:
             if len(matches) == 1:
                 return matches[0]
-            return Refusal(
-                421,
+            return refuse(
                 "ambiguous_tenant",
                 f"several routes serve http://{parsed.authority}; send an Amperity-Tenant "
                 f"header naming one of: {tenants}",
@@ -156,9 +153,61 @@ class Admission(Generic[T]):
         for entry, rest in matches:
             if entry.tenant == hint:
                 return entry, rest
-        return Refusal(
-            421,
+        return refuse(
             "ambiguous_tenant",
             f"no route for http://{parsed.authority} serves tenant {_shown(hint)!r}; "
             f"send an Amperity-Tenant header naming one of: {tenants}",
         )
+
+
+# The methods the proxy forwards (route policies may narrow them).
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def method_refusal(request: web.BaseRequest) -> Refusal | None:
+    """CONNECT, TRACE, protocol upgrades and unknown expectations are never proxied."""
+    if request.method == "CONNECT":
+        return refuse(
+            "connect",
+            "CONNECT is not supported: an HTTPS tunnel can't carry an injected credential. "
+            "Use http:// URLs through the proxy; it upgrades them to HTTPS itself",
+        )
+    if request.method == "TRACE":
+        return refuse("unsupported_method", "TRACE is not allowed")
+    if request.method not in _METHODS:
+        # Methods are case-sensitive tokens; `get` is not GET. llhttp refuses unknown methods
+        # itself; the pure-Python parser accepts any token, so both end up here.
+        return refuse(
+            "unsupported_method",
+            f"method {request.method[:20]!r} is not supported; use one of "
+            + ", ".join(sorted(_METHODS)),
+        )
+    if "Upgrade" in request.headers:
+        return refuse(
+            "upgrade", "protocol upgrades (WebSocket, h2c) are not supported by this proxy"
+        )
+    expect = request.headers.get("Expect")
+    if expect is not None and expect.strip().lower() != CONTINUE_EXPECTATION:
+        # RFC 9110 §10.1.1: a server "MAY respond with a 417 (Expectation Failed)" to an
+        # expectation other than 100-continue.
+        return refuse(
+            "bad_expect",
+            f"Expect: {expect[:40]!r} is not supported; only Expect: 100-continue is",
+        )
+    return None
+
+
+def route_policy(route: Route, method: str, rest: str) -> Refusal | None:
+    """A route's `methods` and `paths` restrictions, checked before anything is sent."""
+    if route.methods is not None and method not in route.methods:
+        return refuse(
+            "route_method",
+            f"route {route.name} allows only {', '.join(sorted(route.methods)) or 'no methods'}",
+        )
+    if route.paths is not None and not route.paths.fullmatch(rest):
+        return refuse(
+            "forbidden_path",
+            f"route {route.name} does not allow this path; allowed (after the prefix): "
+            + ", ".join(route.paths.patterns),
+        )
+    return None

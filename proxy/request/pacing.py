@@ -12,13 +12,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
-import random
 import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 
 from proxy.config import Route
-from proxy.config.traffic import RetryPolicy
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -166,28 +164,3 @@ class Pacer:
                 del self._buckets[key]
                 return
         self._buckets.popitem(last=False)
-
-
-def retry_delay(
-    policy: RetryPolicy, attempt: int, retry_after: str | None, rng: random.Random
-) -> float:
-    """Seconds before send number `attempt + 1`: the upstream's `Retry-After` (seconds or an
-    HTTP date) when given, else full-jitter exponential back-off; capped at `policy.max`."""
-    if retry_after:
-        seconds = _retry_after_seconds(retry_after)
-        if seconds is not None:
-            return min(policy.max, max(0.0, seconds))
-    return rng.uniform(0, min(policy.max, policy.base * 2 ** (attempt - 1)))
-
-
-def _retry_after_seconds(value: str) -> float | None:
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    from email.utils import parsedate_to_datetime
-
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return when.timestamp() - time.time()

@@ -9,7 +9,9 @@ import re
 import time
 from typing import TYPE_CHECKING
 
-from proxy.tokens.credential import Credential
+from proxy.config import Route
+from proxy.refusals import Refusal, refuse
+from proxy.tokens.credential import Credential, in_words
 
 if TYPE_CHECKING:
     from proxy.tokens.views import RouteStatus
@@ -82,3 +84,21 @@ def token_state(status: RouteStatus, now: float) -> str:
     if state in ("expired", "expiring"):
         return state
     return "failing" if any(t.failing for t in status.tokens) else "ok"
+
+
+def expired_refusal(route: Route, status: RouteStatus, now: float) -> Refusal | None:
+    """With `expired_token: reject`: a local 401 when every token of the route is expired."""
+    if route.expired_token != "reject" or status.valid(now):  # noqa: S105 (a policy name)
+        return None
+    expired = [t for t in status.tokens if t.credential is not None and t.credential.expired(now)]
+    details = "; ".join(
+        f"token {t.credential.fingerprint} ({t.source}) expired {utc(t.credential.expires_at)} "
+        f"({in_words(now - t.credential.expires_at)} ago)"
+        for t in expired
+        if t.credential is not None and t.credential.expires_at is not None
+    )
+    return refuse(
+        "token_expired",
+        f"every token for route {route.name} is expired: {details}; {REMEDY} and put it in "
+        "the token source (or add it under tokens:). Not sent to Amperity (expired_token: reject)",
+    )

@@ -11,20 +11,25 @@ from typing import Protocol
 import aiohttp
 from aiohttp import web
 
-from proxy.refusals import envelope
+from proxy.listener import write_interim
+from proxy.refusals import answer, refuse
 
 # Methods whose request can be sent again after a 401 (RFC 9110 idempotent methods, without
 # the ones a legacy tool would never expect repeated): the body is kept only for these.
 REPLAYABLE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 
 _BODY_ERRORS = {
-    "body_timeout": (408, "the request body stalled for longer than limits.body_timeout"),
-    "body_deadline": (
-        408,
+    "body_timeout": refuse(
+        "body_timeout", "the request body stalled for longer than limits.body_timeout"
+    ),
+    "body_deadline": refuse(
+        "body_deadline",
         "the request body took longer than limits.body_deadline in all (send it faster, or "
         "raise the limit)",
     ),
-    "body_too_large": (413, "the request body is larger than the route's max_body_bytes"),
+    "body_too_large": refuse(
+        "body_too_large", "the request body is larger than the route's max_body_bytes"
+    ),
 }
 
 
@@ -48,8 +53,7 @@ async def send_continue(request: web.BaseRequest) -> None:
     client token, rate limit, size), never before, so a refused request gets its final status
     without it. The upstream never sees `Expect` (the header policy drops it)."""
     if expects_continue(request) and request.body_exists:
-        await request.writer.write(_CONTINUE)
-        request.writer.output_size = 0  # the interim answer is not part of the response
+        await write_interim(request, _CONTINUE)
 
 
 class BodyLimit(Exception):
@@ -125,7 +129,6 @@ async def read_replayable_body(
 def body_refusal(tally: Tally, request_id: str) -> web.Response:
     """The answer when the client's body broke a limit; the connection can't be reused."""
     assert tally.body_error is not None
-    status, message = _BODY_ERRORS[tally.body_error]
-    response = envelope(status, message, request_id)
+    response = answer(_BODY_ERRORS[tally.body_error], request_id)
     response.force_close()  # the rest of the body was never read
     return response

@@ -1,4 +1,7 @@
-"""Who may use the proxy: client networks, browser protections, the client token, route policy.
+"""Who may connect: client networks, browser protections (Origin, Sec-Fetch-Site, Host) and
+the client token, for the proxy listener (`Gate`) and the admin listener (`AdminGate`).
+
+Below both the request pipeline and the admin endpoints, which never import each other.
 
 Anything that reaches the proxy gets a live Amperity credential attached, so every check here
 refuses by default and each refusal says how to allow a legitimate client. All sets, networks
@@ -11,15 +14,11 @@ import base64
 import hmac
 import ipaddress
 import re
-import socket
-import struct
 
 from aiohttp import web
 
-from proxy.config import Route
 from proxy.config.listen import Listen
-from proxy.refusals import Refusal
-from proxy.upstream.bodies import CONTINUE_EXPECTATION
+from proxy.refusals import Refusal, refuse
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 _LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
@@ -27,22 +26,6 @@ _LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 # or from the proxy's own origin; anything else (same-site, cross-site) is a page's request.
 _SAFE_FETCH_SITES = frozenset({"none", "same-origin"})
 _CACHE_LIMIT = 4096
-_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-
-REJECT_REASONS = (
-    "forbidden_client",
-    "forbidden_host",
-    "forbidden_origin",
-    "forbidden_method",
-    "forbidden_path",
-    "bad_client_token",
-    "connect",
-    "upgrade",
-    "bad_expect",
-    "bad_content_type",
-    "foreign_host",
-    "ambiguous_tenant",
-)
 
 
 _HOST_RE = re.compile(r"(\[[0-9a-f:.]+\]|[a-z0-9._-]+)(:[0-9]{0,5})?")
@@ -56,15 +39,6 @@ def host_part(host_header: str) -> str:
     if match is None:
         return ""
     return match.group(1).strip("[]").rstrip(".")
-
-
-def peer_uid(request: web.BaseRequest) -> int | None:
-    """The uid of the process at the other end of a Unix socket (SO_PEERCRED), if any."""
-    sock = request.transport.get_extra_info("socket") if request.transport else None
-    if sock is None or sock.family != socket.AF_UNIX or not hasattr(socket, "SO_PEERCRED"):
-        return None
-    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return int(struct.unpack("3i", creds)[1])
 
 
 class Gate:
@@ -94,8 +68,7 @@ class Gate:
             self._client_ok[address or ""] = allowed
         if allowed:
             return None
-        return Refusal(
-            403,
+        return refuse(
             "forbidden_client",
             f"client address {address} may not use this proxy; allowed networks: "
             f"{self._allowed_networks_text} ({self._section}.allow_clients)",
@@ -117,16 +90,14 @@ class Gate:
         origin = request.headers.get("Origin")
         origin_ok = origin is not None and origin.lower().rstrip("/") in self._origins
         if origin is not None and not origin_ok:
-            return Refusal(
-                403,
+            return refuse(
                 "forbidden_origin",
                 f"requests from web pages are refused (Origin: {origin[:100]}); to allow a "
                 "browser-based tool, add its origin to listen.allowed_origins",
             )
         site = request.headers.get("Sec-Fetch-Site")
         if site is not None and site.lower() not in _SAFE_FETCH_SITES and not origin_ok:
-            return Refusal(
-                403,
+            return refuse(
                 "forbidden_origin",
                 f"requests from web pages are refused (Sec-Fetch-Site: {site[:40]}); to allow a "
                 "browser-based tool, add its origin to listen.allowed_origins",
@@ -135,8 +106,7 @@ class Gate:
             return None  # the absolute URL, not Host, decides where a forward request goes
         host = request.headers.get("Host")
         if host is not None and host_part(host) not in self._hosts:
-            return Refusal(
-                403,
+            return refuse(
                 "forbidden_host",
                 f"Host {host[:100]!r} is not a name of this proxy (DNS rebinding protection); "
                 "use http://127.0.0.1:<port>/ or add the name to listen.allowed_hosts",
@@ -154,14 +124,13 @@ class Gate:
         if presented and hmac.compare_digest(presented.strip().encode(), self._client_token):
             return None
         what = "Proxy-Authorization: Bearer <client token>" if forward else "X-Proxy-Token"
-        status, headers = (
-            (407, {"Proxy-Authenticate": 'Bearer realm="amperity-proxy"'})
+        kind, headers = (
+            ("bad_proxy_token", {"Proxy-Authenticate": 'Bearer realm="amperity-proxy"'})
             if forward
-            else (403, None)
+            else ("bad_client_token", None)
         )
-        return Refusal(
-            status,
-            "bad_client_token",
+        return refuse(
+            kind,
             f"{'a wrong' if presented else 'no'} client token; send {what} with the token "
             "configured in listen.client_token",
             headers,
@@ -191,8 +160,7 @@ class AdminGate:
         host = host_part(raw)
         if host and (host in self._names or _is_ip_literal(host)):
             return None
-        return Refusal(
-            403,
+        return refuse(
             "forbidden_host",
             f"Host {raw[:100]!r} is not a name of this admin listener (DNS rebinding "
             "protection); use its IP address or localhost, or add the name to "
@@ -202,8 +170,7 @@ class AdminGate:
     def browser(self, request: web.BaseRequest) -> Refusal | None:
         site = request.headers.get("Sec-Fetch-Site")
         if site is not None and site.lower() not in _SAFE_FETCH_SITES:
-            return Refusal(
-                403,
+            return refuse(
                 "forbidden_origin",
                 f"requests from other web pages are refused on the admin port (Sec-Fetch-Site: "
                 f"{site[:40]})",
@@ -212,8 +179,7 @@ class AdminGate:
         if origin is not None:
             own = f"http://{request.headers.get('Host', '')}".lower()
             if origin.lower().rstrip("/") != own:
-                return Refusal(
-                    403,
+                return refuse(
                     "forbidden_origin",
                     f"requests from other web pages are refused on the admin port (Origin: "
                     f"{origin[:100]})",
@@ -245,57 +211,3 @@ def _proxy_authorization(value: str) -> str:
             return ""
         return decoded.partition(":")[2]
     return ""
-
-
-def method_refusal(request: web.BaseRequest) -> Refusal | None:
-    """CONNECT, TRACE, protocol upgrades and unknown expectations are never proxied."""
-    if request.method == "CONNECT":
-        return Refusal(
-            405,
-            "connect",
-            "CONNECT is not supported: an HTTPS tunnel can't carry an injected credential. "
-            "Use http:// URLs through the proxy; it upgrades them to HTTPS itself",
-        )
-    if request.method == "TRACE":
-        return Refusal(405, "forbidden_method", "TRACE is not allowed")
-    if request.method not in _METHODS:
-        # Methods are case-sensitive tokens; `get` is not GET. llhttp refuses unknown methods
-        # itself; the pure-Python parser accepts any token, so both end up here.
-        return Refusal(
-            405,
-            "forbidden_method",
-            f"method {request.method[:20]!r} is not supported; use one of "
-            + ", ".join(sorted(_METHODS)),
-        )
-    if "Upgrade" in request.headers:
-        return Refusal(
-            400, "upgrade", "protocol upgrades (WebSocket, h2c) are not supported by this proxy"
-        )
-    expect = request.headers.get("Expect")
-    if expect is not None and expect.strip().lower() != CONTINUE_EXPECTATION:
-        # RFC 9110 §10.1.1: a server "MAY respond with a 417 (Expectation Failed)" to an
-        # expectation other than 100-continue.
-        return Refusal(
-            417,
-            "bad_expect",
-            f"Expect: {expect[:40]!r} is not supported; only Expect: 100-continue is",
-        )
-    return None
-
-
-def route_policy(route: Route, method: str, rest: str) -> Refusal | None:
-    """A route's `methods` and `paths` restrictions, checked before anything is sent."""
-    if route.methods is not None and method not in route.methods:
-        return Refusal(
-            403,
-            "forbidden_method",
-            f"route {route.name} allows only {', '.join(sorted(route.methods)) or 'no methods'}",
-        )
-    if route.paths is not None and not route.paths.fullmatch(rest):
-        return Refusal(
-            403,
-            "forbidden_path",
-            f"route {route.name} does not allow this path; allowed (after the prefix): "
-            + ", ".join(route.paths.patterns),
-        )
-    return None

@@ -1,0 +1,77 @@
+"""The upstream's answer, streamed down to the client: status, the response header policy, a
+rewritten `Location`, then the body as it arrives (back-pressure both ways), never buffered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from aiohttp import web
+
+from proxy.listener import CoalescedResponse
+from proxy.observe.record import Record
+from proxy.upstream.exchange import Answer, BadResponse, Outgoing
+from proxy.upstream.headers import response_headers, rewrite_location
+from proxy.upstream.plan import Plan
+
+
+def check_status(answer: Answer) -> None:
+    """RFC 9110 §15: a final status is 200-599; 1xx are interim, and aiohttp consumes 100 and
+    103 itself. A 101 nobody asked for, 000, 099 or 600 is a broken upstream. SECURITY: the
+    connection's framing can't be trusted after it: it is closed, never reused."""
+    status = answer.status
+    if not 200 <= status <= 599:
+        answer.response.close()  # its connection is closed already: GuardedClientResponse
+        raise BadResponse(f"status {status} outside 200-599")
+
+
+def head(
+    answer: Answer, plan: Plan, outgoing: Outgoing, public_base: str, record: Record
+) -> CoalescedResponse:
+    """The client's response to `answer`, before any byte of it is sent."""
+    check_status(answer)
+    upstream = answer.response
+    record.upstream_status = upstream.status
+    record.deprecation = _deprecation(upstream.headers)
+    response = CoalescedResponse(status=upstream.status, reason=upstream.reason)
+    response.headers.extend(response_headers(upstream.headers.items()))
+    if "Location" in response.headers:
+        base = plan.base_url
+        response.headers["Location"] = rewrite_location(
+            response.headers["Location"],
+            request_url=str(outgoing.url),
+            base_scheme=base.scheme,
+            base_host=base.host,
+            base_port=base.port,
+            base_path=base.path,
+            public_base=public_base,
+        )
+    response.headers["X-Request-ID"] = outgoing.request_id
+    return response
+
+
+async def stream(
+    request: web.BaseRequest, response: web.StreamResponse, answer: Answer, record: Record
+) -> None:
+    """Send `response` and then the upstream's body as it arrives. Raises what reading the
+    upstream raises; once `record.status_sent` is set, the caller can only cut the connection."""
+    upstream = answer.response
+    # The first body bytes are read before anything goes to the client: headers and first
+    # bytes then leave in one write, and an upstream that fails before sending any body still
+    # gets an honest 502/504 instead of a cut connection.
+    first = answer.peeked if answer.peeked is not None else await upstream.content.readany()
+    await response.prepare(request)
+    record.status_sent = response.status
+    if first:
+        await response.write(first)
+        record.bytes_out += len(first)
+        async for chunk in upstream.content.iter_any():
+            await response.write(chunk)
+            record.bytes_out += len(chunk)
+    await response.write_eof()
+
+
+def _deprecation(headers: Mapping[str, str]) -> str | None:
+    """Amperity announces api-version sunsets with `Deprecation` / `Sunset` headers."""
+    found = [f"{name}: {headers[name]}" for name in ("Deprecation", "Sunset") if name in headers]
+    return "; ".join(found)[:300] if found else None
