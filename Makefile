@@ -54,6 +54,7 @@ lint: install
 	$(BIN)/ruff check proxy tests bench tools
 	$(BIN)/ruff format --check proxy tests bench tools
 	$(BIN)/hadolint Dockerfile
+	$(BIN)/lint-imports --no-cache
 
 typecheck: install
 	$(BIN)/mypy

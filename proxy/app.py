@@ -1,16 +1,14 @@
-"""The composition root: builds every part from a Config, and rebuilds them on a reload.
+"""The composition root, the one place that wires everything: a Config in, a running proxy out.
 
-`ProxyApp` precomputes upstreams, SSL contexts, the route and host tables and metric children;
-`startup`/`cleanup` own the upstream ClientSession and the token scheduler; `reload` swaps in a
-new config atomically. `create_app`'s keyword arguments are the test seams.
+`ProxyApp` builds each generation (plans, TLS contexts, targets, token states) at load time;
+`startup`/`cleanup` own the upstream session and the token tasks; `reload` builds the next
+generation and swaps it in with plain assignments. `create_app`'s keywords are the test seams.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import hashlib
 import logging
 import os
 import random
@@ -22,118 +20,32 @@ import aiohttp
 from aiohttp import web
 from aiohttp.abc import AbstractResolver
 from prometheus_client import CollectorRegistry
-from prometheus_client.multiprocess import MultiProcessCollector
 
 from proxy import __version__
 from proxy.admin.endpoints import AdminHandlers, Lifecycle
-from proxy.config import Config, ConfigError, Route
-from proxy.gate import AdminGate, Gate
-from proxy.listener import GuardedClientResponse, GuardedServer
+from proxy.config import Config, ConfigError, Route, StartupError, keep_running, restart_needed
+from proxy.gate import AdminGate, client_token
+from proxy.listener import GuardedServer
 from proxy.observe.activity import Activity
-from proxy.observe.metrics import ProxyMetrics, StateCollector, TokenCollector
+from proxy.observe.metrics import ProxyMetrics, StateCollector, TokenCollector, expose
 from proxy.observe.record import Recorder
 from proxy.request.admission import Admission
-from proxy.request.pipeline import Pipeline, Target
-from proxy.request.routing import HostEntry, HostTable, RouteTable
-from proxy.tokens import RouteState, TokenError, TokenStore, make_sources, read_source
+from proxy.request.pipeline import Pipeline
+from proxy.request.targets import Target, admit
+from proxy.tokens import RouteState, TokenStore, make_sources
 from proxy.tokens.sources import Source
 from proxy.tokens.store import FILE_POLL_INTERVAL
 from proxy.tokens.watch import FileWatch
-from proxy.upstream.plan import Plan
 from proxy.upstream.retry import Retry
+from proxy.upstream.session import upstream_session
 from proxy.upstream.slots import UpstreamSlots
+from proxy.upstream.tls import Contexts, TlsContexts
 
 log = logging.getLogger("amperity_proxy")
 
 TICK_INTERVAL = 1.0  # seconds between token scheduler rounds (file polls, refreshes, warnings)
 
 ConfigLoader = Callable[[], Config]
-
-
-class StartupError(Exception):
-    """The proxy cannot start; `lines` are printed one per line, without a traceback."""
-
-    def __init__(self, lines: list[str]) -> None:
-        super().__init__("; ".join(lines))
-        self.lines = lines
-
-
-ContextKey = tuple[str | None, str]  # (ca_file, sha256 of its content; "" for system CAs)
-
-
-@dataclasses.dataclass(frozen=True)
-class Contexts:
-    by_route: dict[str, ssl.SSLContext]
-    by_key: dict[ContextKey, ssl.SSLContext]
-
-
-def _ssl_contexts(
-    config: Config,
-    keys: Mapping[str, ContextKey],
-    previous: Mapping[ContextKey, ssl.SSLContext],
-) -> dict[ContextKey, ssl.SSLContext]:
-    """One verifying SSL context per distinct ca_file (None = system CAs), reusing the previous
-    generation's context when the CA bundle is unchanged. A new context per reload would give
-    aiohttp's pool new connection keys: old connections (and the contexts, about 2 MiB of CA
-    store each) would linger until their keep-alive ran out, and under load a reload every
-    second grew memory and file descriptors without bound. Blocking: reads the bundles."""
-    contexts: dict[ContextKey, ssl.SSLContext] = {}
-    for route in config.routes:
-        key = keys[route.name]
-        if key in contexts:
-            continue
-        if key in previous:
-            contexts[key] = previous[key]
-            continue
-        # SECURITY: create_default_context verifies certificates and host names; nothing
-        # here can turn that off. ca_file only adds trust anchors.
-        context = ssl.create_default_context()
-        if route.ca_file is not None:
-            try:
-                context.load_verify_locations(cafile=route.ca_file)
-            except (OSError, ssl.SSLError) as exc:
-                raise StartupError(
-                    [f"route {route.name}: cannot load ca_file {route.ca_file}: {exc}"]
-                ) from None
-        contexts[key] = context
-    return contexts
-
-
-def _context_key(route: Route) -> ContextKey:
-    if route.ca_file is None:
-        return (None, "")
-    try:
-        with open(route.ca_file, "rb") as f:
-            digest = hashlib.file_digest(f, "sha256").hexdigest()
-    except OSError as exc:
-        raise StartupError(
-            [f"route {route.name}: cannot read ca_file {route.ca_file}: {exc.strerror or exc}"]
-        ) from None
-    return (route.ca_file, digest)
-
-
-def _restart_needed(old: Config, new: Config) -> list[str]:
-    """Settings a reload can't apply to a running process."""
-    changes = []
-    if (old.listen.host, old.listen.port, old.listen.unix) != (
-        new.listen.host,
-        new.listen.port,
-        new.listen.unix,
-    ):
-        changes.append(f"listen address ({old.listen} -> {new.listen})")
-    if old.admin != new.admin:
-        changes.append(f"admin listener ({old.admin} -> {new.admin}, allowed hosts, clients)")
-    old_guard, new_guard = old.admin_settings, new.admin_settings
-    if (old_guard.header_timeout, old_guard.max_connections) != (
-        new_guard.header_timeout,
-        new_guard.max_connections,
-    ):
-        changes.append("admin.header_timeout / admin.max_connections")
-    if old.shutdown_timeout != new.shutdown_timeout:
-        changes.append("shutdown_timeout")
-    if old.log != new.log:
-        changes.append("log settings")
-    return changes
 
 
 class ProxyApp:
@@ -156,7 +68,6 @@ class ProxyApp:
         self.registry = registry
         self.lifecycle = Lifecycle()
         self.config_loader: ConfigLoader | None = None  # set by `serve`: re-reads the file
-        self._upstream_ssl = upstream_ssl
         self._resolver = resolver
         self._env = env
         self._tick_interval = min(TICK_INTERVAL, token_poll_interval)
@@ -164,9 +75,9 @@ class ProxyApp:
         self._poller: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._reload_lock = asyncio.Lock()
-        self._context_cache: dict[ContextKey, ssl.SSLContext] = {}
-        built = self._contexts(config)
-        self._context_cache = built.by_key
+        self._tls = TlsContexts(upstream_ssl)
+        built = self._tls.build(config)
+        self._tls.keep(built)
         contexts = built.by_route
         self.ssl_contexts = contexts  # route name -> the context its upstream uses
         self.store = TokenStore(
@@ -178,34 +89,26 @@ class ProxyApp:
         # Token files are re-read within about a second of a change (the poll is the fallback).
         self._watch = FileWatch(self.store.file_paths, self.store.reread_directories)
         self.metrics = ProxyMetrics(registry, __version__)
-        collectors = (
+        self.exposition = expose(
+            registry,
             TokenCollector(self.store.snapshot),
             StateCollector(
                 lambda: self.lifecycle.ready(self.store),
                 lambda: (self.lifecycle.reload_successful, self.lifecycle.reload_success_at),
             ),
         )
-        # What /metrics serves: this process's registry, or with `run --workers N`
-        # (prometheus-client multiprocess mode) the counters of every worker, aggregated.
-        self.exposition = registry
-        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-            self.exposition = CollectorRegistry()
-            MultiProcessCollector(self.exposition)  # type: ignore[no-untyped-call]
-        for collector in collectors:
-            registry.register(collector)
-            if self.exposition is not registry:
-                self.exposition.register(collector)
         self.activity = Activity()  # the status page's per-route traffic; survives reloads
         self.handler = Pipeline(
-            self._admission(config, contexts, self._client_token(config), self.store.routes),
+            admit(
+                config,
+                contexts,
+                client_token(config.listen, self._env),
+                self.store.routes,
+                self.metrics,
+            ),
             self.store,
             self.metrics,
-            UpstreamSlots(
-                config.limits.upstream_connections,
-                config.limits.upstream_connections_per_route,
-                config.limits.upstream_connections_per_client,
-                config.limits.upstream_queue_wait,
-            ),
+            UpstreamSlots.of(config.limits),
             Retry(self.store, self.activity, clock, sleep, rng),
             Recorder(self.activity, config.listen.unix is not None, clock),
             clock,
@@ -214,55 +117,10 @@ class ProxyApp:
 
     # --- building ----------------------------------------------------------------------
 
-    def _contexts(self, config: Config) -> Contexts:
-        """route name -> SSL context, reusing the running generation's unchanged contexts (see
-        `_ssl_contexts`); the caller makes `by_key` the cache once the config is in use."""
-        if self._upstream_ssl is not None:
-            return Contexts({route.name: self._upstream_ssl for route in config.routes}, {})
-        keys = {route.name: _context_key(route) for route in config.routes}
-        by_key = _ssl_contexts(config, keys, self._context_cache)
-        return Contexts({name: by_key[key] for name, key in keys.items()}, by_key)
-
     def _sources(self, route: Route, contexts: Mapping[str, ssl.SSLContext]) -> list[Source]:
         return make_sources(
             route, env=self._env, session=lambda: self._session, ssl=contexts[route.name]
         )
-
-    def _client_token(self, config: Config) -> str | None:
-        if config.listen.client_token is None:
-            return None
-        try:
-            return read_source(config.listen.client_token, self._env).strip()
-        except TokenError as exc:
-            raise StartupError([f"listen.client_token: {exc}"]) from None
-
-    def _admission(
-        self,
-        config: Config,
-        contexts: Mapping[str, ssl.SSLContext],
-        client_token: str | None,
-        tokens: Mapping[str, RouteState],
-    ) -> Admission[Target]:
-        prefixes, hosts = [], []
-        for route in config.routes:
-            base = route.base_url
-            route_metrics = self.metrics.for_route(route.name, route.tenant)
-            target = Target(
-                route,
-                Plan.of(
-                    route,
-                    contexts[route.name],
-                    config.limits.body_timeout,
-                    config.limits.body_deadline,
-                ),
-                route_metrics,
-                tokens=tokens[route.name],  # this generation's tokens, for this Target only
-            )
-            prefixes.append((route.prefix, target))
-            hosts.append(
-                HostEntry(base.host, base.port, base.default_port, base.path, route.tenant, target)
-            )
-        return Admission(Gate(config.listen, client_token), RouteTable(prefixes), HostTable(hosts))
 
     # --- running -----------------------------------------------------------------------
 
@@ -274,24 +132,7 @@ class ProxyApp:
         """Open the upstream session, load every route's tokens, then start the token
         scheduler. `strict` (serving): a route without a token is a StartupError (fail fast).
         Otherwise (diagnostics) the problems are returned and nothing runs in the background."""
-        connector = aiohttp.TCPConnector(
-            resolver=self._resolver,
-            # proxy.upstream.slots keeps exchanges within upstream_connections, so nothing waits in the
-            # pool (a full pool used to surface as a connect timeout); the margin is for token
-            # mints, which don't hold a slot.
-            limit=self.config.limits.upstream_connections + 8,
-            enable_cleanup_closed=True,
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            cookie_jar=aiohttp.DummyCookieJar(),  # never store or replay upstream cookies
-            auto_decompress=False,  # compressed bodies pass through byte for byte
-            trust_env=False,  # SECURITY: the proxy's own HTTP_PROXY must not redirect tokens
-            timeout=aiohttp.ClientTimeout(total=None),  # per-route timeouts are set per request
-            # Send only what the client sent: no default Accept/Accept-Encoding/User-Agent.
-            skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
-            response_class=GuardedClientResponse,  # odd statuses close their connection
-        )
+        self._session = upstream_session(self._resolver, self.config.limits.upstream_connections)
         self.handler.session = self._session
         errors = await self.store.load_initial()
         if not strict:
@@ -305,16 +146,12 @@ class ProxyApp:
 
     async def cleanup(self) -> None:
         """Stop the scheduler and close the session (after in-flight requests finished)."""
-        if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
-            self._watcher = None
-        if self._poller is not None:
-            self._poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._poller
-            self._poller = None
+        for task in (self._watcher, self._poller):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._watcher = self._poller = None
         if self._session is not None:
             self.handler.session = None
             await self._session.close()
@@ -339,20 +176,8 @@ class ProxyApp:
     ) -> GuardedServer:
         """A `GuardedServer` with this config's size limits, counting its refusals: the proxy
         listener's and the admin listener's differ only in their cap and header deadline."""
-        limits = self.config.limits
-        return GuardedServer(
-            handler,
-            max_connections=max_connections,
-            header_timeout=header_timeout,
-            max_request_line=limits.max_request_line,
-            max_header_size=limits.max_header_size,
-            max_headers=limits.max_headers,
-            cap_setting=f"{section}.max_connections",
-            reject=self.reject,
-            access_log=None,
-            # The header deadline bounds idle keep-alive connections; aiohttp's own
-            # keep-alive timer would only add a second, longer one.
-            keepalive_timeout=header_timeout + 1,
+        return GuardedServer.of(
+            handler, self.config.limits, max_connections, header_timeout, section, self.reject
         )
 
     def reject(self, reason: str) -> None:
@@ -366,85 +191,66 @@ class ProxyApp:
         it refuse (then nothing changed). In-flight requests finish on the routes they started
         with; tokens of unchanged routes are kept; listener changes need a restart."""
         async with self._reload_lock:
-            restart = _restart_needed(self.config, config)
+            restart = restart_needed(self.config, config)
             if restart:
                 log.warning(
                     "config reload: %s changed; that needs a restart and is kept as it runs",
                     ", ".join(restart),
                 )
-                config = dataclasses.replace(
-                    config,
-                    listen=dataclasses.replace(
-                        config.listen,
-                        host=self.config.listen.host,
-                        port=self.config.listen.port,
-                        unix=self.config.listen.unix,
-                    ),
-                    admin=self.config.admin,
-                    admin_settings=dataclasses.replace(
-                        config.admin_settings,  # enable_reload applies at once; the rest waits
-                        header_timeout=self.config.admin_settings.header_timeout,
-                        max_connections=self.config.admin_settings.max_connections,
-                    ),
-                    shutdown_timeout=self.config.shutdown_timeout,
-                    log=self.config.log,
-                )
+                config = keep_running(config, self.config)
             try:
                 # CA bundles and a client-token file are read off the event loop.
-                built = await asyncio.to_thread(self._contexts, config)
+                built = await asyncio.to_thread(self._tls.build, config)
                 contexts = built.by_route
-                client_token = await asyncio.to_thread(self._client_token, config)
+                token = await asyncio.to_thread(client_token, config.listen, self._env)
             except StartupError as exc:
-                return self._rejected(exc.lines)
+                return self.lifecycle.rejected(exc.lines)
             pending = self.store.prepare(
                 config.routes, lambda route: self._sources(route, contexts)
             )
-            admission = self._admission(config, contexts, client_token, pending)
+            admission = admit(config, contexts, token, pending, self.metrics)
             errors = await self.store.load(pending)
             if errors:
-                return self._rejected(errors)
-            # The swap: plain attribute assignments on the event loop, so no request ever sees
-            # half of it. Requests already running keep the Target and token they started with.
-            added = sorted(set(pending) - set(self.store.route_names))
-            removed = sorted(set(self.store.route_names) - set(pending))
-            self.store.commit(pending)
-            self._watch.changed()  # the token files to watch may be others now
-            self.handler.admission = admission
-            self.ssl_contexts = contexts
-            self._context_cache = built.by_key  # unchanged bundles keep their context
-            self.config = config
-            self.lifecycle.reload_successful = True
-            self.lifecycle.reload_success_at = time.time()
-            self.lifecycle.reload_errors = []
-            for warning in config.warnings:
-                log.warning("config: %s", warning)
-            log.info(
-                "config reloaded: %d route(s); added %s; removed %s",
-                len(config.routes),
-                ", ".join(added) or "none",
-                ", ".join(removed) or "none",
-            )
+                return self.lifecycle.rejected(errors)
+            self._swap(config, pending, admission, built)
             return []
 
-    def _rejected(self, errors: list[str]) -> list[str]:
-        self.lifecycle.reload_successful = False
-        self.lifecycle.reload_errors = list(errors)
-        log.error(
-            "config reload rejected, the running config is kept: %s",
-            "; ".join(errors),
-            extra={"fields": {"errors": errors}},
+    def _swap(
+        self,
+        config: Config,
+        pending: dict[str, RouteState],
+        admission: Admission[Target],
+        built: Contexts,
+    ) -> None:
+        """The swap: plain attribute assignments on the event loop, so no request ever sees
+        half of it. Requests already running keep the Target and token they started with."""
+        added = sorted(set(pending) - set(self.store.route_names))
+        removed = sorted(set(self.store.route_names) - set(pending))
+        self.store.commit(pending)
+        self._watch.changed()  # the token files to watch may be others now
+        self.handler.admission = admission
+        self.ssl_contexts = built.by_route
+        self._tls.keep(built)  # unchanged bundles keep their context
+        self.config = config
+        self.lifecycle.reloaded()
+        for warning in config.warnings:
+            log.warning("config: %s", warning)
+        log.info(
+            "config reloaded: %d route(s); added %s; removed %s",
+            len(config.routes),
+            ", ".join(added) or "none",
+            ", ".join(removed) or "none",
         )
-        return errors
 
     async def reload_from_source(self, trigger: str) -> list[str]:
         """Re-read the config (as `serve` was told to) and reload it."""
         if self.config_loader is None:
-            return self._rejected(["no config file to reload from"])
+            return self.lifecycle.rejected(["no config file to reload from"])
         log.info("config reload requested (%s)", trigger)
         try:
             config = await asyncio.to_thread(self.config_loader)
         except ConfigError as exc:
-            return self._rejected(exc.errors)
+            return self.lifecycle.rejected(exc.errors)
         return await self.reload(config)
 
 

@@ -14,11 +14,14 @@ import base64
 import hmac
 import ipaddress
 import re
+from collections.abc import Mapping
 
 from aiohttp import web
 
+from proxy.config import StartupError
 from proxy.config.listen import Listen
 from proxy.refusals import Refusal, refuse
+from proxy.tokens import TokenError, read_source
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 _LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
@@ -211,3 +214,13 @@ def _proxy_authorization(value: str) -> str:
             return ""
         return decoded.partition(":")[2]
     return ""
+
+
+def client_token(listen: Listen, env: Mapping[str, str]) -> str | None:
+    """`listen.client_token`, read from its source (blocking: it may be a file)."""
+    if listen.client_token is None:
+        return None
+    try:
+        return read_source(listen.client_token, env).strip()
+    except TokenError as exc:
+        raise StartupError([f"listen.client_token: {exc}"]) from None

@@ -37,6 +37,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
+from proxy.config.limits import Limits
 from proxy.refusals import Refusal, answer, refuse
 
 log = logging.getLogger("amperity_proxy.connections")
@@ -230,6 +231,33 @@ class GuardedServer(web.Server):
         )
         self._malformed = refuse("bad_request", "malformed HTTP request")
         self.draining = False  # set by shutdown()
+
+    @classmethod
+    def of(
+        cls,
+        handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]],
+        limits: Limits,
+        max_connections: int,
+        header_timeout: float,
+        section: str,
+        reject: Reject,
+    ) -> GuardedServer:
+        """A listener's server: `limits`' size limits, with the listener's own cap and header
+        deadline (`section`: `limits` or `admin`, for the messages)."""
+        return cls(
+            handler,
+            max_connections=max_connections,
+            header_timeout=header_timeout,
+            max_request_line=limits.max_request_line,
+            max_header_size=limits.max_header_size,
+            max_headers=limits.max_headers,
+            cap_setting=f"{section}.max_connections",
+            reject=reject,
+            access_log=None,
+            # The header deadline bounds idle keep-alive connections; aiohttp's own
+            # keep-alive timer would only add a second, longer one.
+            keepalive_timeout=header_timeout + 1,
+        )
 
     def __call__(self) -> RequestHandler:
         return GuardedHandler(self, loop=self._loop, **self._kwargs)

@@ -293,7 +293,7 @@ async def test_client_credentials_mint_at_startup(
 async def test_client_credentials_wrong_secret_fails_startup(
     make_proxy: ProxyFactory, upstream: Upstream
 ) -> None:
-    from proxy.app import StartupError
+    from proxy.config import StartupError
 
     with pytest.raises(StartupError) as info:
         await make_proxy([cc_route(upstream)], env={"CC_SECRET": "wrong"})

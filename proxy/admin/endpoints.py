@@ -16,6 +16,7 @@ browser and client checks). Nothing here ever shows a token, a secret or a reque
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -36,6 +37,8 @@ Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 _PAGE_HEADERS = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
 
+log = logging.getLogger("amperity_proxy")
+
 
 class Lifecycle:
     """Process state the admin endpoints report: draining on SIGTERM, the last config reload."""
@@ -52,6 +55,22 @@ class Lifecycle:
         unready: readiness gates the whole pod, and an Amperity token problem must not take
         the application down with it."""
         return not self.draining and all(s.current is not None for s in store.snapshot())
+
+    def reloaded(self) -> None:
+        self.reload_successful = True
+        self.reload_success_at = time.time()
+        self.reload_errors = []
+
+    def rejected(self, errors: list[str]) -> list[str]:
+        """A reload was refused: the running config stays; say why, once."""
+        self.reload_successful = False
+        self.reload_errors = list(errors)
+        log.error(
+            "config reload rejected, the running config is kept: %s",
+            "; ".join(errors),
+            extra={"fields": {"errors": errors}},
+        )
+        return errors
 
 
 class AdminHandlers:

@@ -21,6 +21,7 @@ from aiohttp import web
 
 from proxy.app import create_app
 from proxy.config import parse_config
+from proxy.listener import bound_sockets
 from proxy.testing.fake import FakeAmperity, RecordedRequest, make_tls, make_token, start_fake
 from proxy.tokens import fingerprint
 
@@ -86,7 +87,7 @@ async def demo(serve: bool = False) -> None:
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        port = bound_sockets(site)[0].getsockname()[1]
         url = f"http://127.0.0.1:{port}/acme/segments?limit=2"
         try:
             print(f"fake Amperity API: https://localhost:{fake_port}/api (tenant acme)")

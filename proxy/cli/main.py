@@ -14,11 +14,10 @@ import sys
 from collections.abc import Sequence
 
 from proxy import __version__
-from proxy.app import StartupError
 from proxy.cli.diagnose import doctor, parse_duration, token_info
 from proxy.cli.run import serve
 from proxy.cli.workers import supervise
-from proxy.config import LOG_LEVELS, Config, ConfigError, load_config
+from proxy.config import LOG_LEVELS, Config, ConfigError, StartupError, load_config
 from proxy.config.listen import listen_problems, parse_listen
 from proxy.observe.logs import flush_logs, setup_logging
 from proxy.tokens.health import EXPIRING

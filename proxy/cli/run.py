@@ -20,10 +20,11 @@ from pathlib import Path
 from aiohttp import web
 
 from proxy import __version__
-from proxy.app import ConfigLoader, StartupError, create_admin_app, create_app
+from proxy.app import ConfigLoader, create_admin_app, create_app
 from proxy.cli.selfcheck import self_check
-from proxy.config import Config
+from proxy.config import Config, StartupError
 from proxy.config.listen import Listen, UnixListen
+from proxy.listener import bound_sockets
 from proxy.observe.logs import flush_logs
 
 log = logging.getLogger("amperity_proxy")
@@ -133,7 +134,7 @@ async def _start_site(
                 f"another port with {flag} {listen.host}:PORT"
             )
         raise StartupError([f"cannot listen on {listen} ({what}): {reason}"]) from None
-    sockets = getattr(site._server, "sockets", None) or []
+    sockets = bound_sockets(site)
     return [
         f"[{s.getsockname()[0]}]:{s.getsockname()[1]}"
         if s.family == socket.AF_INET6

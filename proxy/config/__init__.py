@@ -19,7 +19,10 @@ from proxy.config.model import (
     LogSettings,
     Route,
     RouteDefaults,
+    StartupError,
     Timeouts,
+    keep_running,
+    restart_needed,
 )
 from proxy.config.parse import HTTP_METHODS, load_config, parse_config, yaml_problem
 
@@ -35,8 +38,11 @@ __all__ = [
     "LogSettings",
     "Route",
     "RouteDefaults",
+    "StartupError",
     "Timeouts",
+    "keep_running",
     "load_config",
     "parse_config",
+    "restart_needed",
     "yaml_problem",
 ]

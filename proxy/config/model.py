@@ -7,6 +7,7 @@ tie them together: Config, Route and its parts.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -39,6 +40,14 @@ class ConfigError(Exception):
         lines = [f"{self.source}: {len(self.errors)} error(s)"]
         lines += [f"  {e}" for e in self.errors]
         return "\n".join(lines)
+
+
+class StartupError(Exception):
+    """The proxy cannot start; `lines` are printed one per line, without a traceback."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__("; ".join(lines))
+        self.lines = lines
 
 
 @dataclass(frozen=True)
@@ -136,3 +145,49 @@ class Config:
     def enable_reload(self) -> bool:
         """admin.enable_reload: serve POST /-/reload."""
         return self.admin_settings.enable_reload
+
+
+def restart_needed(old: Config, new: Config) -> list[str]:
+    """Settings a reload can't apply to a running process."""
+    changes = []
+    if (old.listen.host, old.listen.port, old.listen.unix) != (
+        new.listen.host,
+        new.listen.port,
+        new.listen.unix,
+    ):
+        changes.append(f"listen address ({old.listen} -> {new.listen})")
+    if old.admin != new.admin:
+        changes.append(f"admin listener ({old.admin} -> {new.admin}, allowed hosts, clients)")
+    old_guard, new_guard = old.admin_settings, new.admin_settings
+    if (old_guard.header_timeout, old_guard.max_connections) != (
+        new_guard.header_timeout,
+        new_guard.max_connections,
+    ):
+        changes.append("admin.header_timeout / admin.max_connections")
+    if old.shutdown_timeout != new.shutdown_timeout:
+        changes.append("shutdown_timeout")
+    if old.log != new.log:
+        changes.append("log settings")
+    return changes
+
+
+def keep_running(new: Config, running: Config) -> Config:
+    """`new` with the settings a reload can't apply (see `restart_needed`) kept as they run;
+    `admin.enable_reload` applies at once."""
+    return dataclasses.replace(
+        new,
+        listen=dataclasses.replace(
+            new.listen,
+            host=running.listen.host,
+            port=running.listen.port,
+            unix=running.listen.unix,
+        ),
+        admin=running.admin,
+        admin_settings=dataclasses.replace(
+            new.admin_settings,
+            header_timeout=running.admin_settings.header_timeout,
+            max_connections=running.admin_settings.max_connections,
+        ),
+        shutdown_timeout=running.shutdown_timeout,
+        log=running.log,
+    )

@@ -6,6 +6,7 @@ never from paths, queries or tokens.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 
@@ -17,6 +18,7 @@ from prometheus_client import (
     disable_created_metrics,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from proxy.refusals import REJECT_REASONS
@@ -260,3 +262,18 @@ class StateCollector(Collector):
 
     def describe(self) -> Iterator[Metric]:
         return iter(())
+
+
+def expose(registry: CollectorRegistry, *collectors: Collector) -> CollectorRegistry:
+    """Register the scrape-time collectors; return what /metrics serves: this process's
+    registry, or with `run --workers N` (prometheus-client multiprocess mode) the counters of
+    every worker, aggregated, plus the collectors."""
+    exposition = registry
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        exposition = CollectorRegistry()
+        MultiProcessCollector(exposition)  # type: ignore[no-untyped-call]
+    for collector in collectors:
+        registry.register(collector)
+        if exposition is not registry:
+            exposition.register(collector)
+    return exposition

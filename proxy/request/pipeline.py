@@ -14,19 +14,18 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
 
-from proxy.config import Route
 from proxy.listener import abandon_body, client_gone, peer_uid
-from proxy.observe.metrics import ProxyMetrics, RouteMetrics
+from proxy.observe.metrics import ProxyMetrics
 from proxy.observe.record import Record, Recorder
 from proxy.refusals import Refusal, answer, refuse
 from proxy.request.admission import Admission, Admitted
 from proxy.request.pacing import ClientGone, Pacer, RateLimited
-from proxy.tokens import Credential, RouteState, TokenStore
+from proxy.request.targets import Target
+from proxy.tokens import Credential, TokenStore
 from proxy.tokens.health import expired_refusal
 from proxy.upstream.bodies import (
     BodyLimit,
@@ -38,28 +37,11 @@ from proxy.upstream.bodies import (
 from proxy.upstream.exchange import Outgoing
 from proxy.upstream.forwarding import forward
 from proxy.upstream.headers import request_id
-from proxy.upstream.plan import Plan
 from proxy.upstream.retry import Exchange, Retry
 from proxy.upstream.slots import UpstreamBusy, UpstreamSlots
 
 # Refusals after which the connection can't carry another HTTP request.
 _CLOSE_AFTER = frozenset({"connect", "upgrade"})
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    """What a route maps to in one config generation: the route, its upstream plan, its bound
-    metrics and the generation of its tokens. SECURITY: a request reads (and after a 401
-    recovers) its credential only from `tokens`, never by route name."""
-
-    route: Route
-    plan: Plan
-    metrics: RouteMetrics
-    tokens: RouteState
-
-    @property
-    def forward_base(self) -> str:
-        return self.plan.forward_base
 
 
 def client_key(request: web.BaseRequest) -> str:

@@ -58,6 +58,8 @@ import jwt
 from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 
+from proxy.listener import bound_sockets
+
 TEST_SECRET = "fake-amperity-test-secret-not-for-production"  # noqa: S105 (test-only)
 FAKE_CLIENT_ID = "fake-client"
 FAKE_CLIENT_SECRET = "fake-client-secret-not-for-production"  # noqa: S105 (test-only)
@@ -425,7 +427,7 @@ async def start_fake(
     await runner.setup()
     site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
     await site.start()
-    sockets = getattr(site._server, "sockets", [])
+    sockets = bound_sockets(site)
     return runner, int(sockets[0].getsockname()[1])
 
 

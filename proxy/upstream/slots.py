@@ -23,6 +23,8 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from proxy.config.limits import Limits
+
 
 class UpstreamBusy(Exception):
     """No upstream slot within the queue wait: `scope` names the limit that was full (a key of
@@ -56,6 +58,15 @@ class UpstreamSlots:
         self._by_route: Counter[str] = Counter()
         self._by_client: Counter[str] = Counter()
         self._waiters: list[_Waiter] = []
+
+    @classmethod
+    def of(cls, limits: Limits) -> UpstreamSlots:
+        return cls(
+            limits.upstream_connections,
+            limits.upstream_connections_per_route,
+            limits.upstream_connections_per_client,
+            limits.upstream_queue_wait,
+        )
 
     def _full(self, route: str, client: str) -> Full | None:
         """Which limit stops one more slot for (route, client), or None when it fits."""
