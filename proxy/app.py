@@ -71,15 +71,13 @@ class ProxyApp:
         self._resolver = resolver
         self._env = env
         self._tick_interval = min(TICK_INTERVAL, token_poll_interval)
-        self._session: aiohttp.ClientSession | None = None
+        self.session: aiohttp.ClientSession | None = None  # while running
         self._poller: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._reload_lock = asyncio.Lock()
         self._tls = TlsContexts(upstream_ssl)
-        built = self._tls.build(config)
-        self._tls.keep(built)
-        contexts = built.by_route
-        self.ssl_contexts = contexts  # route name -> the context its upstream uses
+        self._tls.keep(built := self._tls.build(config))
+        self.ssl_contexts = contexts = built.by_route  # route name -> its upstream's context
         self.store = TokenStore(
             config.routes,
             lambda route: self._sources(route, contexts),
@@ -98,14 +96,19 @@ class ProxyApp:
             ),
         )
         self.activity = Activity()  # the status page's per-route traffic; survives reloads
-        self.handler = Pipeline(
-            admit(
-                config,
-                contexts,
-                client_token(config.listen, self._env),
-                self.store.routes,
-                self.metrics,
-            ),
+        self.handler = self._pipeline(contexts, clock, sleep, rng)
+
+    def _pipeline(
+        self,
+        contexts: Mapping[str, ssl.SSLContext],
+        clock: Callable[[], float],
+        sleep: Callable[[float], Awaitable[None]],
+        rng: random.Random,
+    ) -> Pipeline:
+        config = self.config
+        token = client_token(config.listen, self._env)
+        return Pipeline(
+            admit(config, contexts, token, self.store.routes, self.metrics),
             self.store,
             self.metrics,
             UpstreamSlots.of(config.limits),
@@ -115,25 +118,17 @@ class ProxyApp:
             sleep,
         )
 
-    # --- building ----------------------------------------------------------------------
-
     def _sources(self, route: Route, contexts: Mapping[str, ssl.SSLContext]) -> list[Source]:
         return make_sources(
-            route, env=self._env, session=lambda: self._session, ssl=contexts[route.name]
+            route, env=self._env, session=lambda: self.session, ssl=contexts[route.name]
         )
-
-    # --- running -----------------------------------------------------------------------
-
-    @property
-    def session(self) -> aiohttp.ClientSession | None:
-        return self._session
 
     async def startup(self, *, strict: bool = True) -> list[str]:
         """Open the upstream session, load every route's tokens, then start the token
         scheduler. `strict` (serving): a route without a token is a StartupError (fail fast).
         Otherwise (diagnostics) the problems are returned and nothing runs in the background."""
-        self._session = upstream_session(self._resolver, self.config.limits.upstream_connections)
-        self.handler.session = self._session
+        self.session = upstream_session(self._resolver, self.config.limits.upstream_connections)
+        self.handler.session = self.session
         errors = await self.store.load_initial()
         if not strict:
             return errors
@@ -152,20 +147,23 @@ class ProxyApp:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         self._watcher = self._poller = None
-        if self._session is not None:
+        if self.session is not None:
             self.handler.session = None
-            await self._session.close()
-            self._session = None
+            await self.session.close()
+            self.session = None
 
-    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        return await self.handler.handle(request)
+    def queued(self) -> int:
+        """Requests waiting for their rate-limit slot (tests wait on it)."""
+        return self.handler.pacer.queued()
 
     def server(self) -> web.Server:
         """A low-level server for every request, with the connection limits. Not an
         Application: the proxy must see CONNECT and `OPTIONS *`, which aiohttp's router would
         answer itself with a plain 404."""
         limits = self.config.limits
-        return self.guarded(self.handle, limits.max_connections, limits.header_timeout, "limits")
+        return self.guarded(
+            self.handler.handle, limits.max_connections, limits.header_timeout, "limits"
+        )
 
     def guarded(
         self,
@@ -183,8 +181,6 @@ class ProxyApp:
     def reject(self, reason: str) -> None:
         """Count a request refused before it reached the upstream."""
         self.metrics.rejected.labels(reason).inc()
-
-    # --- reloading ---------------------------------------------------------------------
 
     async def reload(self, config: Config) -> list[str]:
         """Replace the running routes with `config`'s, atomically; return the errors that made

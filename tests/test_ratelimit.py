@@ -77,14 +77,14 @@ async def test_a_burst_of_50_is_paced_at_10_per_second(
     proxy = await make(make_proxy, upstream, paced(upstream), ft)
     tasks = [asyncio.create_task(proxy.client.get(f"/acme/segments/{1000 + i}")) for i in range(50)]
     await asyncio.wait_for(upstream.fake.wait_for_requests(10), 30)  # the burst passes at once
-    await until(lambda: proxy.app.handler.pacer.queued() == 40, "40 queued")
+    await until(lambda: proxy.app.queued() == 40, "40 queued")
     for n in range(11, 51):
         await ft.advance()
         try:
             await asyncio.wait_for(upstream.fake.wait_for_requests(n), 5)
         except TimeoutError:
             raise AssertionError(
-                f"n={n} got={len(upstream.requests)} queued={proxy.app.handler.pacer.queued()} sleepers={ft._sleepers} now={ft.now - ft.start}"
+                f"n={n} got={len(upstream.requests)} queued={proxy.app.queued()} sleepers={ft._sleepers} now={ft.now - ft.start}"
             ) from None
     assert [r.status for r in await asyncio.gather(*tasks)] == [200] * 50
     arrivals = sorted(round(r.received_at - ft.start, 6) for r in upstream.requests)
@@ -101,7 +101,7 @@ async def test_ids_share_an_endpoint_bucket_and_endpoints_do_not(
     proxy = await make(make_proxy, upstream, paced(upstream, requests_per_second=1, burst=1), ft)
     assert (await proxy.client.get("/acme/segments/123")).status == 200
     same_endpoint = asyncio.create_task(proxy.client.get("/acme/segments/456"))
-    await until(lambda: proxy.app.handler.pacer.queued() == 1, "the second id queued")
+    await until(lambda: proxy.app.queued() == 1, "the second id queued")
     assert (await proxy.client.get("/acme/campaigns")).status == 200  # its own bucket
     assert (
         await proxy.client.post("/acme/segments/789", data=b"{}")
@@ -126,7 +126,7 @@ async def test_route_key_is_one_bucket_for_the_route(
     )
     assert (await proxy.client.get("/acme/segments")).status == 200
     other = asyncio.create_task(proxy.client.get("/acme/campaigns"))
-    await until(lambda: proxy.app.handler.pacer.queued() == 1, "queued behind the route's bucket")
+    await until(lambda: proxy.app.queued() == 1, "queued behind the route's bucket")
     await ft.advance()
     assert (await other).status == 200
 
@@ -140,7 +140,7 @@ async def test_a_wait_beyond_max_wait_gets_429_with_retry_after(
     )
     assert (await proxy.client.get("/acme/x")).status == 200
     queued = [asyncio.create_task(proxy.client.get("/acme/x")) for _ in range(2)]
-    await until(lambda: proxy.app.handler.pacer.queued() == 2, "two queued (1 s and 2 s)")
+    await until(lambda: proxy.app.queued() == 2, "two queued (1 s and 2 s)")
     refused = await proxy.client.get("/acme/x")  # it would wait 3 s
     assert refused.status == 429
     assert refused.headers["Retry-After"] == "3"
@@ -163,11 +163,11 @@ async def test_a_disconnected_client_gives_its_place_to_the_next(
     _, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
     writer.write(b"GET /acme/x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
     await writer.drain()
-    await until(lambda: proxy.app.handler.pacer.queued() == 1, "the first client queued")
+    await until(lambda: proxy.app.queued() == 1, "the first client queued")
     next_in_line = asyncio.create_task(proxy.client.get("/acme/y"))
-    await until(lambda: proxy.app.handler.pacer.queued() == 2, "the second client queued")
+    await until(lambda: proxy.app.queued() == 2, "the second client queued")
     writer.close()  # the first client gives up
-    await until(lambda: proxy.app.handler.pacer.queued() == 1, "its place freed")
+    await until(lambda: proxy.app.queued() == 1, "its place freed")
     await ft.advance()  # one slot later, the second client goes — not two
     assert (await next_in_line).status == 200
     assert [r.raw_path for r in upstream.requests] == ["/api/x", "/api/y"]

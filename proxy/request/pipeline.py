@@ -27,6 +27,7 @@ from proxy.request.pacing import ClientGone, Pacer, RateLimited
 from proxy.request.targets import Target
 from proxy.tokens import Credential, TokenStore
 from proxy.tokens.health import expired_refusal
+from proxy.tokens.state import status_of
 from proxy.upstream.bodies import (
     BodyLimit,
     body_refusal,
@@ -144,7 +145,7 @@ class Pipeline:
         """Checks made before the client may send its body: an answer, or None to go on."""
         route, target = admitted.target.route, admitted.target
         if route.expired_token == "reject" and credential.expired(self.clock()):  # noqa: S105 (a policy name)
-            refusal = expired_refusal(route, self.store.status_of(target.tokens), self.clock())
+            refusal = expired_refusal(route, status_of(target.tokens), self.clock())
             if refusal is not None:
                 return self._refuse(refusal, rid)
         if route.rate_limit is not None:

@@ -9,7 +9,8 @@ from proxy.tokens.credential import (
     parse_token,
 )
 from proxy.tokens.sources import make_sources, read_source
-from proxy.tokens.store import RouteState, TokenStore
+from proxy.tokens.state import RouteState
+from proxy.tokens.store import TokenStore
 from proxy.tokens.views import RouteStatus, TokenStatus
 
 __all__ = [

@@ -20,21 +20,29 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from proxy.config import Route
 from proxy.tokens.credential import (
     Credential,
     TokenError,
-    in_words,
     parse_token,
 )
-from proxy.tokens.health import API_KEYS, EXPIRY_WARNINGS, REMEDY
 from proxy.tokens.sources import Fetched, Source
-from proxy.tokens.views import RouteStatus, TokenStatus
+from proxy.tokens.state import (
+    RouteState,
+    SourceState,
+    failed,
+    installed,
+    log_fields,
+    select,
+    status_of,
+    succeeded,
+    token_key,
+    warn_expiry,
+)
+from proxy.tokens.views import RouteStatus
 
 log = logging.getLogger("amperity_proxy.tokens")
 
@@ -42,75 +50,9 @@ FILE_POLL_INTERVAL = 5.0  # seconds between re-reads of file sources
 # At most one 401-triggered re-read per route in this many seconds: fast enough that a token
 # revoked right after its file was swapped costs about a second of 401s, not ten.
 RECOVERY_INTERVAL = 1.0
-MAX_BACKOFF = 300.0
 MIN_REFRESH_GAP = 60.0  # a scheduled refresh never follows the last one sooner than this
 
 SourceFactory = Callable[[Route], list[Source]]
-
-
-@dataclass
-class SourceState:
-    """One source of one route, as the store keeps it."""
-
-    source: Source
-    credential: Credential | None = None
-    last_error: str | None = None
-    failing: bool = False
-    quarantined: bool = False
-    load_errors: Counter[str] = field(default_factory=Counter)
-    refresh_at: float | None = None  # scheduled refresh (exec, client_credentials)
-    retry_at: float | None = None  # back-off after a failed refresh
-    failures: int = 0
-    warned: int = 0  # how many EXPIRY_WARNINGS were logged for this credential
-    last_loaded: float | None = None
-    inflight: asyncio.Task[None] | None = None
-    digest: str = ""
-
-
-def _token_key(route: Route) -> tuple[object, ...]:
-    """What a route's tokens depend on: when equal across a reload, its tokens are kept."""
-    return (route.tenant, route.tokens, route.base_url, route.ca_file, route.timeouts)
-
-
-@dataclass(eq=False)
-class RouteState:
-    """One generation of one route's tokens (see the module docstring)."""
-
-    route: str
-    tenant: str
-    sources: list[SourceState]
-    key: tuple[object, ...] = ()
-    loaded: bool = False
-    current: SourceState | None = None
-    last_recovery: float = float("-inf")
-    recovering: asyncio.Task[None] | None = None
-    refreshes: Counter[str] = field(default_factory=Counter)
-
-    @property
-    def recovery_wait(self) -> float:
-        """How long a request waits for a 401-triggered re-read: the longest source timeout."""
-        return max((s.source.config.timeout for s in self.sources), default=10.0)
-
-    @property
-    def credential(self) -> Credential | None:
-        """The credential this generation uses now (the request path reads only this)."""
-        return self.current.credential if self.current is not None else None
-
-    @property
-    def source(self) -> str:
-        """Where the credential in use comes from, for logs."""
-        return self.current.source.config.describe() if self.current else "no token source"
-
-
-def _rank(state: SourceState, now: float) -> tuple[int, float]:
-    """Sort key, lowest first: unexpired with exp (latest first), unexpired without, expired."""
-    cred = state.credential
-    assert cred is not None
-    if cred.expires_at is None:
-        return (1, 0.0)
-    if cred.expired(now):
-        return (2, -cred.expires_at)
-    return (0, -cred.expires_at)
 
 
 class TokenStore:
@@ -154,7 +96,7 @@ class TokenStore:
         state (and its tokens); any other gets fresh sources, not loaded yet."""
         prepared = {}
         for route in routes:
-            key = _token_key(route)
+            key = token_key(route)
             old = self._routes.get(route.name)
             if old is not None and old.key == key:
                 prepared[route.name] = old
@@ -174,9 +116,9 @@ class TokenStore:
         now = self._clock()
         for rs in fresh:
             rs.loaded = True
-            self._select(rs)
+            select(rs, self._clock())
             for state in rs.sources:
-                self._warn_expiry(rs, state, now)
+                warn_expiry(rs, state, now)
             if rs.current is None:
                 problems = "; ".join(s.last_error or "no token" for s in rs.sources)
                 errors.append(f"route {rs.route}: {problems}")
@@ -233,9 +175,9 @@ class TokenStore:
 
         await self._refresh_where(due)
         for rs in self._routes.values():
-            self._select(rs)
+            select(rs, self._clock())
             for state in rs.sources:
-                self._warn_expiry(rs, state, now)
+                warn_expiry(rs, state, now)
 
     async def run(self, interval: float) -> None:
         """Call `tick` every `interval` seconds until cancelled."""
@@ -282,9 +224,9 @@ class TokenStore:
             log.warning(
                 "token %s set aside after a 401 until its source changes; another token is in use",
                 failed.fingerprint,
-                extra={"fields": self._fields(rs, failed_state)},
+                extra={"fields": log_fields(rs, failed_state)},
             )
-        self._select(rs)
+        select(rs, self._clock())
         return rs.credential
 
     async def _recover_sources(self, rs: RouteState) -> None:
@@ -305,7 +247,7 @@ class TokenStore:
             )
         )
         for rs in self._routes.values():
-            self._select(rs)
+            select(rs, self._clock())
 
     async def _refresh(self, rs: RouteState, state: SourceState, *, quiet: bool = False) -> None:
         """Fetch one source; concurrent callers share one fetch (single flight)."""
@@ -319,44 +261,20 @@ class TokenStore:
         except TokenError as exc:
             fetched = exc
         if isinstance(fetched, TokenError):
-            self._failed(rs, state, fetched, quiet)
+            failed(rs, state, fetched, quiet, self._clock())
             return
         digest = hashlib.sha256(fetched.text.strip().encode()).hexdigest()
         if digest == state.digest and state.credential is not None and fetched.expires_in is None:
             self._schedule(state, state.credential)
-            self._succeeded(rs, state)  # unchanged (a file re-read, mostly)
+            succeeded(rs, state)  # unchanged (a file re-read, mostly)
             return
         try:
             credential = parse_token(fetched.text, self._clock(), fetched.expires_in)
         except TokenError as exc:
-            self._failed(rs, state, exc, quiet)
+            failed(rs, state, exc, quiet, self._clock())
             return
-        previous = state.credential
-        state.credential = credential
-        state.digest = digest
-        state.last_loaded = credential.loaded_at
-        state.warned = 0
+        installed(rs, state, credential, digest)
         self._schedule(state, credential)
-        if previous is None or previous.fingerprint != credential.fingerprint:
-            state.quarantined = False  # the source changed: a fresh chance
-        self._succeeded(rs, state)
-        fields = self._fields(rs, state)
-        fields["expires_at"] = credential.expires_at
-        if previous is not None:
-            fields["previous_fingerprint"] = previous.fingerprint
-        changed = previous is None or previous.fingerprint != credential.fingerprint
-        log.info(
-            "token %s",
-            "loaded" if previous is None else ("rotated" if changed else "refreshed"),
-            extra={"fields": fields},
-        )
-        if changed and credential.malformed_jwt:  # once per token, at load
-            log.warning(
-                "token starts like a JWT but does not parse as one: it is used as an opaque "
-                "token, and Amperity will likely refuse it; copy the whole token again from %s",
-                API_KEYS,
-                extra={"fields": self._fields(rs, state)},
-            )
 
     def _schedule(self, state: SourceState, credential: Credential) -> None:
         """The next planned refresh, never sooner than MIN_REFRESH_GAP from now (a command
@@ -366,85 +284,6 @@ class TokenStore:
             planned = max(planned, self._clock() + MIN_REFRESH_GAP)
         state.refresh_at = planned
 
-    def _succeeded(self, rs: RouteState, state: SourceState) -> None:
-        state.last_error = None
-        state.retry_at = None
-        state.failures = 0
-        if state.source.refreshable and not state.source.polled:
-            rs.refreshes["success"] += 1
-        if state.failing:
-            state.failing = False
-            log.info("token source recovered", extra={"fields": self._fields(rs, state)})
-
-    def _failed(self, rs: RouteState, state: SourceState, exc: TokenError, quiet: bool) -> None:
-        state.load_errors[exc.reason] += 1
-        state.last_error = str(exc)
-        if state.source.refreshable and not state.source.polled:
-            rs.refreshes["failure"] += 1
-            state.failures += 1
-            state.retry_at = self._clock() + min(MAX_BACKOFF, 2.0 ** (state.failures - 1))
-        if not state.failing:
-            state.failing = True
-            if not quiet:  # at start-up the caller reports it, one line per route
-                kept = "keeping the last good token" if state.credential else "no token loaded"
-                log.warning(
-                    "token source failing: %s; %s",
-                    exc,
-                    kept,
-                    extra={"fields": self._fields(rs, state)},
-                )
-
-    def _select(self, rs: RouteState) -> None:
-        now = self._clock()
-        usable = [s for s in rs.sources if s.credential is not None and not s.quarantined]
-        best = min(usable, key=lambda s: _rank(s, now), default=None)
-        if best is not rs.current and best is not None and rs.current is not None:
-            assert best.credential is not None
-            log.info(
-                "route %s now uses token %s",
-                rs.route,
-                best.credential.fingerprint,
-                extra={"fields": self._fields(rs, best)},
-            )
-        rs.current = best
-
-    def _warn_expiry(self, rs: RouteState, state: SourceState, now: float) -> None:
-        cred = state.credential
-        if cred is None or cred.expires_at is None:
-            return
-        left = cred.expires_at - now
-        level = sum(1 for threshold, _ in EXPIRY_WARNINGS if left <= threshold)
-        if left <= 0:
-            level = len(EXPIRY_WARNINGS) + 1
-        if level <= state.warned:
-            return
-        state.warned = level
-        fields = self._fields(rs, state) | {"expires_at": cred.expires_at}
-        if left <= 0:
-            log.warning(
-                "token expired %s ago; %s", in_words(left), REMEDY, extra={"fields": fields}
-            )
-        else:
-            window = EXPIRY_WARNINGS[level - 1][1]
-            log.warning(
-                "token expires within %s (in %s); %s",
-                window,
-                in_words(left),
-                REMEDY,
-                extra={"fields": fields},
-            )
-
-    @staticmethod
-    def _fields(rs: RouteState, state: SourceState) -> dict[str, object]:
-        fields: dict[str, object] = {
-            "route": rs.route,
-            "tenant": rs.tenant,
-            "source": state.source.config.describe(),
-        }
-        if state.credential is not None:
-            fields["fingerprint"] = state.credential.fingerprint
-        return fields
-
     # --- views ------------------------------------------------------------------------
 
     def status(self, route: str) -> RouteStatus:
@@ -452,35 +291,7 @@ class TokenStore:
         rs = self._routes.get(route)
         if rs is None:  # removed by a reload
             return RouteStatus(route, "", (), {})
-        return self.status_of(rs)
-
-    @staticmethod
-    def status_of(rs: RouteState) -> RouteStatus:
-        """One generation's tokens, as the views show them."""
-        return RouteStatus(
-            rs.route,
-            rs.tenant,
-            tuple(
-                TokenStatus(
-                    s.source.config.describe(),
-                    # The metric label: the kind, and its place in `tokens:` when there are
-                    # several. SECURITY: never a file path or a program (the kubelet and
-                    # Prometheus on the pod IP read metrics; paths are for allow_clients).
-                    s.source.config.kind
-                    if len(rs.sources) == 1
-                    else f"{s.source.config.kind}[{i}]",
-                    s.credential,
-                    s is rs.current,
-                    s.quarantined,
-                    s.failing,
-                    s.last_error,
-                    s.last_loaded,
-                    dict(s.load_errors),
-                )
-                for i, s in enumerate(rs.sources)
-            ),
-            dict(rs.refreshes),
-        )
+        return status_of(rs)
 
     def snapshot(self) -> list[RouteStatus]:
         return [self.status(name) for name in self._routes]
