@@ -8,6 +8,7 @@ of the package: `from proxy.config import Config, Route, load_config, parse_conf
   `sources` (token sources), `patterns` (RE2 path patterns)
 """
 
+from proxy.config.files import load_config, yaml_problem
 from proxy.config.model import (
     DEFAULT_API_VERSION,
     DEFAULT_BASE_URL,
@@ -24,7 +25,7 @@ from proxy.config.model import (
     keep_running,
     restart_needed,
 )
-from proxy.config.parse import HTTP_METHODS, load_config, parse_config, yaml_problem
+from proxy.config.parse import HTTP_METHODS, parse_config
 
 __all__ = [
     "DEFAULT_API_VERSION",
