@@ -101,7 +101,7 @@ demo-serve: $(RUNVENV)/.demo
 
 # The bundled fake Amperity API on its own (TLS, its own CA), for your own integration tests.
 fake: $(RUNVENV)/.demo
-	$(RUNPY) -m proxy.testing.fake
+	$(RUNPY) -m proxy.fake_amperity
 
 # wrk, nginx and curl come from Debian's packages; installed here when missing.
 bench: install

@@ -29,7 +29,7 @@ import aiohttp
 import yaml
 
 from proxy import __version__
-from proxy.testing.fake import make_tls, make_token
+from proxy.testing import make_tls, make_token
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent

@@ -32,7 +32,7 @@ from typing import Any
 import aiohttp
 import yaml
 
-from proxy.testing.fake import (
+from proxy.testing import (
     FakeAmperity,
     make_tls,
     make_token,

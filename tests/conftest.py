@@ -27,7 +27,7 @@ from prometheus_client import CollectorRegistry
 
 from proxy.app import ProxyApp, create_admin_app, create_app
 from proxy.config import Config, parse_config
-from proxy.testing.fake import (
+from proxy.testing import (
     TEST_SECRET,
     FakeAmperity,
     FakeResolver,

@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 
 from proxy.config import ConfigError, parse_config
-from proxy.testing.fake import FakeAmperity, FakeTLS, make_token
+from proxy.testing import FakeAmperity, FakeTLS, make_token
 from tests.conftest import (
     ProxyFactory,
     Upstream,
@@ -326,7 +326,7 @@ def test_check_config_refuses_patterns_re2_cannot_run(
 
 
 async def test_unix_socket_listener_with_mode(tmp_path: Path, tls: FakeTLS) -> None:
-    from proxy.testing.fake import start_fake
+    from proxy.testing import start_fake
 
     fake = FakeAmperity()
     runner, port = await start_fake(fake, tls.server)

@@ -8,7 +8,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy import __version__
-from proxy.testing.fake import make_token
+from proxy.testing import make_token
 from tests.conftest import (
     ACME_TOKEN,
     Proxy,

@@ -18,7 +18,7 @@ import yaml
 
 from proxy import __version__
 from proxy.cli.main import main
-from proxy.testing.fake import FakeAmperity, FakeTLS, make_token, start_fake
+from proxy.testing import FakeAmperity, FakeTLS, make_token, start_fake
 from tests.conftest import spawn_proxy, tls_route
 
 ROOT = Path(__file__).resolve().parent.parent

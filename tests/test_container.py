@@ -23,7 +23,7 @@ import yaml
 from dockerfile_parse import DockerfileParser
 
 from proxy import __version__
-from proxy.testing.fake import make_token
+from proxy.testing import make_token
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGE_CONFIG = "/etc/amperity-proxy/config.yaml"

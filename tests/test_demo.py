@@ -54,7 +54,7 @@ def test_the_demo_token_draws_no_expiry_warning() -> None:
 async def test_the_fake_runs_on_its_own_and_prints_what_to_use(tmp_path: Path) -> None:
     ca = tmp_path / "ca.pem"
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "proxy.testing.fake", "--port", "0", "--ca-file", str(ca),
+        sys.executable, "-m", "proxy.fake_amperity", "--port", "0", "--ca-file", str(ca),
         stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
     assert process.stdout is not None

@@ -18,7 +18,7 @@ import yaml
 
 from proxy.cli.diagnose import doctor, parse_duration
 from proxy.config import parse_config
-from proxy.testing.fake import FakeAmperity, FakeTLS, make_token, start_fake
+from proxy.testing import FakeAmperity, FakeTLS, make_token, start_fake
 from tests.conftest import tls_route
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -17,7 +17,7 @@ import pytest
 from proxy.cli.diagnose import doctor
 from proxy.config import parse_config
 from proxy.refusals import MESSAGE_MAX, upstream_message
-from proxy.testing.fake import FakeAmperity, FakeTLS, make_token, start_fake
+from proxy.testing import FakeAmperity, FakeTLS, make_token, start_fake
 from proxy.tokens import parse_token
 from proxy.tokens.health import unauthorized_cause
 from tests.conftest import ProxyFactory, Upstream

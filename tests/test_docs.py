@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.testing.fake import FakeAmperity, FakeTLS, make_token, start_fake
+from proxy.testing import FakeAmperity, FakeTLS, make_token, start_fake
 from tests.conftest import require
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from proxy.testing.fake import FakeTLS, make_tls
+from proxy.testing import FakeTLS, make_tls
 from tests.conftest import ProxyFactory, Upstream, acme_route, get, raw_request
 
 

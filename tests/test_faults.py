@@ -21,7 +21,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from proxy.testing.fake import FakeTLS
+from proxy.testing import FakeTLS
 from tests.conftest import (
     ACME_TOKEN,
     Proxy,
@@ -192,7 +192,7 @@ class CountingTLSServer:
 
 
 def _cert_pem(tls: FakeTLS, case: str) -> bytes:
-    from proxy.testing.fake import make_tls
+    from proxy.testing import make_tls
 
     past = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=30)
     if case == "untrusted CA":

@@ -19,7 +19,7 @@ import pytest
 from aiohttp.client_reqrep import ConnectionKey
 
 from proxy.config import ConfigError, load_config, parse_config
-from proxy.testing.fake import make_token
+from proxy.testing import make_token
 from proxy.tokens import TokenStore, in_words, make_sources
 from proxy.upstream.exchange import detail
 from tests.conftest import ProxyFactory, Upstream, acme_route, get, raw_request

@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from proxy.testing.fake import make_token
+from proxy.testing import make_token
 from tests.conftest import ACME_TOKEN, Proxy, ProxyFactory, Upstream, acme_route, get, raw_request
 
 T1, T2 = make_token("tenant-one"), make_token("tenant-two")

@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from proxy.testing.fake import GZIP_JSON, make_token, pattern
+from proxy.testing import GZIP_JSON, make_token, pattern
 from tests.conftest import ACME_TOKEN, ProxyFactory, Upstream, acme_route, get, raw_request
 
 MiB = 1024 * 1024

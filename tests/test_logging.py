@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from proxy.observe.logs import JsonFormatter, TextFormatter, flush_logs, setup_logging
-from proxy.testing.fake import make_tls, make_token
+from proxy.testing import make_tls, make_token
 from proxy.tokens import fingerprint
 from tests.conftest import ACME_TOKEN, ProxyFactory, Upstream, acme_route, get, raw_request
 

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from proxy.config import Config, ConfigError, parse_config
-from proxy.testing.fake import FakeAmperity, FakeTLS, make_token, start_fake
+from proxy.testing import FakeAmperity, FakeTLS, make_token, start_fake
 from tests.conftest import (
     Proxy,
     ProxyFactory,

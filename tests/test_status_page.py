@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from proxy.testing.fake import make_token
+from proxy.testing import make_token
 from tests.conftest import ACME_TOKEN, Proxy, ProxyFactory, Upstream, acme_route, require
 
 ROOT = Path(__file__).resolve().parent.parent

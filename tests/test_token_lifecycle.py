@@ -16,7 +16,7 @@ from typing import Any
 import jwt
 import pytest
 
-from proxy.testing.fake import FAKE_CLIENT_ID, FAKE_CLIENT_SECRET, TEST_SECRET, make_token
+from proxy.testing import FAKE_CLIENT_ID, FAKE_CLIENT_SECRET, TEST_SECRET, make_token
 from tests.conftest import (
     FakeClock,
     ProxyFactory,

@@ -13,7 +13,7 @@ import pytest
 
 from proxy.app import create_app
 from proxy.config import StartupError, parse_config
-from proxy.testing.fake import make_token
+from proxy.testing import make_token
 from proxy.tokens import TokenStore, fingerprint, make_sources, parse_token
 from tests.conftest import ProxyFactory, Upstream, acme_route
 

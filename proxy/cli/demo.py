@@ -22,7 +22,7 @@ from aiohttp import web
 from proxy.app import create_app
 from proxy.config import parse_config
 from proxy.listener import bound_sockets
-from proxy.testing.fake import FakeAmperity, RecordedRequest, make_tls, make_token, start_fake
+from proxy.testing import FakeAmperity, RecordedRequest, make_tls, make_token, start_fake
 from proxy.tokens import fingerprint
 
 DEMO_TOKEN_TTL = 30 * 86400  # plainly fine: the proxy warns about tokens within 7 days of expiry

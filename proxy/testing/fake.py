@@ -35,37 +35,28 @@ config.example.yaml in front of it): `make fake`, or
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import contextlib
-import datetime
-import gzip
 import hashlib
 import os
-import socket
 import ssl
-import sys
-import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import jwt
 from aiohttp import web
-from aiohttp.abc import AbstractResolver, ResolveResult
 
 from proxy.listener import bound_sockets
+from proxy.testing.specials import SPECIAL_PATHS
 
 TEST_SECRET = "fake-amperity-test-secret-not-for-production"  # noqa: S105 (test-only)
 FAKE_CLIENT_ID = "fake-client"
 FAKE_CLIENT_SECRET = "fake-client-secret-not-for-production"  # noqa: S105 (test-only)
 TENANT_CLAIM = "tenant"
-_BLOCK = 64 * 1024
-GZIP_JSON = b'{"compressed": true}'
 
 
 def make_token(
@@ -88,19 +79,6 @@ def make_token(
     if ttl is not None:
         claims["exp"] = int(iat + ttl)
     return jwt.encode(claims, secret, algorithm="HS256")
-
-
-def pattern(n: int) -> Iterator[bytes]:
-    """N deterministic bytes in 64 KiB blocks; each block starts with its index."""
-    sent = 0
-    index = 0
-    base = bytes(range(256)) * (_BLOCK // 256)
-    while sent < n:
-        block = index.to_bytes(8, "big") + base[8:]
-        size = min(_BLOCK, n - sent)
-        yield block[:size]
-        sent += size
-        index += 1
 
 
 @dataclass(frozen=True)
@@ -234,80 +212,10 @@ class FakeAmperity:
             body = {"status": 401, "message": problem, "request_id": "fake"}
             return web.json_response(body, status=401)
         _, _, special = request.raw_path.partition("/_fake/")
-        special = special.split("?", 1)[0]
-        kind, _, arg = special.partition("/")
-        if kind == "bytes":
-            return await self._stream(request, int(arg))
-        if kind == "gzip":
-            payload = gzip.compress(GZIP_JSON, mtime=0)
-            return web.Response(
-                body=payload,
-                headers={"Content-Encoding": "gzip", "Content-Type": "application/json"},
-            )
-        if kind == "redirect":
-            return web.Response(status=302, headers={"Location": request.query["to"]})
-        if kind == "cookies":
-            response = web.Response(text="cookies")
-            response.headers.add("Set-Cookie", "a=1; Path=/")
-            response.headers.add("Set-Cookie", "b=2; Path=/")
-            return response
-        if kind == "status":
-            if "message" in request.query:  # Amperity's envelope with that message
-                body = {"status": int(arg), "message": request.query["message"]}
-                return web.json_response(body, status=int(arg))
-            return web.Response(status=int(arg))
-        if kind == "hold":
-            self.held.set()
-            await self.release.wait()
-            path = request.raw_path.split("?", 1)[0]
-            self.holds[path] += 1
-            first = self.holds[path] == 1
-            status = int(request.query.get("status", 200)) if first else 200
-            return web.json_response({"held": True}, status=status)
-        if kind == "cut":
-            return await self._cut(request, int(arg))
-        if kind == "stall":  # N bytes of a 2N-byte body, then silence until `release`
-            stalled = web.StreamResponse()
-            stalled.content_length = 2 * int(arg)
-            await stalled.prepare(request)
-            await stalled.write(b"s" * int(arg))
-            await self.release.wait()
-            return stalled
-        if kind == "reset":  # headers, then a TCP reset
-            reset = web.StreamResponse()
-            reset.content_length = 1000
-            await reset.prepare(request)
-            await reset.drain()
-            assert request.transport is not None
-            request.transport.abort()
-            return reset
-        if kind == "flaky":  # the first N answers carry `status` (and `after` as Retry-After)
-            path = request.raw_path.split("?", 1)[0]
-            self.flaky[path] += 1
-            if self.flaky[path] <= int(arg):
-                headers = (
-                    {"Retry-After": request.query["after"]} if "after" in request.query else {}
-                )
-                status = int(request.query.get("status", "429"))
-                return web.json_response({"status": status}, status=status, headers=headers)
-            return web.json_response({"ok": True})
-        if kind == "deprecated":
-            return web.json_response(
-                {"old": True},
-                headers={"Deprecation": "@1767225600", "Sunset": "Wed, 01 Jul 2026 00:00:00 GMT"},
-            )
-        if kind == "hop":
-            return web.Response(
-                text="hop",
-                headers={
-                    "Access-Control-Allow-Origin": "*",
-                    "Access-Control-Allow-Credentials": "true",
-                    "Connection": "X-Hop-Secret",
-                    "X-Hop-Secret": "1",
-                    "Keep-Alive": "timeout=5",
-                    "X-End": "1",
-                },
-            )
+        kind, _, arg = special.split("?", 1)[0].partition("/")
+        answer = SPECIAL_PATHS.get(kind)
+        if answer is not None:
+            return await answer(self, request, arg)
         return web.json_response(
             {
                 "method": request.method,
@@ -321,29 +229,6 @@ class FakeAmperity:
                 "body_sha256": digest,
             }
         )
-
-    async def _stream(self, request: web.Request, n: int) -> web.StreamResponse:
-        response = web.StreamResponse()
-        response.content_length = n
-        response.content_type = "application/octet-stream"
-        await response.prepare(request)
-        if request.method != "HEAD":
-            for block in pattern(n):
-                await response.write(block)
-                self.streamed += len(block)
-        await response.write_eof()
-        return response
-
-    async def _cut(self, request: web.Request, n: int) -> web.StreamResponse:
-        response = web.StreamResponse()
-        if "chunked" not in request.query:
-            response.content_length = 2 * n
-        await response.prepare(request)
-        for block in pattern(n):
-            await response.write(block)
-        assert request.transport is not None
-        request.transport.close()
-        return response
 
 
 def swap_secret_volume(directory: Path, token: str, generation: int) -> None:
@@ -360,65 +245,6 @@ def swap_secret_volume(directory: Path, token: str, generation: int) -> None:
         (directory / "token").symlink_to("..data/token")
 
 
-class FakeResolver(AbstractResolver):
-    """Resolves the given host names to loopback and refuses every other name."""
-
-    def __init__(self, hosts: dict[str, str]) -> None:
-        self.hosts = {h.lower(): ip for h, ip in hosts.items()}
-        self.lookups: list[str] = []
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        self.lookups.append(host)
-        ip = self.hosts.get(host.lower().rstrip("."))
-        if ip is None:
-            raise OSError(socket.EAI_NONAME, f"fake resolver: unknown host {host}")
-        fam = socket.AF_INET6 if ":" in ip else socket.AF_INET
-        return [
-            ResolveResult(
-                hostname=host, host=ip, port=port, family=fam, proto=0, flags=socket.AI_NUMERICHOST
-            )
-        ]
-
-    async def close(self) -> None:
-        return None
-
-
-@dataclass
-class FakeTLS:
-    """A throwaway CA (trustme) and the contexts that go with it."""
-
-    ca_pem: bytes
-    server: ssl.SSLContext
-    client: ssl.SSLContext
-    ca: Any = None  # the trustme.CA, to issue more certificates
-
-    def issue_pem(
-        self,
-        *hostnames: str,
-        not_before: datetime.datetime | None = None,
-        not_after: datetime.datetime | None = None,
-    ) -> bytes:
-        """Private key and certificate chain (PEM) from this CA, e.g. an expired one."""
-        cert = self.ca.issue_cert(*hostnames, not_before=not_before, not_after=not_after)
-        pem: bytes = cert.private_key_and_cert_chain_pem.bytes()
-        return pem
-
-
-def make_tls(*hostnames: str) -> FakeTLS:
-    """Build a CA and a server certificate for `hostnames` (requires the dev extra trustme)."""
-    import trustme  # dev dependency: only the fake needs it
-
-    ca = trustme.CA()
-    cert = ca.issue_cert(*hostnames)
-    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    cert.configure_cert(server)
-    client = ssl.create_default_context()
-    ca.configure_trust(client)
-    return FakeTLS(ca.cert_pem.bytes(), server, client, ca)
-
-
 async def start_fake(
     fake: FakeAmperity, ssl_context: ssl.SSLContext | None, host: str = "127.0.0.1", port: int = 0
 ) -> tuple[web.AppRunner, int]:
@@ -429,60 +255,3 @@ async def start_fake(
     await site.start()
     sockets = bound_sockets(site)
     return runner, int(sockets[0].getsockname()[1])
-
-
-async def serve_standalone(
-    tls: FakeTLS, port: int, tenant: str, ca_path: Path, out: TextIO
-) -> None:
-    """`python -m proxy.testing.fake`: the fake on its own until Ctrl-C, for users' own
-    integration tests. Prints its URL, the CA bundle to trust (written to `ca_path` already)
-    and a token it accepts, as the exports config.example.yaml reads."""
-    fake = FakeAmperity()
-    runner, bound = await start_fake(fake, tls.server, port=port)
-    token = make_token(tenant, ttl=30 * 86400)
-    print(
-        f"fake Amperity API: https://localhost:{bound}/api (tenant {tenant}; Ctrl-C stops it)",
-        file=out,
-    )
-    print(f"CA bundle:         {ca_path}", file=out)
-    print(f"token (30 days):   {token}", file=out)
-    print("\nTo put the proxy in front of it (config.example.yaml), in another shell:", file=out)
-    print(f"  export AMPERITY_TENANT={tenant} AMPERITY_TOKEN={token}", file=out)
-    print(
-        f"  export AMPERITY_BASE_URL=https://localhost:{bound}/api AMPERITY_CA_FILE={ca_path}",
-        file=out,
-    )
-    print("  make run", file=out, flush=True)
-    try:
-        await asyncio.Event().wait()  # until cancelled (Ctrl-C)
-    finally:
-        await runner.cleanup()
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m proxy.testing.fake",
-        description="Run the bundled fake Amperity API over TLS (for your own integration tests).",
-    )
-    parser.add_argument(
-        "--port", type=int, default=8443, help="TCP port on 127.0.0.1 (default 8443; 0: any)"
-    )
-    parser.add_argument(
-        "--tenant", default="acme", help="tenant the printed token is for (default acme)"
-    )
-    parser.add_argument(
-        "--ca-file",
-        type=Path,
-        default=Path(tempfile.gettempdir()) / "fake-amperity-ca.pem",
-        help="where to write the CA bundle (default: fake-amperity-ca.pem in the temp folder)",
-    )
-    args = parser.parse_args(argv)
-    tls = make_tls("localhost")
-    args.ca_file.write_bytes(tls.ca_pem)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve_standalone(tls, args.port, args.tenant, args.ca_file, sys.stdout))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

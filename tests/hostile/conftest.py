@@ -22,7 +22,7 @@ import jwt
 import pytest
 import yaml
 
-from proxy.testing.fake import FakeAmperity, FakeTLS, RecordedRequest, make_token, start_fake
+from proxy.testing import FakeAmperity, FakeTLS, RecordedRequest, make_token, start_fake
 
 ROOT = Path(__file__).resolve().parents[2]
 

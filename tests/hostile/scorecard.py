@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from proxy.testing.fake import FakeAmperity, make_tls, make_token, start_fake
+from proxy.testing import FakeAmperity, make_tls, make_token, start_fake
 
 ROOT = Path(__file__).resolve().parents[2]
 

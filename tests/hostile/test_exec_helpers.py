@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from proxy.config import ConfigError, parse_config
-from proxy.testing.fake import TEST_SECRET, FakeTLS, make_token
+from proxy.testing import TEST_SECRET, FakeTLS, make_token
 from tests.conftest import Upstream, spawn_proxy
 from tests.hostile.conftest import LEDGER
 

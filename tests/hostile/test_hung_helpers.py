@@ -12,7 +12,7 @@ import uuid
 from pathlib import Path
 
 from proxy.config.sources import TokenSource
-from proxy.testing.fake import TEST_SECRET
+from proxy.testing import TEST_SECRET
 from proxy.tokens import TokenError
 from proxy.tokens.sources import ExecSource
 from tests.conftest import ProxyFactory, Upstream, acme_route

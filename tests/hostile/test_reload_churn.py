@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from proxy.config import parse_config
-from proxy.testing.fake import FakeTLS
+from proxy.testing import FakeTLS
 from tests.conftest import ProxyFactory, Upstream, acme_route
 from tests.hostile.conftest import LEDGER
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from proxy.config import parse_config
-from proxy.testing.fake import make_token
+from proxy.testing import make_token
 from tests.conftest import ProxyFactory, Upstream
 from tests.hostile.conftest import LEDGER
 

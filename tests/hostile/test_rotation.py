@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from proxy.testing.fake import make_token, swap_secret_volume
+from proxy.testing import make_token, swap_secret_volume
 from proxy.tokens import fingerprint
 from tests.conftest import FakeClock, ProxyFactory, Upstream, acme_route, subject
 from tests.hostile.conftest import LEDGER

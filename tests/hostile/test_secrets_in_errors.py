@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from proxy.config import ConfigError, parse_config
-from proxy.testing.fake import FakeTLS, make_token
+from proxy.testing import FakeTLS, make_token
 from tests.conftest import Upstream, spawn_proxy
 from tests.hostile.conftest import LEDGER
 

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from proxy.testing.fake import FakeTLS, make_token
+from proxy.testing import FakeTLS, make_token
 from tests.conftest import Upstream, spawn_proxy, tls_route
 from tests.hostile.conftest import LEDGER
 

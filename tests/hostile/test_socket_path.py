@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 import yaml
 
-from proxy.testing.fake import FakeTLS, make_token
+from proxy.testing import FakeTLS, make_token
 from tests.conftest import Upstream, spawn_proxy, tls_route
 from tests.hostile.conftest import LEDGER
 
