@@ -14,7 +14,7 @@ from pathlib import Path
 from proxy.config.sources import TokenSource
 from proxy.testing import TEST_SECRET
 from proxy.tokens import TokenError
-from proxy.tokens.sources import ExecSource
+from proxy.tokens.commands import ExecSource
 from tests.conftest import ProxyFactory, Upstream, acme_route
 from tests.hostile.conftest import LEDGER
 
