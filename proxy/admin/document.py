@@ -10,9 +10,9 @@ import time
 from typing import Any
 
 from proxy import __version__
-from proxy.config import Config
+from proxy.config import Config, Route
 from proxy.observe.activity import WINDOW, Activity, RouteActivity
-from proxy.tokens import RouteStatus
+from proxy.tokens import Credential, RouteStatus
 from proxy.tokens.health import EXPIRING, token_state
 
 
@@ -23,6 +23,59 @@ def route_state(status: RouteStatus, activity: RouteActivity, now: float) -> str
     if activity.refused and state in ("ok", "expiring", "failing"):
         return "refused"
     return state
+
+
+def _token(shown: dict[str, Any], cred: Credential | None, now: float) -> dict[str, Any]:
+    return {
+        "source": shown["source"],
+        "fingerprint": shown["fingerprint"],
+        "subject": cred.subject if cred else None,
+        "issued_at": (cred.issued_at or cred.loaded_at) if cred else None,
+        "expires_at": shown["expires_at"],
+        "seconds_left": round(cred.expires_at - now) if cred and cred.expires_at else None,
+        "tokens": shown["tokens"],
+    }
+
+
+def _route(route: Route, status: RouteStatus, act: RouteActivity, now: float) -> dict[str, Any]:
+    """One route's part of the document."""
+    requests, errors = act.totals(now)
+    current = status.current
+    cred = current.credential if current else None
+    return {
+        "name": route.name,
+        "prefix": route.prefix,
+        "tenant": route.tenant,
+        "base_url": str(route.base_url),
+        "state": route_state(status, act, now),
+        "token": _token(status.as_dict(now, EXPIRING), cred, now),
+        "traffic": {
+            "window_seconds": WINDOW,
+            "requests": requests,
+            "errors": errors,
+            "error_rate": round(errors / requests, 4) if requests else 0.0,
+        },
+        "unauthorized": {
+            "by_cause": dict(act.unauthorized),
+            "last_at": act.last_unauthorized,
+        },
+        "refusals": {
+            "recent": sum(act.recent),
+            "of": len(act.recent),
+            "last": (
+                {
+                    "at": act.last_refusal[0],
+                    "status": act.last_refusal[1],
+                    "message": act.last_refusal[2],
+                }
+                if act.last_refusal
+                else None
+            ),
+        },
+        "last_upstream_error": (
+            {"at": act.last_error[0], "reason": act.last_error[1]} if act.last_error else None
+        ),
+    }
 
 
 def status_document(
@@ -39,62 +92,15 @@ def status_document(
     """`/status.json` (schema in docs/status.md). Never a token, a secret or a query."""
     now = time.time() if now is None else now
     by_name = {s.route: s for s in statuses}
-    routes = []
-    for route in config.routes:
-        status = by_name.get(route.name) or RouteStatus(route.name, route.tenant, (), {})
-        act = activity.route(route.name)
-        requests, errors = act.totals(now)
-        token = status.as_dict(now, EXPIRING)
-        current = status.current
-        cred = current.credential if current else None
-        routes.append(
-            {
-                "name": route.name,
-                "prefix": route.prefix,
-                "tenant": route.tenant,
-                "base_url": str(route.base_url),
-                "state": route_state(status, act, now),
-                "token": {
-                    "source": token["source"],
-                    "fingerprint": token["fingerprint"],
-                    "subject": cred.subject if cred else None,
-                    "issued_at": (cred.issued_at or cred.loaded_at) if cred else None,
-                    "expires_at": token["expires_at"],
-                    "seconds_left": round(cred.expires_at - now)
-                    if cred and cred.expires_at
-                    else None,
-                    "tokens": token["tokens"],
-                },
-                "traffic": {
-                    "window_seconds": WINDOW,
-                    "requests": requests,
-                    "errors": errors,
-                    "error_rate": round(errors / requests, 4) if requests else 0.0,
-                },
-                "unauthorized": {
-                    "by_cause": dict(act.unauthorized),
-                    "last_at": act.last_unauthorized,
-                },
-                "refusals": {
-                    "recent": sum(act.recent),
-                    "of": len(act.recent),
-                    "last": (
-                        {
-                            "at": act.last_refusal[0],
-                            "status": act.last_refusal[1],
-                            "message": act.last_refusal[2],
-                        }
-                        if act.last_refusal
-                        else None
-                    ),
-                },
-                "last_upstream_error": (
-                    {"at": act.last_error[0], "reason": act.last_error[1]}
-                    if act.last_error
-                    else None
-                ),
-            }
+    routes = [
+        _route(
+            route,
+            by_name.get(route.name) or RouteStatus(route.name, route.tenant, (), {}),
+            activity.route(route.name),
+            now,
         )
+        for route in config.routes
+    ]
     return {
         "version": __version__,
         "now": now,

@@ -20,7 +20,7 @@ from pathlib import Path
 from aiohttp import web
 
 from proxy import __version__
-from proxy.app import ConfigLoader, create_admin_app, create_app
+from proxy.app import ConfigLoader, ProxyApp, create_admin_app, create_app
 from proxy.cli.selfcheck import self_check
 from proxy.config import Config, StartupError
 from proxy.config.listen import Listen, UnixListen
@@ -167,9 +167,7 @@ async def serve(
     admin = create_admin_app(app)
     await app.startup()
     runner = web.ServerRunner(
-        app.server(),
-        handle_signals=False,
-        shutdown_timeout=config.shutdown_timeout,
+        app.server(), handle_signals=False, shutdown_timeout=config.shutdown_timeout
     )
     # The admin endpoints answer in milliseconds: its drain is short, inside the overall bound.
     admin_runner = web.ServerRunner(admin, handle_signals=False, shutdown_timeout=0.2)
@@ -183,57 +181,18 @@ async def serve(
         admin_addrs: list[str] = []
         if worker in (None, 0):
             admin_addrs = await _start_site(admin_runner, config.admin, "admin")
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        reloads: set[asyncio.Task[list[str]]] = set()
-
-        def on_sighup() -> None:
-            task = asyncio.create_task(app.reload_from_source("SIGHUP"))
-            reloads.add(task)
-            task.add_done_callback(reloads.discard)
-
-        loop.add_signal_handler(signal.SIGHUP, on_sighup)
-        log.info(
-            "amperity-proxy %s listening on %s (%s), routes: %s",
-            __version__,
-            ", ".join(proxy_addrs),
-            f"admin on {', '.join(admin_addrs)}" if admin_addrs else "admin: served by worker 0",
-            ", ".join(f"{r.prefix} -> {r.base_url} ({r.tenant})" for r in config.routes),
-            extra={
-                "fields": {
-                    "listen": proxy_addrs,
-                    "admin": admin_addrs,
-                    "worker": worker,
-                    "pid": os.getpid(),
-                }
-            },
-        )
+        _started(config, proxy_addrs, admin_addrs, worker)
         # Runs through the drain too: lines logged then reach stderr within 0.2 s, not at exit
         # (a SIGKILL at the end of the grace period would lose them).
         flusher = asyncio.create_task(_flush_logs_periodically(), name="log-flush")
-        await stop.wait()
-        app.lifecycle.draining = True
+        await _until_stopped(app)
         log.info(
             "shutting down: /readyz is 503, finishing in-flight requests (up to %ss)",
             config.shutdown_timeout,
         )
         flush_logs()
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            loop.remove_signal_handler(sig)
     finally:
-        # Stops accepting and drains: in-flight requests get shutdown_timeout in all
-        # (GuardedServer.shutdown), then everything left is closed. The rest is bounded too,
-        # so SIGTERM -> exit stays within shutdown_timeout + 1 s.
-        deadline = asyncio.get_running_loop().time() + config.shutdown_timeout + _EXIT_SLACK
-        await runner.cleanup()
-        for step in (app.cleanup, admin_runner.cleanup):
-            left = max(0.05, deadline - asyncio.get_running_loop().time())
-            try:
-                await asyncio.wait_for(step(), left)
-            except TimeoutError:
-                log.warning("shutdown: a cleanup step did not finish in time; exiting anyway")
+        await _drain(config, app, runner, admin_runner)
         if unix is not None:
             unix.remove()  # only the socket this process created
         if flusher is not None:
@@ -241,3 +200,61 @@ async def serve(
     log.info("stopped")
     flush_logs()
     return 0
+
+
+def _started(
+    config: Config, proxy_addrs: list[str], admin_addrs: list[str], worker: int | None
+) -> None:
+    log.info(
+        "amperity-proxy %s listening on %s (%s), routes: %s",
+        __version__,
+        ", ".join(proxy_addrs),
+        f"admin on {', '.join(admin_addrs)}" if admin_addrs else "admin: served by worker 0",
+        ", ".join(f"{r.prefix} -> {r.base_url} ({r.tenant})" for r in config.routes),
+        extra={
+            "fields": {
+                "listen": proxy_addrs,
+                "admin": admin_addrs,
+                "worker": worker,
+                "pid": os.getpid(),
+            }
+        },
+    )
+
+
+async def _until_stopped(app: ProxyApp) -> None:
+    """Serve until SIGTERM or SIGINT (SIGHUP reloads meanwhile); then mark the app draining."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    reloads: set[asyncio.Task[list[str]]] = set()
+
+    def on_sighup() -> None:
+        task = asyncio.create_task(app.reload_from_source("SIGHUP"))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
+    try:
+        await stop.wait()
+        app.lifecycle.draining = True
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+
+
+async def _drain(
+    config: Config, app: ProxyApp, runner: web.BaseRunner, admin_runner: web.BaseRunner
+) -> None:
+    """Stop accepting and drain: in-flight requests get shutdown_timeout in all
+    (GuardedServer.shutdown), then everything left is closed. The rest is bounded too, so
+    SIGTERM -> exit stays within shutdown_timeout + 1 s."""
+    deadline = asyncio.get_running_loop().time() + config.shutdown_timeout + _EXIT_SLACK
+    await runner.cleanup()
+    for step in (app.cleanup, admin_runner.cleanup):
+        left = max(0.05, deadline - asyncio.get_running_loop().time())
+        try:
+            await asyncio.wait_for(step(), left)
+        except TimeoutError:
+            log.warning("shutdown: a cleanup step did not finish in time; exiting anyway")

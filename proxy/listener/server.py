@@ -195,32 +195,33 @@ class GuardedServer(web.Server):
         self.max_connections = max_connections
         self.header_timeout = header_timeout
         self.reject = reject
-        # Each refusal names the setting that would raise its limit (built once, here).
+        self._refusals(cap_setting, max_connections, max_request_line, max_header_size, max_headers)
+        self.draining = False  # set by shutdown()
+
+    def _refusals(self, cap_setting: str, cap: int, line: int, field: int, headers: int) -> None:
+        """Each refusal names the setting that would raise its limit (built once, here)."""
         section = cap_setting.partition(".")[0]
         self._too_many = refuse(
-            "too_many_connections",
-            f"too many connections ({cap_setting}: {max_connections}); retry",
+            "too_many_connections", f"too many connections ({cap_setting}: {cap}); retry"
         )
         self.header_timeout_refusal = refuse(
             "header_timeout",
-            f"request headers not received within {header_timeout:g}s ({section}.header_timeout)",
+            f"request headers not received within {self.header_timeout:g}s "
+            f"({section}.header_timeout)",
         )
         self._line_too_long = refuse(
             "request_line_too_long",
-            f"the request line is longer than {max_request_line} bytes "
-            "(limits.max_request_line raises it)",
+            f"the request line is longer than {line} bytes (limits.max_request_line raises it)",
         )
         self._field_too_large = refuse(
             "headers_too_large",
-            f"a request header is longer than {max_header_size} bytes "
-            "(limits.max_header_size raises it)",
+            f"a request header is longer than {field} bytes (limits.max_header_size raises it)",
         )
         self._too_many_headers = refuse(
             "headers_too_large",
-            f"more than {max_headers} request headers (limits.max_headers raises it)",
+            f"more than {headers} request headers (limits.max_headers raises it)",
         )
         self._malformed = refuse("bad_request", "malformed HTTP request")
-        self.draining = False  # set by shutdown()
 
     @classmethod
     def of(

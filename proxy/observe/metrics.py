@@ -40,6 +40,11 @@ class ProxyMetrics:
     """The request-path metrics, registered in the given registry."""
 
     def __init__(self, registry: CollectorRegistry, version: str) -> None:
+        self._upstream(registry)
+        self._requests(registry, version)
+
+    def _upstream(self, registry: CollectorRegistry) -> None:
+        """Per route: what the upstream answered, and what the proxy did about it."""
         self.unauthorized = Counter(
             "amperity_proxy_upstream_unauthorized",
             "Upstream 401 responses, by cause: expired, rejected (not expired, refused), "
@@ -84,6 +89,9 @@ class ProxyMetrics:
             ["route", "tenant", "reason"],
             registry=registry,
         )
+
+    def _requests(self, registry: CollectorRegistry, version: str) -> None:
+        """Requests as the proxy sees them, and the build."""
         self.duration = Histogram(
             "amperity_proxy_request_duration_seconds",
             "Time from request received to response finished, per route.",
