@@ -20,7 +20,7 @@ import aiohttp
 from aiohttp import web
 
 from proxy.app import create_app
-from proxy.config import parse_config
+from proxy.config import Config, parse_config
 from proxy.listener import bound_sockets
 from proxy.testing import FakeAmperity, RecordedRequest, make_tls, make_token, start_fake
 from proxy.tokens import fingerprint
@@ -57,6 +57,19 @@ async def _send(url: str) -> tuple[str, str]:
         )
 
 
+def _config(fake_port: int, ca_file: Path) -> Config:
+    route = {
+        "prefix": "/acme",
+        "tenant": "acme",
+        "base_url": f"https://localhost:{fake_port}/api",
+        "ca_file": str(ca_file),
+        "token": {"env": "DEMO_AMPERITY_TOKEN"},
+    }
+    return parse_config(
+        {"listen": {"host": "127.0.0.1", "port": 0}, "routes": [route]}, source="demo"
+    )
+
+
 async def demo(serve: bool = False) -> None:
     """Run the demo and print what the fake upstream received; with `serve`, keep running."""
     tls = make_tls("localhost")
@@ -66,58 +79,49 @@ async def demo(serve: bool = False) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         ca_file = Path(tmp) / "fake-ca.pem"
         ca_file.write_bytes(tls.ca_pem)
-        config = parse_config(
-            {
-                "listen": {"host": "127.0.0.1", "port": 0},
-                "routes": [
-                    {
-                        "prefix": "/acme",
-                        "tenant": "acme",
-                        "base_url": f"https://localhost:{fake_port}/api",
-                        "ca_file": str(ca_file),
-                        "token": {"env": "DEMO_AMPERITY_TOKEN"},
-                    }
-                ],
-            },
-            source="demo",
-        )
-        app = create_app(config, env={"DEMO_AMPERITY_TOKEN": token})
+        app = create_app(_config(fake_port, ca_file), env={"DEMO_AMPERITY_TOKEN": token})
         await app.startup()
         runner = web.ServerRunner(app.server())
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
         port = bound_sockets(site)[0].getsockname()[1]
-        url = f"http://127.0.0.1:{port}/acme/segments?limit=2"
         try:
             print(f"fake Amperity API: https://localhost:{fake_port}/api (tenant acme)")
             print(f"proxy:             http://127.0.0.1:{port}/acme -> the fake API\n")
-            command, status = await _send(url)
-            print(command)
-            print(status)
-            print("\nthe upstream received:")
-            print("\n".join(upstream_view(fake.requests[-1], token)))
-            verdict = "accepted" if fake.requests[-1].status == 200 else "refused"
-            print(f"\nupstream verdict: {fake.requests[-1].status} ({verdict})")
-            if not serve:
+            await _one_request(fake, f"http://127.0.0.1:{port}/acme/segments?limit=2", token)
+            if serve:
+                await _serve(fake, port, token)
+            else:
                 print("\nTo keep both running and send your own requests: make demo-serve")
-                return
-            print(
-                f"\nServing until Ctrl-C. Try:\n  curl -s 'http://127.0.0.1:{port}/acme/segments'"
-            )
-            print(f"  curl -s -X POST 'http://127.0.0.1:{port}/acme/segments' -d '{{}}'")
-            print("Each request's upstream view is printed below.\n", flush=True)
-            seen = len(fake.requests)
-            while True:
-                await asyncio.sleep(0.2)
-                for received in fake.requests[seen:]:
-                    print(f"-> upstream answered {received.status}:")
-                    print("\n".join(upstream_view(received, token)), flush=True)
-                seen = len(fake.requests)
         finally:
             await runner.cleanup()
             await app.cleanup()
             await fake_runner.cleanup()
+
+
+async def _one_request(fake: FakeAmperity, url: str, token: str) -> None:
+    command, status = await _send(url)
+    print(command)
+    print(status)
+    print("\nthe upstream received:")
+    print("\n".join(upstream_view(fake.requests[-1], token)))
+    verdict = "accepted" if fake.requests[-1].status == 200 else "refused"
+    print(f"\nupstream verdict: {fake.requests[-1].status} ({verdict})")
+
+
+async def _serve(fake: FakeAmperity, port: int, token: str) -> None:
+    """Until Ctrl-C: print each request's upstream view as it arrives."""
+    print(f"\nServing until Ctrl-C. Try:\n  curl -s 'http://127.0.0.1:{port}/acme/segments'")
+    print(f"  curl -s -X POST 'http://127.0.0.1:{port}/acme/segments' -d '{{}}'")
+    print("Each request's upstream view is printed below.\n", flush=True)
+    seen = len(fake.requests)
+    while True:
+        await fake.wait_for_requests(seen + 1)
+        for received in fake.requests[seen:]:
+            print(f"-> upstream answered {received.status}:")
+            print("\n".join(upstream_view(received, token)), flush=True)
+        seen = len(fake.requests)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,7 +20,7 @@ import aiohttp
 from proxy.app import ProxyApp, create_app
 from proxy.config import Config, Route
 from proxy.refusals import REFUSAL_PEEK, upstream_message
-from proxy.tokens import RouteStatus, in_words
+from proxy.tokens import RouteStatus, TokenStatus, in_words
 from proxy.tokens.health import EXPIRING, EXPLANATIONS, REMEDY, unauthorized_cause, utc
 
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
@@ -62,49 +62,51 @@ async def token_info(config: Config, warn: float, as_json: bool, out: TextIO) ->
         json.dump([s.as_dict(now, warn) for s in statuses], out, indent=2)
         out.write("\n")
         return 1 if bad else 0
-    header = (
-        "ROUTE",
-        "TENANT",
-        "SOURCE",
-        "FINGERPRINT",
-        "SUBJECT",
-        "ISSUED",
-        "EXPIRES",
-        "LEFT",
-        "STATE",
-    )
-    rows = [header]
-    for status in statuses:
-        for t in status.tokens:
-            cred = t.credential
-            left = "-"
-            if cred is not None and cred.expires_at is not None:
-                seconds = cred.expires_at - now
-                left = in_words(seconds) if seconds > 0 else f"-{in_words(seconds)}"
-            state = t.state(now, warn) + (" (in use)" if t.in_use else "")
-            if t.last_error:
-                state += f": {t.last_error}"
-            issued = None
-            if cred is not None:
-                issued = cred.issued_at if cred.issued_at is not None else cred.loaded_at
-            rows.append(
-                (
-                    status.route,
-                    status.tenant,
-                    t.source,
-                    cred.fingerprint if cred else "-",
-                    (cred.subject or "-") if cred else "-",
-                    _when(issued),
-                    _when(cred.expires_at if cred else None),
-                    left,
-                    state,
-                )
-            )
-    widths = [max(len(str(r[i])) for r in rows) for i in range(len(header) - 1)]
+    rows: list[tuple[str, ...]] = [_HEADER]
+    rows += [_row(status, t, now, warn) for status in statuses for t in status.tokens]
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(_HEADER) - 1)]
     for row in rows:
         cells = [str(c).ljust(w) for c, w in zip(row[:-1], widths, strict=True)]
         out.write("  ".join([*cells, str(row[-1])]).rstrip() + "\n")
     return 1 if bad else 0
+
+
+_HEADER = (
+    "ROUTE",
+    "TENANT",
+    "SOURCE",
+    "FINGERPRINT",
+    "SUBJECT",
+    "ISSUED",
+    "EXPIRES",
+    "LEFT",
+    "STATE",
+)
+
+
+def _row(status: RouteStatus, t: TokenStatus, now: float, warn: float) -> tuple[str, ...]:
+    cred = t.credential
+    left = "-"
+    if cred is not None and cred.expires_at is not None:
+        seconds = cred.expires_at - now
+        left = in_words(seconds) if seconds > 0 else f"-{in_words(seconds)}"
+    state = t.state(now, warn) + (" (in use)" if t.in_use else "")
+    if t.last_error:
+        state += f": {t.last_error}"
+    issued = None
+    if cred is not None:
+        issued = cred.issued_at if cred.issued_at is not None else cred.loaded_at
+    return (
+        status.route,
+        status.tenant,
+        t.source,
+        cred.fingerprint if cred else "-",
+        (cred.subject or "-") if cred else "-",
+        _when(issued),
+        _when(cred.expires_at if cred else None),
+        left,
+        state,
+    )
 
 
 @dataclass

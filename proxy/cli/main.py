@@ -40,11 +40,40 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"amperity-proxy {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    config_help = "config file (default: $AMPERITY_PROXY_CONFIG)"
-    default_config = os.environ.get("AMPERITY_PROXY_CONFIG")
 
-    run = sub.add_parser("run", help="run the proxy")
-    run.add_argument("--config", default=default_config, help=config_help)
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        parsed = sub.add_parser(name, help=help)
+        parsed.add_argument(
+            "--config",
+            default=os.environ.get("AMPERITY_PROXY_CONFIG"),
+            help="config file (default: $AMPERITY_PROXY_CONFIG)",
+        )
+        return parsed
+
+    _run_arguments(command("run", "run the proxy"))
+    check = command("check-config", "validate a config file and list every problem")
+    check.add_argument(
+        "--tokens",
+        action="store_true",
+        help="also load every route's tokens as `run` would (readable, parseable, not expired)",
+    )
+    info = command("token-info", "show every route's tokens; exit 1 if any is expired or expiring")
+    info.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    info.add_argument(
+        "--warn",
+        type=_duration_arg,
+        default=float(EXPIRING),
+        metavar="DURATION",
+        help="exit 1 when a token expires within this (default 7d; e.g. 12h, 30m)",
+    )
+    doctor = command("doctor", "check tokens, DNS and TLS for every route")
+    doctor.add_argument(
+        "--probe", action="store_true", help="also send GET <base>/segments?limit=1 per route"
+    )
+    return parser
+
+
+def _run_arguments(run: argparse.ArgumentParser) -> None:
     run.add_argument("--listen", type=_listen_arg, metavar="HOST:PORT", help="proxy listener")
     run.add_argument("--admin-listen", type=_listen_arg, metavar="HOST:PORT", help="admin listener")
     run.add_argument(
@@ -60,34 +89,6 @@ def _parser() -> argparse.ArgumentParser:
         choices=LOG_LEVELS,  # the same levels as the config file's log.level
         help="default: INFO",
     )
-
-    check = sub.add_parser("check-config", help="validate a config file and list every problem")
-    check.add_argument("--config", default=default_config, help=config_help)
-    check.add_argument(
-        "--tokens",
-        action="store_true",
-        help="also load every route's tokens as `run` would (readable, parseable, not expired)",
-    )
-
-    info = sub.add_parser(
-        "token-info", help="show every route's tokens; exit 1 if any is expired or expiring"
-    )
-    info.add_argument("--config", default=default_config, help=config_help)
-    info.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    info.add_argument(
-        "--warn",
-        type=_duration_arg,
-        default=float(EXPIRING),
-        metavar="DURATION",
-        help="exit 1 when a token expires within this (default 7d; e.g. 12h, 30m)",
-    )
-
-    doctor = sub.add_parser("doctor", help="check tokens, DNS and TLS for every route")
-    doctor.add_argument("--config", default=default_config, help=config_help)
-    doctor.add_argument(
-        "--probe", action="store_true", help="also send GET <base>/segments?limit=1 per route"
-    )
-    return parser
 
 
 def _duration_arg(text: str) -> float:

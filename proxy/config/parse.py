@@ -89,6 +89,24 @@ def _methods(raw: object, path: str, errs: Errors) -> frozenset[str] | None:
     return frozenset(methods)
 
 
+def _tenant(raw: object, path: str, errs: Errors) -> str | None:
+    tenant = string(raw, path, errs)
+    if tenant is not None and not _TENANT_RE.fullmatch(tenant):
+        errs.add(
+            path, f"expected a DNS-label-like tenant id (a-z, 0-9, -), got {errs.show(tenant)}"
+        )
+        return None
+    return tenant
+
+
+def _name(raw: object, path: str, errs: Errors) -> str | None:
+    name = string(raw, path, errs)
+    if name is not None and not _NAME_RE.fullmatch(name):
+        errs.add(path, f"expected letters, digits and _.- (max 63), got {errs.show(name)}")
+        return None
+    return name
+
+
 def _route(raw: object, path: str, errs: Errors, defaults: RouteDefaults) -> Route | None:
     m = mapping(raw, path, errs, _ROUTE_KEYS)
     if m is None:
@@ -97,23 +115,11 @@ def _route(raw: object, path: str, errs: Errors, defaults: RouteDefaults) -> Rou
         if key not in m:
             errs.add(join(path, key), "is required")
     prefix = _prefix(m["prefix"], join(path, "prefix"), errs) if "prefix" in m else None
-    tenant = string(m["tenant"], join(path, "tenant"), errs) if "tenant" in m else None
-    if tenant is not None and not _TENANT_RE.fullmatch(tenant):
-        errs.add(
-            join(path, "tenant"),
-            f"expected a DNS-label-like tenant id (a-z, 0-9, -), got {errs.show(tenant)}",
-        )
-        tenant = None
+    tenant = _tenant(m["tenant"], join(path, "tenant"), errs) if "tenant" in m else None
     tokens = parse_sources(m, path, errs)
     name = prefix.strip("/").replace("/", "-") if prefix else None
     if "name" in m:
-        name = string(m["name"], join(path, "name"), errs)
-        if name is not None and not _NAME_RE.fullmatch(name):
-            errs.add(
-                join(path, "name"),
-                f"expected letters, digits and _.- (max 63), got {errs.show(name)}",
-            )
-            name = None
+        name = _name(m["name"], join(path, "name"), errs)
     methods = _methods(m["methods"], join(path, "methods"), errs) if "methods" in m else None
     paths = pattern_set(m["paths"], join(path, "paths"), errs) if "paths" in m else None
     own = inherit(m, path, errs, defaults)

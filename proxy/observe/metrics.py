@@ -165,6 +165,58 @@ class RouteMetrics:
         child.inc()
 
 
+_Families = tuple[
+    GaugeMetricFamily,
+    GaugeMetricFamily,
+    GaugeMetricFamily,
+    GaugeMetricFamily,
+    GaugeMetricFamily,
+    CounterMetricFamily,
+    CounterMetricFamily,
+]
+
+
+def _token_families() -> _Families:
+    """The token metrics, computed at scrape time (empty families, filled by the collector)."""
+    labels = ["route", "tenant"]
+    age = GaugeMetricFamily(
+        "amperity_proxy_token_age_seconds",
+        "Now minus the token's JWT iat (or its load time for an opaque token).",
+        labels=labels,
+    )
+    expiry = GaugeMetricFamily(
+        "amperity_proxy_token_expiry_timestamp_seconds",
+        "The token's JWT exp as a Unix timestamp; absent when the token has none.",
+        labels=labels,
+    )
+    issued = GaugeMetricFamily(
+        "amperity_proxy_token_issued_timestamp_seconds",
+        "The token's JWT iat (or its load time for an opaque token) as a Unix timestamp.",
+        labels=labels,
+    )
+    info = GaugeMetricFamily(
+        "amperity_proxy_token_info",
+        "1 for the token in use, identified by source and fingerprint.",
+        labels=[*labels, "source", "fingerprint", "has_expiry"],
+    )
+    valid = GaugeMetricFamily(
+        "amperity_proxy_token_valid",
+        "1 while the route has a usable, unexpired token.",
+        labels=labels,
+    )
+    load_errors = CounterMetricFamily(
+        "amperity_proxy_token_load_errors",
+        "Failed reads of a route's token sources, by reason.",
+        labels=["route", "reason"],
+    )
+    refreshes = CounterMetricFamily(
+        "amperity_proxy_token_refreshes",
+        "Runs of exec and client_credentials sources, by result.",
+        labels=[*labels, "result"],
+    )
+    return (age, expiry, issued, info, valid, load_errors, refreshes)
+
+
 class TokenCollector(Collector):
     """Token state read from the store at scrape time: age, issue and expiry of the token in
     use, which token that is, whether the route has a valid one, load errors and refreshes."""
@@ -179,42 +231,7 @@ class TokenCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         now = self._clock()
-        labels = ["route", "tenant"]
-        age = GaugeMetricFamily(
-            "amperity_proxy_token_age_seconds",
-            "Now minus the token's JWT iat (or its load time for an opaque token).",
-            labels=labels,
-        )
-        expiry = GaugeMetricFamily(
-            "amperity_proxy_token_expiry_timestamp_seconds",
-            "The token's JWT exp as a Unix timestamp; absent when the token has none.",
-            labels=labels,
-        )
-        issued = GaugeMetricFamily(
-            "amperity_proxy_token_issued_timestamp_seconds",
-            "The token's JWT iat (or its load time for an opaque token) as a Unix timestamp.",
-            labels=labels,
-        )
-        info = GaugeMetricFamily(
-            "amperity_proxy_token_info",
-            "1 for the token in use, identified by source and fingerprint.",
-            labels=[*labels, "source", "fingerprint", "has_expiry"],
-        )
-        valid = GaugeMetricFamily(
-            "amperity_proxy_token_valid",
-            "1 while the route has a usable, unexpired token.",
-            labels=labels,
-        )
-        load_errors = CounterMetricFamily(
-            "amperity_proxy_token_load_errors",
-            "Failed reads of a route's token sources, by reason.",
-            labels=["route", "reason"],
-        )
-        refreshes = CounterMetricFamily(
-            "amperity_proxy_token_refreshes",
-            "Runs of exec and client_credentials sources, by result.",
-            labels=[*labels, "result"],
-        )
+        age, expiry, issued, info, valid, load_errors, refreshes = _token_families()
         for route in self._snapshot():
             values = [route.route, route.tenant]
             current = route.current

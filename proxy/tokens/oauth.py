@@ -89,18 +89,7 @@ class ClientCredentialsSource:
                 f"the token endpoint {self.token_url} answered {status}; check client_id, "
                 "client_secret and tenant",
             )
-        try:
-            answer = json.loads(body)
-            token = answer["access_token"]
-            expires_in = answer.get("expires_in")
-        except (ValueError, KeyError, TypeError, AttributeError):
-            raise TokenError(
-                "mint_failed", "the token endpoint's answer has no access_token"
-            ) from None
-        if not isinstance(token, str):
-            raise TokenError("mint_failed", "the token endpoint's access_token is not a string")
-        valid = isinstance(expires_in, (int, float)) and not isinstance(expires_in, bool)
-        return Fetched(token, float(expires_in) if valid else None)
+        return _minted(body)
 
     def next_refresh(self, credential: Credential) -> float | None:
         lifetime = credential.lifetime()
@@ -109,3 +98,17 @@ class ClientCredentialsSource:
         start = credential.expires_at - lifetime
         jitter = self._rng.uniform(-CC_JITTER, CC_JITTER) * lifetime
         return start + CC_REFRESH_AT * lifetime + jitter
+
+
+def _minted(body: bytes) -> Fetched:
+    """The access token (and its lifetime) from a token endpoint's 200 answer."""
+    try:
+        answer = json.loads(body)
+        token = answer["access_token"]
+        expires_in = answer.get("expires_in")
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise TokenError("mint_failed", "the token endpoint's answer has no access_token") from None
+    if not isinstance(token, str):
+        raise TokenError("mint_failed", "the token endpoint's access_token is not a string")
+    valid = isinstance(expires_in, (int, float)) and not isinstance(expires_in, bool)
+    return Fetched(token, float(expires_in) if valid else None)
