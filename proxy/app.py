@@ -27,7 +27,8 @@ from proxy.config import Config, ConfigError, Route, StartupError, keep_running,
 from proxy.gate import AdminGate, client_token
 from proxy.listener import GuardedServer
 from proxy.observe.activity import Activity
-from proxy.observe.metrics import ProxyMetrics, StateCollector, TokenCollector, expose
+from proxy.observe.collectors import StateCollector, TokenCollector
+from proxy.observe.metrics import ProxyMetrics, expose
 from proxy.observe.record import Recorder
 from proxy.request.admission import Admission
 from proxy.request.pipeline import Pipeline
