@@ -1,0 +1,2 @@
+"""The request side: admission (targets, routing, policy), pacing, and the pipeline that
+sequences a proxied request."""

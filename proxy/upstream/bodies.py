@@ -61,7 +61,7 @@ class BodyLimit(Exception):
 
 
 class Tally(Protocol):
-    """Where the byte count and a broken limit are noted (forward's Outcome)."""
+    """Where the byte count and a broken limit are noted (the request's `observe.record.Record`)."""
 
     bytes_in: int
     body_error: str | None
