@@ -7,7 +7,6 @@ through a fake resolver, with TLS verification on against the test CA.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import random
 import ssl
@@ -20,7 +19,6 @@ from typing import Any
 
 import jwt
 import pytest
-import yaml
 from aiohttp import web
 from aiohttp.test_utils import RawTestServer, TestClient
 from prometheus_client import CollectorRegistry
@@ -249,14 +247,6 @@ print(token)
 """
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def subject(authorization: str | None) -> str:
     assert authorization is not None
     claims = jwt.decode(authorization.removeprefix("Bearer "), options={"verify_signature": False})
@@ -281,66 +271,6 @@ def exec_state(tmp_path: Path) -> Path:
 def exec_source(state: Path, **extra: Any) -> dict[str, Any]:
     command = [sys.executable, str(state.parent / "helper.py"), str(state), TEST_SECRET]
     return {"exec": {"command": command, **extra}}
-
-
-class ProxyProcess:
-    """`python -m proxy run` as a real process with a JSON log on a pipe (tests that need
-    signals, a Unix socket or a process boundary)."""
-
-    def __init__(self, proc: asyncio.subprocess.Process, listening: dict[str, Any]) -> None:
-        self.proc = proc
-        self.listening = listening
-
-    @property
-    def proxy(self) -> str:
-        return str(self.listening["listen"][0])
-
-    @property
-    def admin(self) -> str:
-        return str(self.listening["admin"][0])
-
-    async def log_until(self, predicate: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
-        """The next JSON log record that matches (bounded wait)."""
-        assert self.proc.stderr is not None
-        while True:
-            line = await asyncio.wait_for(self.proc.stderr.readline(), 30)
-            assert line, "the proxy exited"
-            record: dict[str, Any] = json.loads(line)
-            if predicate(record):
-                return record
-
-    async def stop(self) -> None:
-        if self.proc.returncode is None:
-            self.proc.kill()
-            await self.proc.wait()
-
-
-async def spawn_proxy(
-    workdir: Path, config: dict[str, Any], env: dict[str, str] | None = None
-) -> ProxyProcess:
-    """Write `config`, start the proxy, and wait until it logs that it listens."""
-    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("AMPERITY_")}
-    environment |= env or {}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "proxy",
-        "run",
-        "--config",
-        str(workdir / "config.yaml"),
-        "--log-format",
-        "json",
-        env=environment,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    process = ProxyProcess(proc, {})
-    try:
-        process.listening = await process.log_until(lambda r: "listen" in r and "admin" in r)
-    except BaseException:
-        await process.stop()
-        raise
-    return process
 
 
 @dataclass
@@ -399,3 +329,25 @@ def require(found: object, what: str, install: str) -> None:
     if IN_CI:
         pytest.fail(f"{what} is required in CI: {install}")
     pytest.skip(f"{what} missing: {install}")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked `after_all` (the canary leak scan, which reads what every other test
+    caused) run after every test that shares their parameters (the same session-scoped proxy
+    process), whatever their file is called."""
+
+    def params(item: pytest.Item) -> dict[str, object]:
+        spec = getattr(item, "callspec", None)
+        return dict(spec.params) if spec is not None else {}
+
+    last = [item for item in items if item.get_closest_marker("after_all")]
+    order = [item for item in items if not item.get_closest_marker("after_all")]
+    for item in last:
+        mine = params(item)
+        shared = [
+            n
+            for n, other in enumerate(order)
+            if all(params(other).get(k, object()) == v for k, v in mine.items())
+        ]
+        order.insert(shared[-1] + 1 if shared and mine else len(order), item)
+    items[:] = order

@@ -4,7 +4,6 @@ token, Unix socket, per-route policy, and the audit trail of refusals."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import signal
@@ -17,19 +16,9 @@ import pytest
 
 from proxy.config import ConfigError, parse_config
 from proxy.testing import FakeAmperity, FakeTLS, make_token
-from tests.conftest import (
-    ProxyFactory,
-    Upstream,
-    acme_route,
-    get,
-    raw_request,
-    spawn_proxy,
-    tls_route,
-)
-
-
-def message(body: bytes) -> str:
-    return str(json.loads(body)["message"])
+from tests.conftest import ProxyFactory, Upstream, acme_route, get, raw_request, tls_route
+from tests.support.envelope import message
+from tests.support.process import spawn_proxy
 
 
 @pytest.mark.parametrize(

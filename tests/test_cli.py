@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,24 +17,15 @@ import yaml
 from proxy import __version__
 from proxy.cli.main import main
 from proxy.testing import FakeAmperity, FakeTLS, make_token, start_fake
-from tests.conftest import spawn_proxy, tls_route
+from tests.conftest import tls_route
+from tests.support.process import run_cli as _run
+from tests.support.process import spawn_proxy
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("AMPERITY_")}
-    environment["AMPERITY_TENANT"] = "acme"  # config.example.yaml requires it
-    environment.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "proxy", *args],
-        capture_output=True,
-        text=True,
-        env=environment,
-        cwd=ROOT,
-        timeout=60,
-        check=False,
-    )
+    return _run(*args, env={"AMPERITY_TENANT": "acme"} | (env or {}))  # the example needs it
 
 
 def test_version() -> None:

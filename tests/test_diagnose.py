@@ -5,9 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,6 +18,8 @@ from proxy.cli.diagnose import doctor, parse_duration
 from proxy.config import parse_config
 from proxy.testing import FakeAmperity, FakeTLS, make_token, start_fake
 from tests.conftest import tls_route
+from tests.support.net import closed_port
+from tests.support.process import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,16 +39,7 @@ def write_config(tmp_path: Path, routes: list[dict[str, Any]]) -> Path:
 
 
 def token_info(config: Path, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("AMPERITY_")} | env
-    return subprocess.run(
-        [sys.executable, "-m", "proxy", "token-info", "--config", str(config), *args],
-        capture_output=True,
-        text=True,
-        env=environment,
-        cwd=ROOT,
-        timeout=60,
-        check=False,
-    )
+    return run_cli("token-info", "--config", str(config), *args, env=env)
 
 
 def routes_for(tokens: dict[str, str]) -> list[dict[str, Any]]:
@@ -119,12 +110,6 @@ def test_durations(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def test_doctor_on_a_good_config(
     tmp_path: Path, tls: FakeTLS, fake: tuple[FakeAmperity, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -160,7 +145,7 @@ async def test_doctor_on_a_broken_config(
                 {  # no token, and nothing listens there
                     "prefix": "/down",
                     "tenant": "acme",
-                    "base_url": f"https://localhost:{_closed_port()}/api",
+                    "base_url": f"https://localhost:{closed_port()}/api",
                     "token": {"env": "MISSING"},
                 },
                 {  # the test CA is not trusted without ca_file; the token has expired

@@ -8,7 +8,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ import pytest
 
 from proxy.testing import FakeAmperity, FakeTLS, make_token, start_fake
 from tests.conftest import require
+from tests.support.net import port_free
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [
@@ -105,11 +105,6 @@ async def _gone(group: int, deadline: float = 30) -> None:
     os.killpg(group, signal.SIGKILL)
 
 
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) != 0
-
-
 async def test_the_legacy_tool_snippet_works_as_written(tls: FakeTLS, tmp_path: Path) -> None:
     """`make run &`, `make ready`, `curl` pasted into a shell: curl gets the upstream's answer,
     and the fake received the request with the token. Before `make ready` existed, curl ran
@@ -117,7 +112,7 @@ async def test_the_legacy_tool_snippet_works_as_written(tls: FakeTLS, tmp_path: 
     require(shutil.which("curl"), "curl", "apt-get install curl")
     require(shutil.which("make"), "make", "apt-get install make")
     for port in (8080, 9090):  # config.example.yaml's listeners, as the README says
-        assert _free(port), f"port {port} is taken: the README's snippet needs it free"
+        assert port_free(port), f"port {port} is taken: the README's snippet needs it free"
     fake = FakeAmperity()
     runner, port = await start_fake(fake, tls.server)
     token = make_token("acme", ttl=86400)

@@ -3,22 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
 
 from proxy.testing import FakeTLS, make_tls
 from tests.conftest import ProxyFactory, Upstream, acme_route, get, raw_request
-
-
-def _envelope(body: bytes) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(body)
-    assert set(data) == {"status", "message", "request_id"}
-    return data
+from tests.support.envelope import envelope
+from tests.support.net import closed_port
 
 
 @pytest.mark.parametrize("path", ["/nope", "/acmeevil/x", "/ACME/x", "/acme;x", "/%61cme/x", "/"])
@@ -29,7 +23,7 @@ async def test_unmatched_path_gets_404_and_is_never_forwarded(
     proxy = await make_proxy(routes)
     response = await raw_request(proxy.port, get(path, "X-Request-ID: rid-1"))
     assert response.status == 404
-    body = _envelope(response.body)
+    body = envelope(response.body)
     assert body["status"] == 404 and body["request_id"] == "rid-1"
     shown = path.split("?")[0]
     assert body["message"] == f"no route for {shown}; configured prefixes: /acme, /acme-sandbox"
@@ -62,7 +56,7 @@ async def test_traversal_paths_get_400_and_are_never_forwarded(
     proxy = await make_proxy()
     response = await raw_request(proxy.port, get(path))
     assert response.status == 400
-    assert _envelope(response.body)["message"].startswith("refused path: ")
+    assert envelope(response.body)["message"].startswith("refused path: ")
     assert upstream.requests == []
 
 
@@ -74,24 +68,18 @@ async def test_absolute_https_target_is_refused(
         proxy.port, get(f"https://acme.amperity.com:{upstream.port}/api/segments")
     )
     assert response.status == 400
-    assert "only http:// URLs" in _envelope(response.body)["message"]
+    assert "only http:// URLs" in envelope(response.body)["message"]
     assert upstream.requests == []
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def test_connection_refused_is_502(make_proxy: ProxyFactory, upstream: Upstream) -> None:
-    port = _closed_port()
+    port = closed_port()
     proxy = await make_proxy(
         [acme_route(upstream, base_url=f"https://acme.amperity.com:{port}/api")]
     )
     response = await proxy.client.get("/acme/x")
     assert response.status == 502
-    body = _envelope(await response.read())
+    body = envelope(await response.read())
     assert "could not connect" in str(body["message"])
     assert 'reason="connect"' in await proxy.metrics_text()
 
@@ -101,7 +89,7 @@ async def test_unknown_host_is_502(make_proxy: ProxyFactory, upstream: Upstream)
     proxy = await make_proxy([acme_route(upstream, base_url=base)])
     response = await proxy.client.get("/acme/x")
     assert response.status == 502
-    assert "could not connect" in str(_envelope(await response.read())["message"])
+    assert "could not connect" in str(envelope(await response.read())["message"])
     assert upstream.requests == []
 
 
@@ -112,7 +100,7 @@ async def test_untrusted_certificate_is_502_and_nothing_is_sent(
     proxy = await make_proxy(upstream_ssl=other_ca.client)
     response = await proxy.client.get("/acme/x")
     assert response.status == 502
-    body = _envelope(await response.read())
+    body = envelope(await response.read())
     assert "TLS verification failed" in str(body["message"])
     assert upstream.requests == []
     metrics = await proxy.metrics_text()
@@ -145,7 +133,7 @@ async def test_silent_upstream_is_504(make_proxy: ProxyFactory, upstream: Upstre
     proxy = await make_proxy([acme_route(upstream, timeouts={"read": 0.2})])
     response = await proxy.client.get("/acme/_fake/hold")
     assert response.status == 504
-    body = _envelope(await response.read())
+    body = envelope(await response.read())
     assert "did not answer in time" in str(body["message"])
     assert upstream.fake.held.is_set()
     assert 'reason="timeout"' in await proxy.metrics_text()

@@ -6,12 +6,8 @@ expected text is the whole message a user reads (paths, the fix), not a fragment
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import ssl
-import subprocess
-import sys
 from pathlib import Path
 
 import aiohttp
@@ -23,6 +19,8 @@ from proxy.testing import make_token
 from proxy.tokens import TokenStore, in_words, make_sources
 from proxy.upstream.exchange import detail
 from tests.conftest import ProxyFactory, Upstream, acme_route, get, raw_request
+from tests.support.envelope import message
+from tests.support.process import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -31,22 +29,6 @@ def errors_of(raw: object, env: dict[str, str] | None = None) -> list[str]:
     with pytest.raises(ConfigError) as info:
         parse_config(raw, env=env or {})
     return info.value.errors
-
-
-def cli(
-    *args: str, env: dict[str, str] | None = None, cwd: Path = ROOT
-) -> subprocess.CompletedProcess[str]:
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("AMPERITY_")}
-    environment.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "proxy", *args],
-        capture_output=True,
-        text=True,
-        env=environment,
-        cwd=cwd,
-        timeout=60,
-        check=False,
-    )
 
 
 def test_one_pass_reports_every_independent_problem_once_where_it_was_written() -> None:
@@ -196,9 +178,9 @@ def test_check_config_with_tokens_loads_them_as_run_would(tmp_path: Path) -> Non
         "  - {prefix: /b, tenant: b, token: {env: T}}\n"
     )
     env = {"HOME": str(tmp_path), "T": make_token("b")}
-    plain = cli("check-config", "--config", str(config), env=env)
+    plain = run_cli("check-config", "--config", str(config), env=env)
     assert plain.returncode == 0, plain.stderr  # the config itself is fine
-    checked = cli("check-config", "--config", str(config), "--tokens", env=env)
+    checked = run_cli("check-config", "--config", str(config), "--tokens", env=env)
     assert checked.returncode == 1
     missing = f"missing: token file {tmp_path / 'missing-token'} does not exist"
     assert missing in checked.stdout
@@ -227,7 +209,7 @@ async def test_a_token_that_starts_like_a_jwt_but_does_not_parse_is_warned_about
 
 
 def test_log_level_flag_takes_every_level_the_config_takes() -> None:
-    result = cli("run", "--log-level", "critical", "--config", "/nonexistent.yaml")
+    result = run_cli("run", "--log-level", "critical", "--config", "/nonexistent.yaml")
     assert "invalid choice" not in result.stderr
     assert "cannot read config file" in result.stderr
 
@@ -239,14 +221,14 @@ async def test_forward_mode_says_whether_the_port_or_the_path_did_not_match(
     proxy = await make_proxy([acme_route(upstream)])  # https://acme.amperity.com:<port>/api
     wrong_port = await raw_request(proxy.port, get("http://acme.amperity.com:9999/api/segments"))
     assert wrong_port.status == 404
-    assert json.loads(wrong_port.body)["message"] == (
+    assert message(wrong_port.body) == (
         "no route for http://acme.amperity.com:9999/api/segments; the port does not match: "
         f"routes for acme.amperity.com serve {upstream.port}, not port 9999"
     )
     wrong_path = await raw_request(
         proxy.port, get(f"http://acme.amperity.com:{upstream.port}/v2/segments")
     )
-    assert json.loads(wrong_path.body)["message"] == (
+    assert message(wrong_path.body) == (
         f"no route for http://acme.amperity.com:{upstream.port}/v2/segments; the path must be "
         "under a route's base path (/api)"
     )

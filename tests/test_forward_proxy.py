@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import urllib.error
 import urllib.request
 from typing import Any
@@ -14,6 +13,7 @@ from yarl import URL
 
 from proxy.testing import make_token
 from tests.conftest import ACME_TOKEN, Proxy, ProxyFactory, Upstream, acme_route, get, raw_request
+from tests.support.envelope import message
 
 T1, T2 = make_token("tenant-one"), make_token("tenant-two")
 
@@ -52,10 +52,6 @@ def urllib_status(port: int, userinfo: str, url: str) -> int:
     except urllib.error.HTTPError as exc:
         exc.close()
         return exc.code
-
-
-def message(body: bytes) -> str:
-    return str(json.loads(body)["message"])
 
 
 async def test_azure_style_host_is_forwarded_over_https(

@@ -21,10 +21,10 @@ from tests.conftest import (
     acme_route,
     exec_source,
     metric,
-    spawn_proxy,
     subject,
     tls_route,
 )
+from tests.support.process import spawn_proxy
 
 T1 = make_token("acme", subject="one")
 T2 = make_token("acme", subject="two")

@@ -17,15 +17,8 @@ import jwt
 import pytest
 
 from proxy.testing import FAKE_CLIENT_ID, FAKE_CLIENT_SECRET, TEST_SECRET, make_token
-from tests.conftest import (
-    FakeClock,
-    ProxyFactory,
-    Upstream,
-    acme_route,
-    exec_source,
-    metric,
-    subject,
-)
+from tests.conftest import ProxyFactory, Upstream, acme_route, exec_source, metric, subject
+from tests.support.clocks import FakeClock
 
 # --- several tokens per route -----------------------------------------------------------
 

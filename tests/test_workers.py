@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -14,7 +13,8 @@ from pathlib import Path
 
 import yaml
 
-from tests.test_diagnose import _closed_port
+from tests.support.net import closed_port
+from tests.support.process import proxy_command
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,7 +29,7 @@ def _get(url: str) -> tuple[int, str]:
 
 
 def test_two_workers_share_the_port_and_the_metrics(tmp_path: Path) -> None:
-    port, admin = _closed_port(), _closed_port()
+    port, admin = closed_port(), closed_port()
     config = {
         "listen": {"port": port},
         "admin": {"port": admin},
@@ -40,9 +40,7 @@ def test_two_workers_share_the_port_and_the_metrics(tmp_path: Path) -> None:
     log = (tmp_path / "log").open("wb")
     proc = subprocess.Popen(
         [
-            sys.executable,
-            "-m",
-            "proxy",
+            *proxy_command(),
             "run",
             "--config",
             str(tmp_path / "config.yaml"),

@@ -10,7 +10,6 @@ import os
 import secrets
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ import pytest
 import yaml
 
 from proxy.testing import FakeAmperity, FakeTLS, RecordedRequest, make_token, start_fake
+from tests.support.process import proxy_command
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -209,9 +209,7 @@ def proxy_process(
     with log.open("wb") as stderr:
         proc = subprocess.Popen(
             [
-                sys.executable,
-                "-m",
-                "proxy",
+                *proxy_command(),
                 "run",
                 "--config",
                 str(workdir / "config.yaml"),

@@ -22,6 +22,7 @@ from pathlib import Path
 import yaml
 
 from proxy.testing import FakeAmperity, make_tls, make_token, start_fake
+from tests.support.process import proxy_command
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -98,9 +99,7 @@ async def _slowhttptest(mode: str, seconds: int) -> str:
         (work / "config.yaml").write_text(yaml.safe_dump(config))
         env = {**os.environ, "SCORECARD_TOKEN": make_token("acme")}
         proxy = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "proxy",
+            *proxy_command(),
             "run",
             "--config",
             str(work / "config.yaml"),

@@ -3,15 +3,14 @@ is refused at once with a clear message instead of taking minutes and a gigabyte
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from proxy.config import ConfigError, load_config, parse_config
 from tests.hostile.conftest import LEDGER
+from tests.support.process import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -29,16 +28,8 @@ BOMB = "\n".join(
 
 
 def _check_config(path: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AMPERITY_")}
-    return subprocess.run(
-        [sys.executable, "-m", "proxy", "check-config", "--config", str(path)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=30,  # the fix answers in well under a second; the bug takes minutes
-        check=False,
-    )
+    # the fix answers in well under a second; the bug takes minutes
+    return run_cli("check-config", "--config", str(path), timeout=30)
 
 
 def test_an_alias_bomb_is_refused_at_once(tmp_path: Path) -> None:

@@ -12,8 +12,9 @@ import pytest
 
 from proxy.config import ConfigError, parse_config
 from proxy.testing import TEST_SECRET, FakeTLS, make_token
-from tests.conftest import Upstream, spawn_proxy
+from tests.conftest import Upstream
 from tests.hostile.conftest import LEDGER
+from tests.support.process import spawn_proxy
 
 HELPER = """
 import json, os, sys, time, jwt

@@ -11,8 +11,9 @@ import socket
 import pytest
 
 from proxy.observe.logs import flush_logs
-from tests.conftest import FakeClock, ProxyFactory, Upstream, acme_route, metric
+from tests.conftest import ProxyFactory, Upstream, acme_route, metric
 from tests.hostile.conftest import LEDGER
+from tests.support.clocks import FakeClock
 
 
 async def test_repeated_401_warnings_are_summarised_and_counters_stay_exact(

@@ -9,8 +9,9 @@ from pathlib import Path
 
 from proxy.testing import make_token, swap_secret_volume
 from proxy.tokens import fingerprint
-from tests.conftest import FakeClock, ProxyFactory, Upstream, acme_route, subject
+from tests.conftest import ProxyFactory, Upstream, acme_route, subject
 from tests.hostile.conftest import LEDGER
+from tests.support.clocks import FakeClock
 
 
 async def test_a_secret_volume_swap_is_picked_up_within_a_second(

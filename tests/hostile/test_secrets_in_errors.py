@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
-import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -20,8 +18,9 @@ import yaml
 
 from proxy.config import ConfigError, parse_config
 from proxy.testing import FakeTLS, make_token
-from tests.conftest import Upstream, spawn_proxy
+from tests.conftest import Upstream
 from tests.hostile.conftest import LEDGER
+from tests.support.process import run_cli, spawn_proxy
 
 ROOT = Path(__file__).resolve().parents[2]
 JWT = make_token("acme", subject="never-echoed-" + "x" * 600)
@@ -150,16 +149,7 @@ def test_secret_bearing_fields_are_never_echoed() -> None:
 
 
 def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("AMPERITY_")}
-    return subprocess.run(
-        [sys.executable, "-m", "proxy", *args],
-        capture_output=True,
-        text=True,
-        env=environment | env,
-        cwd=ROOT,
-        timeout=60,
-        check=False,
-    )
+    return run_cli(*args, env=env)
 
 
 BAD_ROUTE = {"prefix": "/a", "tenant": "${TOK}", "token": {"env": "${AMPERITY_TOKEN}"}}

@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from proxy.testing import FakeTLS, make_token
-from tests.conftest import Upstream, spawn_proxy, tls_route
+from tests.conftest import Upstream, tls_route
 from tests.hostile.conftest import LEDGER
+from tests.support.process import spawn_proxy
 
 SHUTDOWN_TIMEOUT = 5
 

@@ -9,7 +9,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +16,9 @@ import aiohttp
 import yaml
 
 from proxy.testing import FakeTLS, make_token
-from tests.conftest import Upstream, spawn_proxy, tls_route
+from tests.conftest import Upstream, tls_route
 from tests.hostile.conftest import LEDGER
+from tests.support.process import proxy_command, run_cli, spawn_proxy
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,17 +35,8 @@ def _config(tmp_path: Path, upstream: Upstream, tls: FakeTLS, sock: Path) -> dic
 def _run(workdir: Path, config: dict[str, Any]) -> subprocess.CompletedProcess[str]:
     """`run` that is expected to refuse to start."""
     (workdir / "refused.yaml").write_text(yaml.safe_dump(config))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AMPERITY_")}
-    env["ACME_TOKEN"] = make_token("acme")
-    return subprocess.run(
-        [sys.executable, "-m", "proxy", "run", "--config", str(workdir / "refused.yaml")],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=60,
-        check=False,
-    )
+    env = {"ACME_TOKEN": make_token("acme")}
+    return run_cli("run", "--config", str(workdir / "refused.yaml"), env=env)
 
 
 async def _get(sock: Path) -> int:
@@ -116,9 +107,7 @@ async def test_a_stale_socket_is_replaced_with_a_log_line(
     env = {k: v for k, v in os.environ.items() if not k.startswith("AMPERITY_")}
     env["ACME_TOKEN"] = make_token("acme")
     proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "proxy",
+        *proxy_command(),
         "run",
         "--config",
         str(tmp_path / "config.yaml"),

@@ -1,13 +1,16 @@
-"""Runs last in the hostile suite: the canary tokens appear nowhere — not in the proxy's log
+"""Runs after every other test (marked `after_all`; see conftest): the canary tokens appear nowhere — not in the proxy's log
 (which includes exception text), its metrics, its readiness output, or any response."""
 
 from __future__ import annotations
 
 import urllib.request
 
+import pytest
+
 from tests.hostile.conftest import Canaries, Checked, Ledger, ProxyProcess, request
 
 
+@pytest.mark.after_all
 def test_canary_tokens_never_leaked(
     hostile: Checked, proxy_process: ProxyProcess, canaries: Canaries, ledger: Ledger
 ) -> None:
