@@ -100,7 +100,7 @@ def test_the_import_contract_holds() -> None:
             "proxy.admin is not allowed to import proxy.request",
         ),
         # nothing imports the command line
-        ("app.py", "proxy.cli.main", "proxy.app is not allowed to import proxy.cli"),
+        ("app/runtime.py", "proxy.cli.main", "proxy.app is not allowed to import proxy.cli"),
         # the fake upstream is for the demo and tests only
         (
             "upstream/relay.py",

@@ -41,7 +41,7 @@ def _tracked() -> list[str]:
 
 def dangling(doc: Path, files: list[str]) -> list[str]:
     """Relative links that resolve to nothing, and repository files named in code formatting
-    (`proxy/app.py`, `ARCHITECTURE.md`) that don't exist."""
+    (`proxy/refusals.py`, `ARCHITECTURE.md`) that don't exist."""
     top = {f.split("/")[0] for f in files}
     names = {Path(f).name for f in files}
     text = doc.read_text()
@@ -73,7 +73,7 @@ def test_the_check_catches_a_missing_file_and_a_broken_link(tmp_path: Path) -> N
     doc = tmp_path / "README.md"
     doc.write_text(
         "See `ARCHITECTURE.md`, `proxy/nowhere.py` and [the guide](docs/missing.md); "
-        "`proxy/app.py` and [metrics](metrics.md) are fine.\n"
+        "`proxy/refusals.py` and [metrics](metrics.md) are fine.\n"
     )
     (tmp_path / "metrics.md").write_text("x")
     assert dangling(doc, _tracked()) == [

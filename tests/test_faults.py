@@ -42,11 +42,7 @@ def fd_count() -> int:
 
 
 def pool_in_use(proxy: Proxy) -> int:
-    session = proxy.app.session
-    assert session is not None
-    connector = session.connector
-    assert isinstance(connector, aiohttp.TCPConnector)
-    return len(connector._acquired)
+    return proxy.app.upstream_in_use()
 
 
 async def settle(condition: Callable[[], bool], what: str) -> None:

@@ -17,7 +17,7 @@ from aiohttp.client_reqrep import ConnectionKey
 from proxy.config import ConfigError, load_config, parse_config
 from proxy.testing import make_token
 from proxy.tokens import TokenStore, in_words, make_sources
-from proxy.upstream.exchange import detail
+from proxy.upstream.failures import detail
 from tests.conftest import ProxyFactory, Upstream, acme_route, get, raw_request
 from tests.support.envelope import message
 from tests.support.process import run_cli

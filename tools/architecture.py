@@ -10,7 +10,6 @@ from __future__ import annotations
 import ast
 import asyncio
 import sys
-from functools import cache
 from pathlib import Path
 
 import grimp
@@ -104,7 +103,11 @@ async def _trace_one_get() -> list[str]:
 
     def profile(frame: object, event: str, arg: object) -> None:
         filename = frame.f_code.co_filename  # type: ignore[attr-defined]
-        if filename.startswith(package) and "fake_amperity" not in filename and "/testing/" not in filename:
+        if (
+            filename.startswith(package)
+            and "fake_amperity" not in filename
+            and "/testing/" not in filename
+        ):
             seen.add(str(Path(filename).relative_to(ROOT)))
 
     sys.setprofile(profile)

@@ -20,9 +20,9 @@ from pathlib import Path
 from aiohttp import web
 
 from proxy import __version__
-from proxy.app import ConfigLoader, ProxyApp, create_admin_app, create_app
+from proxy.app import ProxyApp, create_admin_app, create_app
 from proxy.cli.selfcheck import self_check
-from proxy.config import Config, StartupError
+from proxy.config import Config, ConfigLoader, StartupError
 from proxy.config.listen import Listen, UnixListen
 from proxy.listener import bound_sockets
 from proxy.observe.logs import flush_logs

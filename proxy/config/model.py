@@ -8,6 +8,7 @@ tie them together: Config, Route and its parts.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -40,6 +41,10 @@ class ConfigError(Exception):
         lines = [f"{self.source}: {len(self.errors)} error(s)"]
         lines += [f"  {e}" for e in self.errors]
         return "\n".join(lines)
+
+
+# Re-reads the config file (with the command line's overrides): what a reload applies.
+ConfigLoader = Callable[[], "Config"]
 
 
 class StartupError(Exception):

@@ -2,13 +2,11 @@
 errors), and every use of aiohttp internals in the package - here and nowhere else.
 
 - `server`: GuardedServer and its connections (GuardedHandler)
-- `accessors`: typed accessors for per-connection state, the coalescing response class, the
-  upstream response class that closes a connection after a status outside 200-599
+- `accessors`: typed accessors for per-connection state, the coalescing response class
 """
 
 from proxy.listener.accessors import (
     CoalescedResponse,
-    GuardedClientResponse,
     abandon_body,
     bound_sockets,
     client_gone,
@@ -21,7 +19,6 @@ from proxy.listener.server import GuardedHandler, GuardedServer, Reject
 
 __all__ = [
     "CoalescedResponse",
-    "GuardedClientResponse",
     "GuardedHandler",
     "GuardedServer",
     "Reject",

@@ -7,7 +7,6 @@ import asyncio
 import socket
 import struct
 
-import aiohttp
 from aiohttp import web
 
 from proxy.listener.server import GuardedHandler
@@ -69,19 +68,3 @@ class CoalescedResponse(web.StreamResponse):
     writes. The upstream's read timeout bounds how long headers can wait for body bytes."""
 
     _send_headers_immediately = False
-
-
-class GuardedClientResponse(aiohttp.ClientResponse):
-    """The upstream session's response class: a status outside 200-599 closes the connection
-    it came on. aiohttp hands a connection back to the pool as soon as a small body is
-    complete, before the caller sees the status, so closing the response would be too late;
-    the protocol is held here and closed instead, and the pool drops a closed connection.
-    SECURITY: after a 101 nobody asked for (or 000, 600) the connection's framing can't be
-    trusted, and the next request must not ride on it."""
-
-    async def start(self, connection: aiohttp.connector.Connection) -> aiohttp.ClientResponse:
-        protocol = connection.protocol
-        response = await super().start(connection)
-        if not 200 <= self.status <= 599 and protocol is not None:
-            protocol.close()
-        return response

@@ -15,7 +15,6 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
-import aiohttp
 from aiohttp import web
 
 from proxy.listener import abandon_body, client_gone, peer_uid
@@ -38,6 +37,7 @@ from proxy.upstream.bodies import (
 from proxy.upstream.exchange import Outgoing
 from proxy.upstream.forwarding import forward
 from proxy.upstream.headers import request_id
+from proxy.upstream.pool import Pool
 from proxy.upstream.retry import Exchange, Retry
 from proxy.upstream.slots import UpstreamBusy, UpstreamSlots
 
@@ -75,7 +75,7 @@ class Pipeline:
         self.recorder = recorder
         self.pacer = Pacer(clock, sleep)
         self.clock = clock
-        self.session: aiohttp.ClientSession | None = None  # set while the proxy runs
+        self.pool: Pool | None = None  # the upstream connections, while the proxy runs
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         loop = asyncio.get_running_loop()
@@ -199,11 +199,11 @@ class Pipeline:
             kept = body if isinstance(body, bytes) else None
             outgoing = Outgoing.of(request, plan, admitted.rest, admitted.query, rid, kept)
             exchange = Exchange(plan, target.tokens, target.metrics, rid, kept is not None)
-            assert self.session is not None
+            assert self.pool is not None
             # The exchange holds an upstream slot until the client has the last byte.
             async with self.slots.hold(plan.name, client_key(request)):
                 response = await forward(
-                    self.session,
+                    self.pool,
                     self.retry,
                     request,
                     exchange,

@@ -47,6 +47,7 @@ from proxy.tokens.views import RouteStatus
 log = logging.getLogger("amperity_proxy.tokens")
 
 FILE_POLL_INTERVAL = 5.0  # seconds between re-reads of file sources
+TICK_INTERVAL = 1.0  # seconds between scheduler rounds (file polls, refreshes, warnings)
 # At most one 401-triggered re-read per route in this many seconds: fast enough that a token
 # revoked right after its file was swapped costs about a second of 401s, not ten.
 RECOVERY_INTERVAL = 1.0

@@ -1,49 +1,31 @@
-"""One attempt at the upstream: the request built from the route's plan, sent once, and what
-went wrong classified.
+"""One attempt at the upstream: the request built from the route's plan and written on a pooled
+connection (`upstream.wire`), the body streamed up with back-pressure, the answer's head
+awaited within the read timeout.
 
-Failure → status mapping (the only place it is decided):
-
-| what happened                                   | client gets          | `reason` |
-|-------------------------------------------------|----------------------|----------|
-| DNS failure, connection refused/unreachable     | 502 envelope         | connect  |
-| TLS handshake or certificate failure            | 502 envelope         | tls      |
-| no connection within `timeouts.connect`         | 504 envelope         | timeout  |
-| no byte from upstream within `timeouts.read`    | 504 envelope         | timeout  |
-| `timeouts.total` exceeded                       | 504 envelope         | timeout  |
-| connection reset or closed                      | 502 envelope         | reset    |
-| malformed status line or header; a status       | 502 envelope; the    | bad_response |
-|   outside 200-599 (a 101 nobody asked for, 000, | upstream connection  |          |
-|   099, 600: aiohttp handles 100/103 itself)     | is closed, not reused|          |
-| any of the above after the response has started | connection cut off   | as above |
-
-A response cut off mid-stream is passed on as a cut-off connection (no terminating chunk, short
-`Content-Length`), never as a clean end (`upstream.relay`). Retries (401 recovery, 429/503
-back-off) are layers around `send` (`upstream.retry`). Envelope messages are generic; the log
-carries the detail, with the token scrubbed and without the URL: aiohttp's exception text
-carries the full URL, query string included, and quotes what the upstream sent.
+What can go wrong is classified in `upstream.failures`. Retries (401 recovery, 429/503
+back-off) are layers around `send` (`upstream.retry`); the answer is streamed down by
+`upstream.relay`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
-import ssl
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
 from proxy.observe.record import Record
-from proxy.refusals import REFUSAL_PEEK, UPSTREAM_FAILURES, envelope, upstream_message
+from proxy.refusals import REFUSAL_PEEK, upstream_message
 from proxy.tokens import Credential
 from proxy.upstream.bodies import BodyClock, counted
 from proxy.upstream.headers import query_has_api_version, upstream_headers
 from proxy.upstream.plan import Plan
+from proxy.upstream.pool import Pool
+from proxy.upstream.wire import Answer as WireAnswer
+from proxy.upstream.wire import Connection, UpstreamClosed
 
-_MAX_DETAIL = 300
 REFUSALS = (401, 403)  # answers whose body's message is read for the log and status page
 
 
@@ -53,7 +35,8 @@ class Outgoing:
     the same for every attempt."""
 
     method: str
-    url: URL
+    url: URL  # the full upstream URL (for Location rewriting)
+    target: str  # the request line's target: base path, the client's raw path, its query
     client: web.BaseRequest  # its headers (filtered) and, unless `body` is set, its body
     request_id: str
     query_has_api_version: bool
@@ -73,7 +56,8 @@ class Outgoing:
         # re-quoting or removing dot segments (the path was checked before routing).
         url = URL(plan.url_prefix + rest + query, encoded=True)
         has_version = query_has_api_version(query[1:]) if query else False
-        return cls(request.method, url, request, rid, has_version, body)
+        target = (plan.base_url.path + rest or "/") + query
+        return cls(request.method, url, target, request, rid, has_version, body)
 
     @property
     def replayable(self) -> bool:
@@ -93,134 +77,162 @@ def headers_for(plan: Plan, outgoing: Outgoing, credential: Credential) -> CIMul
     )
 
 
-@dataclass(slots=True)
 class Answer:
-    """The upstream's answer to one attempt; for a 401/403, its first bytes already read."""
+    """The upstream's answer to one attempt, on a connection borrowed from the pool: status
+    and headers, then the body as the relay reads it. For a 401/403 its first bytes are read
+    already (`peeked`, relayed later). `release` returns the connection, reusable only when
+    the answer was complete and fully read."""
 
-    response: aiohttp.ClientResponse
-    peeked: bytes | None  # the first REFUSAL_PEEK bytes of a 401/403 (relayed later)
+    def __init__(
+        self,
+        head: WireAnswer,
+        connection: Connection,
+        pool: Pool,
+        plan: Plan,
+        writer: asyncio.Future[None],
+    ) -> None:
+        self.status = head.status
+        self.reason = head.reason
+        self.headers = head.headers
+        self.peeked: bytes | None = None
+        self._connection = connection
+        self._pool = pool
+        self._plan = plan
+        self._writer = writer  # sends the request body; still running after an early answer
+        self._released = False
 
-    @property
-    def status(self) -> int:
-        return self.response.status
+    async def read(self) -> bytes:
+        """The next body bytes (b"" at the end), within the route's read timeout."""
+        async with asyncio.timeout(self._plan.timeouts.read):
+            return await self._connection.read()
+
+    def close(self) -> None:
+        """SECURITY: a connection whose framing can't be trusted is never reused."""
+        self._connection.close()
+        self.release()
 
     def release(self) -> None:
-        self.response.release()
-
-
-class BadResponse(Exception):
-    """The upstream's status is outside 200-599 (and not a 1xx aiohttp consumed itself)."""
+        if self._released:
+            return
+        self._released = True
+        if not self._writer.done():  # the request body was not sent in full
+            self._writer.cancel()
+            self._connection.close()
+        self._pool.release(self._plan, self._connection)
 
 
 async def send(
-    session: aiohttp.ClientSession,
+    pool: Pool,
     plan: Plan,
     outgoing: Outgoing,
     credential: Credential,
     record: Record,
     body_clock: BodyClock,
 ) -> Answer:
-    """Send once with `credential`. Raises what aiohttp raises (see `classify`), or BodyLimit
-    when the client's body breaks a limit (noted in `record.body_error`)."""
-    data: bytes | AsyncIterator[bytes] | None = None
+    """Send once with `credential`. Raises what `upstream.failures.classify` knows, or
+    BodyLimit when the client's body breaks a limit (noted in `record.body_error`). A pooled
+    connection the upstream had closed meanwhile is replaced once, for a replayable request."""
+    head = request_head(plan, outgoing, credential)
+    for attempt in (1, 2):
+        connection, reused = await pool.acquire(plan)
+        try:
+            answer = await _exchange(pool, plan, outgoing, head, connection, record, body_clock)
+        except (UpstreamClosed, BrokenPipeError):
+            connection.close()
+            pool.release(plan, connection)
+            if reused and attempt == 1 and outgoing.replayable:
+                continue  # a keep-alive connection the upstream closed while it was idle
+            raise
+        except BaseException:
+            connection.close()
+            pool.release(plan, connection)
+            raise
+        try:
+            answer.peeked = await _peek_refusal(answer, record)
+        except BaseException:
+            answer.close()
+            raise
+        return answer
+    raise AssertionError("unreachable")  # the loop returns or raises
+
+
+def request_head(plan: Plan, outgoing: Outgoing, credential: Credential) -> bytes:
+    """The request line and headers, with framing for the body as it will be sent."""
+    headers = headers_for(plan, outgoing, credential)
+    client = outgoing.client
+    if outgoing.body is not None:
+        if outgoing.body or client.body_exists:
+            headers["Content-Length"] = str(len(outgoing.body))
+    elif client.body_exists and "Content-Length" not in headers:
+        headers["Transfer-Encoding"] = "chunked"  # the client's body streams as it comes
+    lines = [f"{outgoing.method} {outgoing.target} HTTP/1.1"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+async def _exchange(
+    pool: Pool,
+    plan: Plan,
+    outgoing: Outgoing,
+    head: bytes,
+    connection: Connection,
+    record: Record,
+    body_clock: BodyClock,
+) -> Answer:
+    """Write the request (its body in a task of its own) and wait for the answer's head."""
+    answer_head = connection.begin(head_request=outgoing.method == "HEAD")
+    writer = asyncio.ensure_future(_write(connection, head, outgoing, plan, record, body_clock))
+    try:
+        async with asyncio.timeout(plan.timeouts.read):
+            done: set[asyncio.Future[object]] = {answer_head, writer}  # type: ignore[arg-type]
+            await asyncio.wait(done, return_when=asyncio.FIRST_COMPLETED)
+            if writer.done() and (failed := writer.exception()) is not None:
+                raise failed
+            wire = await answer_head
+    except BaseException:
+        writer.cancel()
+        raise
+    return Answer(wire, connection, pool, plan, writer)
+
+
+async def _write(
+    connection: Connection,
+    head: bytes,
+    outgoing: Outgoing,
+    plan: Plan,
+    record: Record,
+    body_clock: BodyClock,
+) -> None:
+    """The request head and body; a body the client sends chunked goes up chunked."""
     client = outgoing.client
     if outgoing.body is not None:
         record.bytes_in = len(outgoing.body)
-        data = outgoing.body if outgoing.body or client.body_exists else None
-    elif client.body_exists:
-        data = counted(client.content, record, plan.max_body_bytes, body_clock)
-    response = await session.request(
-        outgoing.method,
-        outgoing.url,
-        headers=headers_for(plan, outgoing, credential),
-        data=data,
-        allow_redirects=False,  # SECURITY: never follow; the client decides
-        ssl=plan.ssl_context,
-        timeout=plan.timeout,
-    )
-    return Answer(response, await _peek_refusal(response, record))
+        await connection.write(head + outgoing.body)
+        return
+    await connection.write(head)
+    if not client.body_exists:
+        return
+    chunked = client.content_length is None
+    async for chunk in counted(client.content, record, plan.max_body_bytes, body_clock):
+        await connection.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+    if chunked:
+        await connection.write(b"0\r\n\r\n")
 
 
-async def _peek_refusal(response: aiohttp.ClientResponse, record: Record) -> bytes | None:
+async def _peek_refusal(answer: Answer, record: Record) -> bytes | None:
     """For a 401/403, the first REFUSAL_PEEK bytes of its body (relayed to the client later,
     unchanged), with the upstream's message taken from them; None for any other answer."""
-    if response.status not in REFUSALS:
+    if answer.status not in REFUSALS:
         record.upstream_message = None
         return None
     parts: list[bytes] = []
     size = 0
     while size < REFUSAL_PEEK:
-        chunk = await response.content.read(REFUSAL_PEEK - size)
+        chunk = await answer.read()
         if not chunk:
             break
         parts.append(chunk)
         size += len(chunk)
     peeked = b"".join(parts)
-    record.upstream_message = upstream_message(peeked)
+    record.upstream_message = upstream_message(peeked[:REFUSAL_PEEK])
     return peeked
-
-
-def classify(exc: BaseException) -> tuple[str, int]:
-    """Map an upstream failure to (reason, status); statuses from refusals.UPSTREAM_FAILURES."""
-    reason = "reset"
-    if isinstance(exc, (BadResponse, aiohttp.ClientResponseError)):
-        reason = "bad_response"  # (ClientResponseError: the parser refused a status or header)
-    elif isinstance(exc, (aiohttp.ClientSSLError, ssl.SSLError)):
-        reason = "tls"
-    elif isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
-        reason = "timeout"
-    elif isinstance(exc, aiohttp.ClientConnectorError):
-        reason = "connect"
-    return reason, UPSTREAM_FAILURES[reason]
-
-
-def _message(reason: str, plan: Plan) -> str:
-    where = f"{plan.url_prefix} (route {plan.name})"
-    if reason == "connect":
-        return f"could not connect to the Amperity API at {where}; check the network and base_url"
-    if reason == "tls":
-        return (
-            f"TLS verification failed for {where}; if a corporate proxy re-signs traffic, "
-            "set ca_file to its CA bundle"
-        )
-    if reason == "bad_response":
-        return (
-            f"the Amperity API at {where} sent a malformed or unexpected response "
-            "(status line, header or status code); retry"
-        )
-    if reason == "timeout":
-        return (
-            f"the Amperity API at {where} did not answer in time "
-            f"(timeouts: connect {plan.timeouts.connect}s, read {plan.timeouts.read}s)"
-        )
-    return f"the Amperity API at {where} closed the connection before a complete answer; retry"
-
-
-def scrub(text: str, secret: str) -> str:
-    """SECURITY: remove a secret from text that is about to be logged."""
-    return text.replace(secret, "<redacted>") if secret else text
-
-
-def detail(exc: BaseException) -> str:
-    """What the log may say about an upstream failure. SECURITY: aiohttp's ClientResponseError
-    renders as `status, message=..., url=<the full URL, query included>`; only its message is
-    kept (the log formatter also redacts any URL's query string that slips through)."""
-    if isinstance(exc, aiohttp.ClientResponseError):
-        return f"{type(exc).__name__}: {exc.message}"
-    # aiohttp's connector errors quote their SSL context as `ssl:<ssl.SSLContext object at
-    # 0x7f...>`: noise to a reader, so the TLS context is named, not its address.
-    return _OBJECT_REPR_RE.sub(r"\1", f"{type(exc).__name__}: {exc}")
-
-
-_OBJECT_REPR_RE = re.compile(r"<(?:[\w.]+\.)?(\w+) object at 0x[0-9a-fA-F]+>")
-
-
-def failure(
-    exc: BaseException, plan: Plan, credential: Credential, record: Record, request_id: str
-) -> web.Response:
-    """The envelope for a failed exchange; the reason and the scrubbed detail go to `record`."""
-    reason, status = classify(exc)
-    record.error = reason
-    # Exception text can quote what the upstream sent (a bad status line): keep it short.
-    record.detail = scrub(detail(exc), credential.token)[:_MAX_DETAIL]
-    return envelope(status, _message(reason, plan), request_id)

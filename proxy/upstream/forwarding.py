@@ -7,25 +7,28 @@ what happened in the request's Record.
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 
-import aiohttp
 from aiohttp import web
 
 from proxy.listener import force_close
 from proxy.observe.record import Record
 from proxy.tokens import Credential
 from proxy.upstream.bodies import BodyClock, BodyLimit, body_refusal
-from proxy.upstream.exchange import Answer, BadResponse, Outgoing, failure, send
+from proxy.upstream.exchange import Answer, Outgoing, send
+from proxy.upstream.failures import BadResponse, failure
+from proxy.upstream.pool import Pool
 from proxy.upstream.relay import head, stream
 from proxy.upstream.retry import Exchange, Retry
+from proxy.upstream.wire import MalformedAnswer
 
 # What an exchange can raise: the upstream failed, or the client's body broke a limit.
-_FAILURES = (TimeoutError, aiohttp.ClientError, ssl.SSLError, OSError, BodyLimit, BadResponse)
+_FAILURES = (TimeoutError, ssl.SSLError, OSError, BodyLimit, BadResponse, MalformedAnswer)
 
 
 async def forward(
-    session: aiohttp.ClientSession,
+    pool: Pool,
     retry: Retry,
     request: web.BaseRequest,
     exchange: Exchange,
@@ -39,16 +42,17 @@ async def forward(
     plan = exchange.plan
 
     async def attempt(cred: Credential) -> Answer:
-        return await send(session, plan, outgoing, cred, record, body_clock)
+        return await send(pool, plan, outgoing, cred, record, body_clock)
 
     answer: Answer | None = None
     response: web.StreamResponse | None = None
     try:
-        answer = await retry.send(attempt, credential, exchange, record)
-        response = head(answer, plan, outgoing, public_base, record)
-        await stream(request, response, answer, record)
+        async with asyncio.timeout(plan.timeouts.total):  # None: no cap (long exports)
+            answer = await retry.send(attempt, credential, exchange, record)
+            response = head(answer, plan, outgoing, public_base, record)
+            await stream(request, response, answer, record)
         return response
-    except (ConnectionResetError, aiohttp.ClientConnectionResetError) as exc:
+    except ConnectionResetError as exc:
         if request.transport is None or request.transport.is_closing():
             record.client_gone = True  # the client went away; not an upstream failure
             return response if response is not None else web.StreamResponse(status=499)

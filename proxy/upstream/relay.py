@@ -10,7 +10,8 @@ from aiohttp import web
 
 from proxy.listener import CoalescedResponse
 from proxy.observe.record import Record
-from proxy.upstream.exchange import Answer, BadResponse, Outgoing
+from proxy.upstream.exchange import Answer, Outgoing
+from proxy.upstream.failures import BadResponse
 from proxy.upstream.headers import response_headers, rewrite_location
 from proxy.upstream.plan import Plan
 
@@ -21,7 +22,7 @@ def check_status(answer: Answer) -> None:
     connection's framing can't be trusted after it: it is closed, never reused."""
     status = answer.status
     if not 200 <= status <= 599:
-        answer.response.close()  # its connection is closed already: GuardedClientResponse
+        answer.close()  # SECURITY: its connection's framing can't be trusted: never reused
         raise BadResponse(f"status {status} outside 200-599")
 
 
@@ -30,11 +31,10 @@ def head(
 ) -> CoalescedResponse:
     """The client's response to `answer`, before any byte of it is sent."""
     check_status(answer)
-    upstream = answer.response
-    record.upstream_status = upstream.status
-    record.deprecation = _deprecation(upstream.headers)
-    response = CoalescedResponse(status=upstream.status, reason=upstream.reason)
-    response.headers.extend(response_headers(upstream.headers.items()))
+    record.upstream_status = answer.status
+    record.deprecation = _deprecation(answer.headers)
+    response = CoalescedResponse(status=answer.status, reason=answer.reason)
+    response.headers.extend(response_headers(answer.headers.items()))
     if "Location" in response.headers:
         base = plan.base_url
         response.headers["Location"] = rewrite_location(
@@ -55,19 +55,16 @@ async def stream(
 ) -> None:
     """Send `response` and then the upstream's body as it arrives. Raises what reading the
     upstream raises; once `record.status_sent` is set, the caller can only cut the connection."""
-    upstream = answer.response
     # The first body bytes are read before anything goes to the client: headers and first
     # bytes then leave in one write, and an upstream that fails before sending any body still
     # gets an honest 502/504 instead of a cut connection.
-    first = answer.peeked if answer.peeked is not None else await upstream.content.readany()
+    first = answer.peeked if answer.peeked is not None else await answer.read()
     await response.prepare(request)
     record.status_sent = response.status
-    if first:
+    while first:
         await response.write(first)
         record.bytes_out += len(first)
-        async for chunk in upstream.content.iter_any():
-            await response.write(chunk)
-            record.bytes_out += len(chunk)
+        first = await answer.read()
     await response.write_eof()
 
 

@@ -90,7 +90,7 @@ class Retry:
             and answer.status in policy.on
             and sent < policy.attempts
         ):
-            delay = retry_delay(policy, sent, answer.response.headers.get("Retry-After"), self.rng)
+            delay = retry_delay(policy, sent, answer.headers.get("Retry-After"), self.rng)
             answer.release()
             exchange.metrics.retry(f"status_{answer.status}")
             await self.sleep(delay)

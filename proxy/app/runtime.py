@@ -1,8 +1,7 @@
-"""The composition root, the one place that wires everything: a Config in, a running proxy out.
-
-`ProxyApp` builds each generation (plans, TLS contexts, targets, token states) at load time;
-`startup`/`cleanup` own the upstream session and the token tasks; `reload` builds the next
-generation and swaps it in with plain assignments. `create_app`'s keywords are the test seams.
+"""`ProxyApp`: every part of a running proxy. It builds each generation (plans, TLS contexts,
+targets, token states) at load time; `startup`/`cleanup` own the upstream pool, the session for
+token mints and the token tasks; `reload` builds the next generation and swaps it in with plain
+assignments.
 """
 
 from __future__ import annotations
@@ -10,10 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import random
 import ssl
-import time
 from collections.abc import Awaitable, Callable, Mapping
 
 import aiohttp
@@ -22,9 +19,17 @@ from aiohttp.abc import AbstractResolver
 from prometheus_client import CollectorRegistry
 
 from proxy import __version__
-from proxy.admin.endpoints import AdminHandlers, Lifecycle
-from proxy.config import Config, ConfigError, Route, StartupError, keep_running, restart_needed
-from proxy.gate import AdminGate, client_token
+from proxy.admin.endpoints import Lifecycle
+from proxy.config import (
+    Config,
+    ConfigError,
+    ConfigLoader,
+    Route,
+    StartupError,
+    keep_running,
+    restart_needed,
+)
+from proxy.gate import client_token
 from proxy.listener import GuardedServer
 from proxy.observe.activity import Activity
 from proxy.observe.collectors import StateCollector, TokenCollector
@@ -35,18 +40,15 @@ from proxy.request.pipeline import Pipeline
 from proxy.request.targets import Target, admit
 from proxy.tokens import RouteState, TokenStore, make_sources
 from proxy.tokens.sources import Source
-from proxy.tokens.store import FILE_POLL_INTERVAL
+from proxy.tokens.store import TICK_INTERVAL
 from proxy.tokens.watch import FileWatch
+from proxy.upstream.pool import Pool
 from proxy.upstream.retry import Retry
 from proxy.upstream.session import upstream_session
 from proxy.upstream.slots import UpstreamSlots
 from proxy.upstream.tls import Contexts, TlsContexts
 
 log = logging.getLogger("amperity_proxy")
-
-TICK_INTERVAL = 1.0  # seconds between token scheduler rounds (file polls, refreshes, warnings)
-
-ConfigLoader = Callable[[], Config]
 
 
 class ProxyApp:
@@ -73,6 +75,7 @@ class ProxyApp:
         self._env = env
         self._tick_interval = min(TICK_INTERVAL, token_poll_interval)
         self.session: aiohttp.ClientSession | None = None  # while running
+        self.pool: Pool | None = None  # while running
         self._poller: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._reload_lock = asyncio.Lock()
@@ -128,8 +131,9 @@ class ProxyApp:
         """Open the upstream session, load every route's tokens, then start the token
         scheduler. `strict` (serving): a route without a token is a StartupError (fail fast).
         Otherwise (diagnostics) the problems are returned and nothing runs in the background."""
-        self.session = upstream_session(self._resolver, self.config.limits.upstream_connections)
-        self.handler.session = self.session
+        # Forwarding uses its own keep-alive pool; the session is for token mints and doctor.
+        self.session = upstream_session(self._resolver)
+        self.pool = self.handler.pool = Pool(self._resolver)
         errors = await self.store.load_initial()
         if not strict:
             return errors
@@ -142,16 +146,20 @@ class ProxyApp:
 
     async def cleanup(self) -> None:
         """Stop the scheduler and close the session (after in-flight requests finished)."""
-        for task in (self._watcher, self._poller):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        for task in filter(None, (self._watcher, self._poller)):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         self._watcher = self._poller = None
+        if self.pool is not None:
+            self.pool.close()
         if self.session is not None:
-            self.handler.session = None
             await self.session.close()
-            self.session = None
+        self.session, self.pool, self.handler.pool = None, None, None
+
+    def upstream_in_use(self) -> int:
+        """Upstream connections lent out now (tests check it returns to 0)."""
+        return self.pool.in_use if self.pool is not None else 0
 
     def queued(self) -> int:
         """Requests waiting for their rate-limit slot (tests wait on it)."""
@@ -249,50 +257,3 @@ class ProxyApp:
         except ConfigError as exc:
             return self.lifecycle.rejected(exc.errors)
         return await self.reload(config)
-
-
-def create_app(
-    config: Config,
-    *,
-    upstream_ssl: ssl.SSLContext | None = None,
-    resolver: AbstractResolver | None = None,
-    registry: CollectorRegistry | None = None,
-    env: Mapping[str, str] | None = None,
-    token_poll_interval: float = FILE_POLL_INTERVAL,
-    clock: Callable[[], float] = time.time,
-    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-    rng: random.Random | None = None,
-) -> ProxyApp:
-    """Build the proxy (tokens load in `ProxyApp.startup`); raise StartupError when the client
-    token or a ca_file can't be loaded."""
-    for warning in config.warnings:
-        log.warning("config: %s", warning)
-    return ProxyApp(
-        config,
-        upstream_ssl=upstream_ssl,
-        resolver=resolver,
-        registry=registry if registry is not None else CollectorRegistry(),
-        env=os.environ if env is None else env,
-        token_poll_interval=token_poll_interval,
-        clock=clock,
-        sleep=sleep,
-        rng=rng or random.Random(),  # noqa: S311 (back-off jitter, not security)
-    )
-
-
-def create_admin_app(proxy: ProxyApp) -> GuardedServer:
-    """The admin listener's server: /, /status.json, /healthz, /livez, /readyz, /metrics,
-    POST /-/reload, behind `AdminGate` and the same connection guards as the proxy listener
-    (its own header deadline and connection cap from `admin:`)."""
-    handlers = AdminHandlers(
-        proxy.store,
-        proxy.exposition,
-        proxy.lifecycle,
-        proxy.activity,
-        lambda: proxy.config,
-        proxy.reload_from_source,
-        AdminGate(proxy.config.admin),
-        proxy.reject,
-    )
-    admin = proxy.config.admin_settings
-    return proxy.guarded(handlers.handle, admin.max_connections, admin.header_timeout, "admin")

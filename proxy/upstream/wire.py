@@ -1,0 +1,246 @@
+"""HTTP/1.1 to the upstream on one keep-alive connection: an asyncio protocol that writes a
+request and parses the answer with httptools (llhttp, strict), with flow control both ways.
+
+Framing facts (RFC 9112 §6): a response to HEAD, and any 1xx, 204 or 304, has no body;
+Content-Length and Transfer-Encoding together, or two different Content-Lengths, are an error;
+otherwise a body is chunked, Content-Length-delimited, or runs until the connection closes.
+llhttp enforces all of these (and refuses bare LF, obs-fold and junk after a message). A
+connection is reused only after a complete, well-framed answer that kept the connection alive
+and left no byte unread; never after an error, a cut body, `Connection: close`, or an unread
+body (`reusable`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+
+import httptools
+from multidict import CIMultiDict, CIMultiDictProxy
+
+# Buffered answer bytes beyond which reading pauses until the relay catches up: with asyncio's
+# own read size this bounds what one slow client can make the proxy hold.
+HIGH_WATER = 128 * 1024
+LOW_WATER = 32 * 1024
+MAX_HEAD = 64 * 1024  # bytes of status line and headers accepted from the upstream
+_INTERIM = frozenset({100, 102, 103})  # 1xx answers skipped while waiting for the final one
+
+
+class UpstreamClosed(ConnectionResetError):
+    """The upstream closed the connection before a complete answer."""
+
+
+class MalformedAnswer(Exception):
+    """The upstream's answer broke HTTP's framing or syntax (httptools refused it)."""
+
+
+class Answer:
+    """A response in progress: status and headers, then the body as it arrives."""
+
+    def __init__(self, status: int, reason: str, headers: CIMultiDict[str]) -> None:
+        self.status = status
+        self.reason = reason
+        self.headers = CIMultiDictProxy(headers)
+
+
+class Connection(asyncio.Protocol):
+    """One upstream connection. Not reentrant: one exchange at a time."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.closed = loop.create_future()  # the peer or we closed it
+        self._chunks: deque[bytes] = deque()
+        self._buffered = 0
+        self._wake: asyncio.Future[None] | None = None
+        self._paused = False
+        self._can_write = asyncio.Event()
+        self._can_write.set()
+        self._reset()
+
+    # --- one exchange ------------------------------------------------------------------
+
+    def _reset(self) -> None:
+        self._parser = httptools.HttpResponseParser(self)
+        self._head_bytes = 0
+        self._status = 0
+        self._reason = ""
+        self._headers: CIMultiDict[str] = CIMultiDict()
+        self._field = b""
+        self._head: asyncio.Future[Answer] | None = None
+        self._complete = False
+        self._keep_alive = False
+        self._error: BaseException | None = None
+        self._skip_body = False
+        self._leftover = False
+        self._interim = False
+
+    def begin(self, head_request: bool) -> asyncio.Future[Answer]:
+        """Expect an answer to a request about to be written (`head_request`: to HEAD)."""
+        self._reset()
+        self._skip_body = head_request
+        self._head = self._loop.create_future()
+        return self._head
+
+    async def write(self, data: bytes) -> None:
+        """Write request bytes, waiting while the upstream isn't reading."""
+        if self.transport is None or self.transport.is_closing():
+            raise UpstreamClosed("the upstream connection is closed")
+        self.transport.write(data)
+        if not self._can_write.is_set():
+            await self._can_write.wait()
+
+    async def read(self) -> bytes:
+        """The next body bytes; b"" at the end of the body. Raises what broke the answer."""
+        while not self._chunks:
+            if self._complete:
+                return b""
+            if self._error is not None:
+                raise self._error
+            self._wake = self._loop.create_future()
+            try:
+                await self._wake
+            finally:
+                self._wake = None
+        chunk = self._chunks.popleft()
+        self._buffered -= len(chunk)
+        if self._paused and self._buffered <= LOW_WATER and self.transport is not None:
+            self._paused = False
+            self.transport.resume_reading()
+        return chunk
+
+    @property
+    def reusable(self) -> bool:
+        """A complete, well-framed answer on a live, keep-alive connection, fully read."""
+        return (
+            self._complete
+            and self._keep_alive
+            and self._error is None
+            and not self._chunks
+            and not self._leftover
+            and self.transport is not None
+            and not self.transport.is_closing()
+        )
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    # --- asyncio.Protocol ---------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if self._head is None or self._complete:  # nothing asked for: never reuse this one
+            self._leftover = True
+            self.close()
+            return
+        heading = not self._headers_done()
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(MalformedAnswer("the upstream switched protocols"))
+        except httptools.HttpParserError as exc:
+            if self._complete:  # bytes after a complete answer: not reusable, not an error
+                self._leftover = True
+                return
+            self._fail(MalformedAnswer(f"the upstream's answer is malformed: {exc}"))
+            return
+        if heading and not self._headers_done():
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD:  # still no end of the headers
+                self._fail(MalformedAnswer("the upstream's headers are too large"))
+
+    def eof_received(self) -> bool | None:
+        return None  # close the transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+        if not self._complete and self._head is not None:
+            if self._headers_done() and self._until_close():
+                self.on_message_complete()  # a close-delimited body ends with the connection
+            else:
+                self._fail(UpstreamClosed("the upstream closed the connection mid-answer"))
+        self._can_write.set()
+
+    def pause_writing(self) -> None:
+        self._can_write.clear()
+
+    def resume_writing(self) -> None:
+        self._can_write.set()
+
+    # --- httptools callbacks --------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self._complete:  # a second answer to one request (pipelined junk): never reused
+            self._leftover = True
+
+    def on_status(self, status: bytes) -> None:
+        if not self._complete:
+            self._reason += status.decode("latin-1")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._complete:
+            self._headers.add(name.decode("latin-1"), value.decode("latin-1"))
+
+    def on_headers_complete(self) -> None:
+        if self._complete:
+            return
+        status = self._parser.get_status_code()
+        if status in _INTERIM:  # an interim answer: wait for the final one
+            self._interim = True
+            return
+        self._status = status
+        self._keep_alive = self._parser.should_keep_alive()
+        assert self._head is not None
+        if not self._head.done():
+            self._head.set_result(Answer(status, self._reason, self._headers))
+        if self._skip_body:  # HEAD: whatever the headers say, no body follows
+            self._complete = True
+            self._wakeup()
+
+    def on_body(self, body: bytes) -> None:
+        if self._skip_body or self._complete:
+            self._leftover = True
+            return
+        self._chunks.append(body)
+        self._buffered += len(body)
+        if not self._paused and self._buffered > HIGH_WATER and self.transport is not None:
+            self._paused = True
+            self.transport.pause_reading()
+        self._wakeup()
+
+    def on_message_complete(self) -> None:
+        if self._complete:
+            return
+        if self._interim:  # the 1xx ended; the same parser reads the final answer next
+            self._interim = False
+            self._reason = ""
+            self._headers = CIMultiDict()
+            return
+        self._complete = True
+        self._wakeup()
+
+    # --- helpers ----------------------------------------------------------------------------
+
+    def _headers_done(self) -> bool:
+        return self._head is not None and self._head.done()
+
+    def _until_close(self) -> bool:
+        headers = self._headers
+        return "Content-Length" not in headers and "Transfer-Encoding" not in headers
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._error is None:
+            self._error = exc
+        if self._head is not None and not self._head.done():
+            self._head.set_exception(exc)
+        self._wakeup()
+        self.close()
+
+    def _wakeup(self) -> None:
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
