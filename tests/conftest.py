@@ -280,6 +280,7 @@ class ScriptedUpstream:
     For what the fake can't send: malformed status and header lines, odd status codes."""
 
     answers: list[bytes]
+    closing: set[int] = field(default_factory=set)  # answers after which it hangs up
     connections: list[list[bytes]] = field(default_factory=list)
     port: int = 0
     _server: asyncio.Server | None = None
@@ -301,6 +302,8 @@ class ScriptedUpstream:
                 index = min(sum(len(c) for c in self.connections) - 1, len(self.answers) - 1)
                 writer.write(self.answers[index])
                 await writer.drain()
+                if index in self.closing:
+                    break
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:

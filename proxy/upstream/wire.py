@@ -62,7 +62,8 @@ class Connection(asyncio.Protocol):
 
     def _reset(self) -> None:
         self._parser = httptools.HttpResponseParser(self)
-        self._head_bytes = 0
+        self._head_bytes = 0  # header names and values parsed
+        self._raw_head = 0  # bytes received while the headers had not ended
         self._status = 0
         self._reason = ""
         self._headers: CIMultiDict[str] = CIMultiDict()
@@ -80,6 +81,8 @@ class Connection(asyncio.Protocol):
         self._reset()
         self._skip_body = head_request
         self._head = self._loop.create_future()
+        # An exchange abandoned early (its body failed first) never awaits it: mark it seen.
+        self._head.add_done_callback(_seen)
         return self._head
 
     async def write(self, data: bytes) -> None:
@@ -137,7 +140,6 @@ class Connection(asyncio.Protocol):
             self._leftover = True
             self.close()
             return
-        heading = not self._headers_done()
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -148,9 +150,9 @@ class Connection(asyncio.Protocol):
                 return
             self._fail(MalformedAnswer(f"the upstream's answer is malformed: {exc}"))
             return
-        if heading and not self._headers_done():
-            self._head_bytes += len(data)
-            if self._head_bytes > MAX_HEAD:  # still no end of the headers
+        if not self._headers_done():  # bytes so far without the end of the headers
+            self._raw_head += len(data)
+            if self._raw_head > MAX_HEAD:
                 self._fail(MalformedAnswer("the upstream's headers are too large"))
 
     def eof_received(self) -> bool | None:
@@ -184,10 +186,14 @@ class Connection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if not self._complete:
+            self._head_bytes += len(name) + len(value) + 4
             self._headers.add(name.decode("latin-1"), value.decode("latin-1"))
 
     def on_headers_complete(self) -> None:
         if self._complete:
+            return
+        if self._head_bytes > MAX_HEAD:
+            self._fail(MalformedAnswer("the upstream's headers are too large"))
             return
         status = self._parser.get_status_code()
         if status in _INTERIM:  # an interim answer: wait for the final one
@@ -244,3 +250,8 @@ class Connection(asyncio.Protocol):
     def _wakeup(self) -> None:
         if self._wake is not None and not self._wake.done():
             self._wake.set_result(None)
+
+
+def _seen(future: asyncio.Future[Answer]) -> None:
+    if not future.cancelled():
+        future.exception()

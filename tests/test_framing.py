@@ -1,0 +1,145 @@
+"""The upstream path's own HTTP/1.1 (upstream/wire.py, httptools): strict framing of what the
+upstream answers, and a pooled connection reused only after a complete, well-framed answer.
+
+Each case sends one request whose answer is scripted, then a second one on the same client
+connection; the scripted upstream records which connection each request arrived on, so the
+test proves whether the first connection went back to the pool."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from proxy.testing import FakeTLS
+from tests.conftest import ProxyFactory, ScriptedUpstream, Upstream, acme_route
+from tests.hostile.conftest import LEDGER
+
+OK = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{"ok":true}'
+GET = b"GET /acme/x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+HEAD = b"HEAD /acme/x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+
+
+async def _response(reader: asyncio.StreamReader, head_only: bool = False) -> bytes:
+    """One response from a keep-alive client connection (Content-Length framed, or none)."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    if head_only or status in (204, 304):
+        return head
+    length = 0
+    for line in head.split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    return head + await reader.readexactly(length)
+
+
+async def _two_requests(
+    make_proxy: ProxyFactory,
+    upstream: Upstream,
+    tls: FakeTLS,
+    scripted: ScriptedUpstream,
+    first: bytes,
+) -> tuple[bytes, bytes]:
+    port = await scripted.start(tls)
+    base = f"https://acme.amperity.com:{port}/api"
+    proxy = await make_proxy([acme_route(upstream, base_url=base)])
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    try:
+        writer.write(first)
+        one = await asyncio.wait_for(_response(reader, head_only=first is HEAD), 10)
+        writer.write(GET)
+        two = await asyncio.wait_for(_response(reader), 10)
+    finally:
+        writer.close()
+        await scripted.close()
+    return one, two
+
+
+async def test_a_complete_answer_leaves_its_connection_for_the_next_request(
+    make_proxy: ProxyFactory, upstream: Upstream, tls: FakeTLS
+) -> None:
+    scripted = ScriptedUpstream([OK])
+    one, two = await _two_requests(make_proxy, upstream, tls, scripted, GET)
+    assert one.endswith(b'{"ok":true}') and two.endswith(b'{"ok":true}')
+    assert [len(c) for c in scripted.connections] == [2]  # both on one upstream connection
+
+
+BAD_FRAMING = {
+    "two-content-lengths": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nhi",
+    "content-length-and-chunked": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
+    "bare-lf": b"HTTP/1.1 200 OK\nContent-Length: 2\n\nhi",
+    "obs-fold": b"HTTP/1.1 200 OK\r\nX-A: 1\r\n folded\r\nContent-Length: 2\r\n\r\nhi",
+    "oversize-headers": b"HTTP/1.1 200 OK\r\nX-Big: "
+    + b"b" * 70_000
+    + b"\r\nContent-Length: 2\r\n\r\nhi",
+    "bad-chunk-size": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhi\r\n0\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("answer", list(BAD_FRAMING.values()), ids=list(BAD_FRAMING))
+async def test_a_badly_framed_answer_is_a_502_and_its_connection_is_never_reused(
+    make_proxy: ProxyFactory, upstream: Upstream, tls: FakeTLS, answer: bytes
+) -> None:
+    scripted = ScriptedUpstream([answer, OK])
+    one, two = await _two_requests(make_proxy, upstream, tls, scripted, GET)
+    assert one.startswith(b"HTTP/1.1 502 "), one[:200]
+    assert b"malformed or unexpected response" in one
+    assert two.endswith(b'{"ok":true}')
+    assert [len(c) for c in scripted.connections] == [1, 1], scripted.connections
+    LEDGER.fault_cases += 1
+
+
+NO_BODY_BUT_SENT = {
+    "204-with-body": (GET, b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\nhello", b"204"),
+    "304-with-body": (GET, b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\nhello", b"304"),
+    "head-with-body": (HEAD, b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", b"200"),
+    "pipelined-extra": (GET, OK + b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi", b"200"),
+}
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "answer", "status"),
+    list(NO_BODY_BUT_SENT.values()),
+    ids=list(NO_BODY_BUT_SENT),
+)
+async def test_bytes_beyond_a_complete_answer_reach_nobody_and_the_connection_is_dropped(
+    make_proxy: ProxyFactory,
+    upstream: Upstream,
+    tls: FakeTLS,
+    request_bytes: bytes,
+    answer: bytes,
+    status: bytes,
+) -> None:
+    scripted = ScriptedUpstream([answer, OK])
+    one, two = await _two_requests(make_proxy, upstream, tls, scripted, request_bytes)
+    assert one.startswith(b"HTTP/1.1 " + status), one
+    assert b"hello" not in one and b"\r\n\r\nhi" not in two
+    assert two.endswith(b'{"ok":true}')  # the next answer is the next request's own
+    assert [len(c) for c in scripted.connections] == [1, 1], scripted.connections
+    LEDGER.fault_cases += 1
+
+
+async def test_a_connection_closed_mid_chunk_cuts_the_client_and_is_not_reused(
+    make_proxy: ProxyFactory, upstream: Upstream, tls: FakeTLS
+) -> None:
+    cut = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel"
+    scripted = ScriptedUpstream([cut, OK], closing={0})
+    port = await scripted.start(tls)
+    base = f"https://acme.amperity.com:{port}/api"
+    proxy = await make_proxy([acme_route(upstream, base_url=base)])
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    try:
+        writer.write(GET)
+        received = await asyncio.wait_for(reader.read(), 10)  # until the proxy cuts it
+        assert received.startswith(b"HTTP/1.1 200 ")
+        assert not received.endswith(b"0\r\n\r\n")  # never a clean end of a chunked body
+        second = await proxy.client.get("/acme/x")
+        assert second.status == 200 and await second.json() == {"ok": True}
+    finally:
+        writer.close()
+        await scripted.close()
+    assert [len(c) for c in scripted.connections] == [1, 1]
+    text = await proxy.metrics_text()
+    assert 'upstream_errors_total{reason="reset",route="acme",tenant="acme"} 1.0' in text
+    LEDGER.fault_cases += 1
