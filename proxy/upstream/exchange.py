@@ -89,7 +89,7 @@ class Answer:
         connection: Connection,
         pool: Pool,
         plan: Plan,
-        writer: asyncio.Future[None],
+        writer: asyncio.Future[None] | None,
     ) -> None:
         self.status = head.status
         self.reason = head.reason
@@ -103,8 +103,7 @@ class Answer:
 
     async def read(self) -> bytes:
         """The next body bytes (b"" at the end), within the route's read timeout."""
-        async with asyncio.timeout(self._plan.timeouts.read):
-            return await self._connection.read()
+        return await self._connection.read(self._plan.timeouts.read)
 
     def close(self) -> None:
         """SECURITY: a connection whose framing can't be trusted is never reused."""
@@ -115,7 +114,7 @@ class Answer:
         if self._released:
             return
         self._released = True
-        if not self._writer.done():  # the request body was not sent in full
+        if self._writer is not None and not self._writer.done():  # the body was cut short
             self._writer.cancel()
             self._connection.close()
         self._pool.release(self._plan, self._connection)
@@ -179,16 +178,23 @@ async def _exchange(
     record: Record,
     body_clock: BodyClock,
 ) -> Answer:
-    """Write the request (its body in a task of its own) and wait for the answer's head."""
+    """Write the request and wait for the answer's head. A body that streams from the client
+    goes up in a task of its own (the upstream may answer before it ends); anything else
+    leaves in one write."""
     answer_head = connection.begin(head_request=outgoing.method == "HEAD")
+    timeout = plan.timeouts.read
+    if outgoing.body is not None or not outgoing.client.body_exists:
+        body = outgoing.body or b""
+        record.bytes_in = len(body)
+        connection.write_now(head + body)
+        return Answer(await connection.head(timeout), connection, pool, plan, None)
     writer = asyncio.ensure_future(_write(connection, head, outgoing, plan, record, body_clock))
     try:
-        async with asyncio.timeout(plan.timeouts.read):
-            done: set[asyncio.Future[object]] = {answer_head, writer}  # type: ignore[arg-type]
-            await asyncio.wait(done, return_when=asyncio.FIRST_COMPLETED)
-            if writer.done() and (failed := writer.exception()) is not None:
-                raise failed
-            wire = await answer_head
+        done: set[asyncio.Future[object]] = {answer_head, writer}  # type: ignore[arg-type]
+        await asyncio.wait(done, return_when=asyncio.FIRST_COMPLETED)
+        if writer.done() and (failed := writer.exception()) is not None:
+            raise failed
+        wire = await connection.head(timeout)
     except BaseException:
         writer.cancel()
         raise
@@ -203,15 +209,9 @@ async def _write(
     record: Record,
     body_clock: BodyClock,
 ) -> None:
-    """The request head and body; a body the client sends chunked goes up chunked."""
+    """The request head, then the client's body as it comes (chunked when the client's was)."""
     client = outgoing.client
-    if outgoing.body is not None:
-        record.bytes_in = len(outgoing.body)
-        await connection.write(head + outgoing.body)
-        return
     await connection.write(head)
-    if not client.body_exists:
-        return
     chunked = client.content_length is None
     async for chunk in counted(client.content, record, plan.max_body_bytes, body_clock):
         await connection.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)

@@ -93,17 +93,38 @@ class Connection(asyncio.Protocol):
         if not self._can_write.is_set():
             await self._can_write.wait()
 
-    async def read(self) -> bytes:
-        """The next body bytes; b"" at the end of the body. Raises what broke the answer."""
+    def write_now(self, data: bytes) -> None:
+        """Write request bytes without waiting (a head, a small body)."""
+        if self.transport is None or self.transport.is_closing():
+            raise UpstreamClosed("the upstream connection is closed")
+        self.transport.write(data)
+
+    async def head(self, silence: float) -> Answer:
+        """The answer's status and headers, within `silence` seconds (a timer of the
+        connection's own: cheaper per request than an asyncio.timeout scope)."""
+        assert self._head is not None
+        if not self._head.done():
+            timer = self._loop.call_later(silence, self._timed_out)
+            try:
+                await asyncio.shield(self._head)
+            finally:
+                timer.cancel()
+        return self._head.result()
+
+    async def read(self, silence: float) -> bytes:
+        """The next body bytes; b"" at the end of the body. Raises what broke the answer,
+        or TimeoutError after `silence` seconds without a byte."""
         while not self._chunks:
             if self._complete:
                 return b""
             if self._error is not None:
                 raise self._error
             self._wake = self._loop.create_future()
+            timer = self._loop.call_later(silence, self._timed_out)
             try:
                 await self._wake
             finally:
+                timer.cancel()
                 self._wake = None
         chunk = self._chunks.popleft()
         self._buffered -= len(chunk)
@@ -111,6 +132,9 @@ class Connection(asyncio.Protocol):
             self._paused = False
             self.transport.resume_reading()
         return chunk
+
+    def _timed_out(self) -> None:
+        self._fail(TimeoutError("no byte from the upstream within timeouts.read"))
 
     @property
     def reusable(self) -> bool:
