@@ -198,3 +198,35 @@ def test_formatters_redact_queries_and_jwts_whatever_a_library_says(
     assert ACME_TOKEN not in line and ACME_TOKEN.split(".")[1] not in line
     assert "https://acme.amperity.com/api/x?<redacted>" in line
     assert "<redacted JWT>" in line
+
+
+def test_the_direct_access_line_is_what_the_json_formatter_writes() -> None:
+    """The access log skips LogRecord when the process logs JSON (the hottest log path); its
+    line must be the formatter's, field for field, and scrub what a client sent."""
+    from proxy.observe import logs as logs_module
+
+    stream = io.StringIO()
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    token = make_token("acme")
+    fields = {"request_id": "rid-1", "path": f"/acme/{token}", "status": 200, "retried": False}
+    try:
+        logs_module.setup_logging("json", "INFO", stream)
+        assert logs_module.direct_json(
+            "amperity_proxy.access", f"GET /acme/{token} 200", fields, ("path",)
+        )
+        logging.getLogger("amperity_proxy.access").info(
+            "GET /acme/%s 200", token, extra={"fields": fields}
+        )
+        logs_module.flush_logs()
+    finally:
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        for handler in saved[0]:
+            root.addHandler(handler)
+        root.setLevel(saved[1])
+        logs_module._DIRECT.clear()
+    direct, formatted = (json.loads(line) for line in stream.getvalue().splitlines())
+    direct.pop("time"), formatted.pop("time")
+    assert direct == formatted
+    assert token not in stream.getvalue() and direct["path"] == "/acme/<redacted JWT>"

@@ -19,7 +19,7 @@ from aiohttp import web
 from proxy.config import Route
 from proxy.listener import draining, peer_uid
 from proxy.observe.activity import Activity
-from proxy.observe.logs import Repeats
+from proxy.observe.logs import Repeats, direct_json
 from proxy.observe.metrics import RouteMetrics
 from proxy.tokens.health import API_KEYS
 
@@ -144,29 +144,28 @@ class Recorder:
         if record.client_gone and draining(request):
             record.shutdown = True  # the drain closed the connection, not the client
         uid = peer_uid(request) if self.unix else None
-        access_log.info(
-            "%s %s %s",
-            request.method,
-            path,
-            status,
-            extra={
-                "fields": {
-                    "request_id": rid,
-                    "client": f"uid:{uid}" if uid is not None else request.remote,
-                    "method": request.method,
-                    "route": route.name if route else None,
-                    "tenant": route.tenant if route else None,
-                    "path": path[:1024],
-                    "status": status,
-                    "upstream_status": record.upstream_status,
-                    "error": record.error
-                    or ("shutdown" if record.shutdown else None)
-                    or ("client_disconnected" if record.client_gone else None),
-                    "refused": record.refused,
-                    "retried": record.retried,
-                    "bytes_in": record.bytes_in,
-                    "bytes_out": record.bytes_out,
-                    "duration_ms": round(duration * 1000, 3),
-                }
-            },
-        )
+        fields = {
+            "request_id": rid,
+            "client": f"uid:{uid}" if uid is not None else request.remote,
+            "method": request.method,
+            "route": route.name if route else None,
+            "tenant": route.tenant if route else None,
+            "path": path[:1024],
+            "status": status,
+            "upstream_status": record.upstream_status,
+            "error": record.error
+            or ("shutdown" if record.shutdown else None)
+            or ("client_disconnected" if record.client_gone else None),
+            "refused": record.refused,
+            "retried": record.retried,
+            "bytes_in": record.bytes_in,
+            "bytes_out": record.bytes_out,
+            "duration_ms": round(duration * 1000, 3),
+        }
+        message = f"{request.method} {path} {status}"
+        if not direct_json(access_log.name, message, fields, _CLIENT_TEXT):
+            access_log.info("%s %s %s", request.method, path, status, extra={"fields": fields})
+
+
+# Access-log fields that carry what a client sent (scrubbed); the others are numbers and labels.
+_CLIENT_TEXT = ("request_id", "path")
