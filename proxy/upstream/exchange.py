@@ -19,12 +19,13 @@ from yarl import URL
 from proxy.observe.record import Record
 from proxy.refusals import REFUSAL_PEEK, upstream_message
 from proxy.tokens import Credential
+from proxy.upstream.answer import Answer as WireAnswer
+from proxy.upstream.answer import UpstreamClosed
 from proxy.upstream.bodies import BodyClock, counted
 from proxy.upstream.headers import query_has_api_version, upstream_headers
 from proxy.upstream.plan import Plan
 from proxy.upstream.pool import Pool
-from proxy.upstream.wire import Answer as WireAnswer
-from proxy.upstream.wire import Connection, UpstreamClosed
+from proxy.upstream.wire import Connection
 
 REFUSALS = (401, 403)  # answers whose body's message is read for the log and status page
 

@@ -28,9 +28,9 @@ from aiohttp import web
 from proxy.observe.record import Record
 from proxy.refusals import UPSTREAM_FAILURES, envelope
 from proxy.tokens import Credential
+from proxy.upstream.answer import MalformedAnswer
 from proxy.upstream.plan import Plan
 from proxy.upstream.pool import ConnectFailed
-from proxy.upstream.wire import MalformedAnswer
 
 _MAX_DETAIL = 300
 

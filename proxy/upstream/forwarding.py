@@ -15,13 +15,13 @@ from aiohttp import web
 from proxy.listener import force_close
 from proxy.observe.record import Record
 from proxy.tokens import Credential
+from proxy.upstream.answer import MalformedAnswer
 from proxy.upstream.bodies import BodyClock, BodyLimit, body_refusal
 from proxy.upstream.exchange import Answer, Outgoing, send
 from proxy.upstream.failures import BadResponse, failure
 from proxy.upstream.pool import Pool
 from proxy.upstream.relay import head, stream
 from proxy.upstream.retry import Exchange, Retry
-from proxy.upstream.wire import MalformedAnswer
 
 # What an exchange can raise: the upstream failed, or the client's body broke a limit.
 _FAILURES = (TimeoutError, ssl.SSLError, OSError, BodyLimit, BadResponse, MalformedAnswer)

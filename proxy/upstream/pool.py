@@ -67,6 +67,7 @@ class Pool:
         """Back to the pool when reusable, else closed."""
         self.in_use -= 1
         if connection.reusable:
+            connection.shrink()
             self._idle.setdefault(self.key(plan), deque()).append((time.monotonic(), connection))
         else:
             connection.close()

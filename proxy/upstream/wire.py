@@ -16,38 +16,32 @@ import asyncio
 from collections import deque
 
 import httptools
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict
+
+from proxy.upstream.answer import Answer, MalformedAnswer, UpstreamClosed
 
 # Buffered answer bytes beyond which reading pauses until the relay catches up: with asyncio's
 # own read size this bounds what one slow client can make the proxy hold.
-HIGH_WATER = 128 * 1024
-LOW_WATER = 32 * 1024
+HIGH_WATER = 64 * 1024
+LOW_WATER = 16 * 1024
+# Bytes asked of the socket (or TLS) per read: the large size while the relay keeps up (a fast
+# download, few syscalls), the small one while it lags (a slow client holds little).
+READ_SIZE = 64 * 1024
+FAST_READ_SIZE = 256 * 1024
 MAX_HEAD = 64 * 1024  # bytes of status line and headers accepted from the upstream
 _INTERIM = frozenset({100, 102, 103})  # 1xx answers skipped while waiting for the final one
 
 
-class UpstreamClosed(ConnectionResetError):
-    """The upstream closed the connection before a complete answer."""
-
-
-class MalformedAnswer(Exception):
-    """The upstream's answer broke HTTP's framing or syntax (httptools refused it)."""
-
-
-class Answer:
-    """A response in progress: status and headers, then the body as it arrives."""
-
-    def __init__(self, status: int, reason: str, headers: CIMultiDict[str]) -> None:
-        self.status = status
-        self.reason = reason
-        self.headers = CIMultiDictProxy(headers)
-
-
-class Connection(asyncio.Protocol):
-    """One upstream connection. Not reentrant: one exchange at a time."""
+class Connection(asyncio.BufferedProtocol):
+    """One upstream connection. Not reentrant: one exchange at a time. A buffered protocol:
+    the transport reads into this connection's own buffer (for TLS too), FAST_READ_SIZE at a
+    time while the relay has taken every byte, READ_SIZE while it lags; so a slow client holds
+    at most HIGH_WATER plus READ_SIZE here, and a fast one pays few syscalls."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
+        self._buffer = bytearray(READ_SIZE)
+        self._view = memoryview(self._buffer)
         self.transport: asyncio.Transport | None = None
         self.closed = loop.create_future()  # the peer or we closed it
         self._chunks: deque[bytes] = deque()
@@ -158,8 +152,30 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        # TLS: ciphertext asyncio may hold while reading is paused (its default is 256 KiB).
+        limits = getattr(transport, "set_read_buffer_limits", None)
+        if limits is not None:
+            limits(high=HIGH_WATER)
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self._buffered:  # the relay lags: small reads, from a small buffer
+            self.shrink()
+            return self._view
+        if len(self._buffer) < FAST_READ_SIZE:
+            self._buffer = bytearray(FAST_READ_SIZE)
+            self._view = memoryview(self._buffer)
+        return self._view
+
+    def shrink(self) -> None:
+        """Back to a small read buffer (an idle pooled connection holds little)."""
+        if len(self._buffer) > READ_SIZE:
+            self._buffer = bytearray(READ_SIZE)
+            self._view = memoryview(self._buffer)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(self._view[:nbytes])
+
+    def data_received(self, data: bytes | memoryview) -> None:
         if self._head is None or self._complete:  # nothing asked for: never reuse this one
             self._leftover = True
             self.close()
