@@ -42,6 +42,7 @@ class Connection(asyncio.BufferedProtocol):
         self._loop = loop
         self._buffer = bytearray(READ_SIZE)
         self._view = memoryview(self._buffer)
+        self._filled = False
         self.transport: asyncio.Transport | None = None
         self.closed = loop.create_future()  # the peer or we closed it
         self._chunks: deque[bytes] = deque()
@@ -160,19 +161,19 @@ class Connection(asyncio.BufferedProtocol):
     def get_buffer(self, sizehint: int) -> memoryview:
         if self._buffered:  # the relay lags: small reads, from a small buffer
             self.shrink()
-            return self._view
-        if len(self._buffer) < FAST_READ_SIZE:
+        elif self._filled and len(self._buffer) < FAST_READ_SIZE:  # a large body, kept up with
             self._buffer = bytearray(FAST_READ_SIZE)
             self._view = memoryview(self._buffer)
         return self._view
 
     def shrink(self) -> None:
-        """Back to a small read buffer (an idle pooled connection holds little)."""
+        """Back to a small read buffer (a lagging relay, an idle pooled connection)."""
         if len(self._buffer) > READ_SIZE:
             self._buffer = bytearray(READ_SIZE)
             self._view = memoryview(self._buffer)
 
     def buffer_updated(self, nbytes: int) -> None:
+        self._filled = nbytes == len(self._buffer)  # the socket had more than one read's worth
         self.data_received(self._view[:nbytes])
 
     def data_received(self, data: bytes | memoryview) -> None:
