@@ -159,6 +159,7 @@ async def make_proxy(
         clock: Callable[[], float] | None = None,
         sleep: Callable[[float], Awaitable[None]] | None = None,
         rng: random.Random | None = None,
+        pool_idle: float = 15.0,
     ) -> Proxy:
         raw: dict[str, Any] = {"routes": routes or [acme_route(upstream)]}
         raw.update(extra or {})
@@ -177,6 +178,7 @@ async def make_proxy(
             clock=clock or time.time,
             sleep=sleep or asyncio.sleep,
             rng=rng,
+            pool_idle=pool_idle,
         )
         await app.startup()
         started.append(app)
@@ -281,6 +283,7 @@ class ScriptedUpstream:
 
     answers: list[bytes]
     closing: set[int] = field(default_factory=set)  # answers after which it hangs up
+    ended: int = 0  # connections that are over (either side closed them)
     connections: list[list[bytes]] = field(default_factory=list)
     port: int = 0
     _server: asyncio.Server | None = None
@@ -307,6 +310,7 @@ class ScriptedUpstream:
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
+            self.ended += 1
             writer.close()
 
     @property

@@ -14,6 +14,7 @@ import pytest
 from proxy.testing import FakeTLS
 from tests.conftest import ProxyFactory, ScriptedUpstream, Upstream, acme_route
 from tests.hostile.conftest import LEDGER
+from tests.support.waiting import until
 
 OK = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{"ok":true}'
 GET = b"GET /acme/x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
@@ -143,3 +144,22 @@ async def test_a_connection_closed_mid_chunk_cuts_the_client_and_is_not_reused(
     text = await proxy.metrics_text()
     assert 'upstream_errors_total{reason="reset",route="acme",tenant="acme"} 1.0' in text
     LEDGER.fault_cases += 1
+
+
+async def test_idle_connections_are_closed_after_the_expiry_even_when_traffic_stops(
+    make_proxy: ProxyFactory, upstream: Upstream, tls: FakeTLS
+) -> None:
+    """aiohttp's connector closed idle connections on a timer; the proxy's pool does too, so
+    an upstream (or an origin a reload dropped) doesn't keep a socket open for ever."""
+    scripted = ScriptedUpstream([OK])
+    port = await scripted.start(tls)
+    try:
+        base = f"https://acme.amperity.com:{port}/api"
+        proxy = await make_proxy([acme_route(upstream, base_url=base)], pool_idle=0.2)
+        assert (await proxy.client.get("/acme/x")).status == 200
+        assert len(scripted.connections) == 1 and scripted.ended == 0  # kept alive, idle
+        await until(lambda: scripted.ended == 1, "the idle connection closed by the sweep", 10)
+        assert (await proxy.client.get("/acme/x")).status == 200  # a fresh one
+        assert len(scripted.connections) == 2
+    finally:
+        await scripted.close()

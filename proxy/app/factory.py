@@ -20,6 +20,7 @@ from proxy.config import Config
 from proxy.gate import AdminGate
 from proxy.listener import GuardedServer
 from proxy.tokens.store import FILE_POLL_INTERVAL
+from proxy.upstream.pool import IDLE_EXPIRY
 
 log = logging.getLogger("amperity_proxy")
 
@@ -35,6 +36,7 @@ def create_app(
     clock: Callable[[], float] = time.time,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     rng: random.Random | None = None,
+    pool_idle: float = IDLE_EXPIRY,
 ) -> ProxyApp:
     """Build the proxy (tokens load in `ProxyApp.startup`); raise StartupError when the client
     token or a ca_file can't be loaded."""
@@ -50,6 +52,7 @@ def create_app(
         clock=clock,
         sleep=sleep,
         rng=rng or random.Random(),  # noqa: S311 (back-off jitter, not security)
+        pool_idle=pool_idle,
     )
 
 

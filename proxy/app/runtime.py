@@ -66,8 +66,10 @@ class ProxyApp:
         clock: Callable[[], float],
         sleep: Callable[[float], Awaitable[None]],
         rng: random.Random,
+        pool_idle: float,
     ) -> None:
         self.config = config
+        self._pool_idle = pool_idle
         self.registry = registry
         self.lifecycle = Lifecycle()
         self.config_loader: ConfigLoader | None = None  # set by `serve`: re-reads the file
@@ -133,7 +135,7 @@ class ProxyApp:
         Otherwise (diagnostics) the problems are returned and nothing runs in the background."""
         # Forwarding uses its own keep-alive pool; the session is for token mints and doctor.
         self.session = upstream_session(self._resolver)
-        self.pool = self.handler.pool = Pool(self._resolver)
+        self.pool = self.handler.pool = Pool(self._resolver, self._pool_idle)
         errors = await self.store.load_initial()
         if not strict:
             return errors

@@ -3,7 +3,8 @@
 Keyed by (host, port, TLS context): routes on one origin (every AWS tenant on
 `app.amperity.com`) share connections, and their per-route shares are enforced by
 `upstream.slots` before a connection is asked for. Idle connections expire after IDLE_EXPIRY.
-A new connection resolves the name (the injected resolver, as tests point names at loopback),
+Idle connections are closed after IDLE_EXPIRY seconds, by a sweep while any are idle. A new
+connection resolves the name (the injected resolver, as tests point names at loopback),
 connects within `timeouts.connect`, and does TLS with the route's context: verification, SNI
 and the host-name check are the context's (`upstream.tls`), never turned off here.
 """
@@ -34,9 +35,11 @@ class ConnectFailed(OSError):
 class Pool:
     """The proxy's upstream connections (see the module docstring)."""
 
-    def __init__(self, resolver: AbstractResolver | None = None) -> None:
+    def __init__(self, resolver: AbstractResolver | None = None, idle_expiry: float = IDLE_EXPIRY):
         self._resolver = resolver or DefaultResolver()
         self._idle: dict[Key, deque[tuple[float, Connection]]] = {}
+        self._expiry = idle_expiry
+        self._sweeper: asyncio.TimerHandle | None = None
         self.in_use = 0  # connections lent out now (tests check it returns to 0)
 
     @staticmethod
@@ -69,10 +72,29 @@ class Pool:
         if connection.reusable:
             connection.shrink()
             self._idle.setdefault(self.key(plan), deque()).append((time.monotonic(), connection))
+            if self._sweeper is None:
+                loop = asyncio.get_running_loop()
+                self._sweeper = loop.call_later(self._expiry, self._sweep)
         else:
             connection.close()
 
+    def _sweep(self) -> None:
+        """Close the connections idle for longer than the expiry (after traffic stops too, or
+        for an origin a reload no longer uses); run again while any stay idle."""
+        self._sweeper = None
+        now = time.monotonic()
+        for key, idle in list(self._idle.items()):
+            while idle and now - idle[0][0] >= self._expiry:
+                idle.popleft()[1].close()
+            if not idle:
+                del self._idle[key]
+        if self._idle:
+            self._sweeper = asyncio.get_running_loop().call_later(self._expiry, self._sweep)
+
     def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for idle in self._idle.values():
             for _, connection in idle:
                 connection.close()
