@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 from aiohttp import web
 from multidict import CIMultiDict
-from yarl import URL
 
 from proxy.observe.record import Record
 from proxy.refusals import REFUSAL_PEEK, upstream_message
@@ -36,7 +35,7 @@ class Outgoing:
     the same for every attempt."""
 
     method: str
-    url: URL  # the full upstream URL (for Location rewriting)
+    url: str  # the full upstream URL, as sent (for Location rewriting)
     target: str  # the request line's target: base path, the client's raw path, its query
     client: web.BaseRequest  # its headers (filtered) and, unless `body` is set, its body
     request_id: str
@@ -53,9 +52,9 @@ class Outgoing:
         rid: str,
         body: bytes | None,
     ) -> Outgoing:
-        # The path keeps the client's percent-encoding: encoded=True stops yarl from
-        # re-quoting or removing dot segments (the path was checked before routing).
-        url = URL(plan.url_prefix + rest + query, encoded=True)
+        # The path keeps the client's percent-encoding (it was checked before routing): the
+        # request line carries it byte for byte, never re-quoted or normalised.
+        url = plan.url_prefix + rest + query
         has_version = query_has_api_version(query[1:]) if query else False
         target = (plan.base_url.path + rest or "/") + query
         return cls(request.method, url, target, request, rid, has_version, body)

@@ -39,7 +39,7 @@ def head(
         base = plan.base_url
         response.headers["Location"] = rewrite_location(
             response.headers["Location"],
-            request_url=str(outgoing.url),
+            request_url=outgoing.url,
             base_scheme=base.scheme,
             base_host=base.host,
             base_port=base.port,
