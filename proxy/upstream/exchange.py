@@ -10,10 +10,10 @@ back-off) are layers around `send` (`upstream.retry`); the answer is streamed do
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from aiohttp import web
-from multidict import CIMultiDict
 
 from proxy.observe.record import Record
 from proxy.refusals import REFUSAL_PEEK, upstream_message
@@ -21,7 +21,7 @@ from proxy.tokens import Credential
 from proxy.upstream.answer import Answer as WireAnswer
 from proxy.upstream.answer import UpstreamClosed
 from proxy.upstream.bodies import BodyClock, counted
-from proxy.upstream.headers import query_has_api_version, upstream_headers
+from proxy.upstream.headers import query_has_api_version, upstream_fields
 from proxy.upstream.plan import Plan
 from proxy.upstream.pool import Pool
 from proxy.upstream.wire import Connection
@@ -64,9 +64,12 @@ class Outgoing:
         return self.body is not None
 
 
-def headers_for(plan: Plan, outgoing: Outgoing, credential: Credential) -> CIMultiDict[str]:
-    """The upstream request's headers for one attempt (a pure function of its inputs)."""
-    return upstream_headers(
+def headers_for(
+    plan: Plan, outgoing: Outgoing, credential: Credential
+) -> Iterator[tuple[str, str]]:
+    """The upstream request's headers for one attempt, in order (a pure function of its
+    inputs; the policy is `upstream.headers.upstream_fields`)."""
+    return upstream_fields(
         outgoing.client.headers,
         authorization=credential.authorization,
         tenant=plan.tenant,
@@ -157,16 +160,19 @@ async def send(
 
 def request_head(plan: Plan, outgoing: Outgoing, credential: Credential) -> bytes:
     """The request line and headers, with framing for the body as it will be sent."""
-    headers = headers_for(plan, outgoing, credential)
     client = outgoing.client
-    if outgoing.body is not None:
-        if outgoing.body or client.body_exists:
-            headers["Content-Length"] = str(len(outgoing.body))
-    elif client.body_exists and "Content-Length" not in headers:
-        headers["Transfer-Encoding"] = "chunked"  # the client's body streams as it comes
     lines = [f"{outgoing.method} {outgoing.target} HTTP/1.1"]
-    lines += [f"{name}: {value}" for name, value in headers.items()]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    if outgoing.body is not None:  # a kept body: its own length, whatever the client said
+        fields = headers_for(plan, outgoing, credential)
+        lines += [f"{k}: {v}" for k, v in fields if k.lower() != "content-length"]
+        if outgoing.body or client.body_exists:
+            lines.append(f"Content-Length: {len(outgoing.body)}")
+    else:
+        lines += [f"{k}: {v}" for k, v in headers_for(plan, outgoing, credential)]
+        if client.body_exists and client.content_length is None:
+            lines.append("Transfer-Encoding: chunked")  # the client's body streams as it comes
+    lines.append("\r\n")
+    return "\r\n".join(lines).encode("latin-1")
 
 
 async def _exchange(

@@ -16,7 +16,7 @@ from __future__ import annotations
 import itertools
 import re
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from urllib.parse import unquote, urljoin, urlsplit
 
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -135,25 +135,48 @@ def upstream_headers(
     query_has_api_version: bool,
 ) -> CIMultiDict[str]:
     """Upstream headers: the client's minus hop-by-hop and credential headers, plus ours."""
+    return CIMultiDict(
+        upstream_fields(
+            client,
+            authorization=authorization,
+            tenant=tenant,
+            host=host,
+            api_version=api_version,
+            request_id=request_id,
+            query_has_api_version=query_has_api_version,
+        )
+    )
+
+
+def upstream_fields(
+    client: CIMultiDictProxy[str],
+    *,
+    authorization: str,
+    tenant: str,
+    host: str,
+    api_version: str | None,
+    request_id: str,
+    query_has_api_version: bool,
+) -> Iterator[tuple[str, str]]:
+    """The upstream headers in order (the client's that pass, then the proxy's): the one
+    place the policy is applied; `upstream_headers` and the request head both read it."""
     listed = _connection_listed(client)
-    out: CIMultiDict[str] = CIMultiDict()
     client_api_version: list[str] = []
     for key, value in client.items():
         name = normalize(key)
         if name == "api-version":
             client_api_version.append(value)
         elif name not in _DROP_UPSTREAM and name not in listed:
-            out.add(key, value)
-    out["Host"] = host
-    out["Authorization"] = authorization
-    out["Amperity-Tenant"] = tenant
+            yield key, value
+    yield "Host", host
+    yield "Authorization", authorization
+    yield "Amperity-Tenant", tenant
     # Re-spelt canonically: a server such as nginx drops `api_version` by default.
     for value in client_api_version:
-        out.add("api-version", value)
+        yield "api-version", value
     if not client_api_version and not query_has_api_version and api_version is not None:
-        out["api-version"] = api_version
-    out["X-Request-ID"] = request_id
-    return out
+        yield "api-version", api_version
+    yield "X-Request-ID", request_id
 
 
 def response_headers(upstream: Iterable[tuple[str, str]]) -> CIMultiDict[str]:
