@@ -21,6 +21,7 @@ from aiohttp import web
 
 from proxy import __version__
 from proxy.app import ProxyApp, create_admin_app, create_app
+from proxy.cli.memory import trim_periodically
 from proxy.cli.selfcheck import self_check
 from proxy.config import Config, ConfigLoader, StartupError
 from proxy.config.listen import Listen, UnixListen
@@ -175,6 +176,7 @@ async def serve(
     await admin_runner.setup()
     unix = UnixSocketFile(config.listen.unix) if config.listen.unix is not None else None
     flusher: asyncio.Task[None] | None = None
+    trimmer: asyncio.Task[None] | None = None
     try:
         # Workers share the proxy port (SO_REUSEPORT); only worker 0 serves the admin port.
         proxy_addrs = await _start_site(runner, config.listen, "proxy", worker is not None, unix)
@@ -185,6 +187,7 @@ async def serve(
         # Runs through the drain too: lines logged then reach stderr within 0.2 s, not at exit
         # (a SIGKILL at the end of the grace period would lose them).
         flusher = asyncio.create_task(_flush_logs_periodically(), name="log-flush")
+        trimmer = asyncio.create_task(trim_periodically(), name="malloc-trim")
         await _until_stopped(app)
         log.info(
             "shutting down: /readyz is 503, finishing in-flight requests (up to %ss)",
@@ -195,8 +198,9 @@ async def serve(
         await _drain(config, app, runner, admin_runner)
         if unix is not None:
             unix.remove()  # only the socket this process created
-        if flusher is not None:
-            flusher.cancel()
+        for task in (flusher, trimmer):
+            if task is not None:
+                task.cancel()
     log.info("stopped")
     flush_logs()
     return 0
