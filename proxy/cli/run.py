@@ -175,8 +175,7 @@ async def serve(
     await runner.setup()
     await admin_runner.setup()
     unix = UnixSocketFile(config.listen.unix) if config.listen.unix is not None else None
-    flusher: asyncio.Task[None] | None = None
-    trimmer: asyncio.Task[None] | None = None
+    background: list[asyncio.Task[None]] = []
     try:
         # Workers share the proxy port (SO_REUSEPORT); only worker 0 serves the admin port.
         proxy_addrs = await _start_site(runner, config.listen, "proxy", worker is not None, unix)
@@ -184,23 +183,19 @@ async def serve(
         if worker in (None, 0):
             admin_addrs = await _start_site(admin_runner, config.admin, "admin")
         _started(config, proxy_addrs, admin_addrs, worker)
-        # Runs through the drain too: lines logged then reach stderr within 0.2 s, not at exit
-        # (a SIGKILL at the end of the grace period would lose them).
-        flusher = asyncio.create_task(_flush_logs_periodically(), name="log-flush")
-        trimmer = asyncio.create_task(trim_periodically(), name="malloc-trim")
+        # The log flusher runs through the drain too: lines logged then reach stderr within
+        # 0.2 s, not at exit (a SIGKILL at the end of the grace period would lose them).
+        background = [
+            asyncio.create_task(_flush_logs_periodically(), name="log-flush"),
+            asyncio.create_task(trim_periodically(), name="malloc-trim"),
+        ]
         await _until_stopped(app)
-        log.info(
-            "shutting down: /readyz is 503, finishing in-flight requests (up to %ss)",
-            config.shutdown_timeout,
-        )
-        flush_logs()
     finally:
         await _drain(config, app, runner, admin_runner)
         if unix is not None:
             unix.remove()  # only the socket this process created
-        for task in (flusher, trimmer):
-            if task is not None:
-                task.cancel()
+        for task in background:
+            task.cancel()
     log.info("stopped")
     flush_logs()
     return 0
@@ -243,6 +238,11 @@ async def _until_stopped(app: ProxyApp) -> None:
     try:
         await stop.wait()
         app.lifecycle.draining = True
+        log.info(
+            "shutting down: /readyz is 503, finishing in-flight requests (up to %ss)",
+            app.config.shutdown_timeout,
+        )
+        flush_logs()
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
