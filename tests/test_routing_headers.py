@@ -6,7 +6,7 @@ import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.request.routing import RouteTable, path_problem
-from proxy.upstream.headers import query_has_api_version, response_headers, upstream_headers
+from proxy.upstream.headers import query_has_api_version, response_headers, upstream_fields
 
 TABLE = RouteTable([("/acme", "acme"), ("/acme/sandbox", "sandbox"), ("/b", "b")])
 
@@ -89,14 +89,16 @@ def test_query_api_version_detection(query: str, expected: bool) -> None:
 
 
 def _upstream(*pairs: tuple[str, str]) -> CIMultiDict[str]:
-    return upstream_headers(
-        CIMultiDictProxy(CIMultiDict(pairs)),
-        authorization="Bearer t",
-        tenant="acme",
-        host="acme.amperity.com",
-        api_version="2024-04-01",
-        request_id="rid",
-        query_has_api_version=False,
+    return CIMultiDict(
+        upstream_fields(
+            CIMultiDictProxy(CIMultiDict(pairs)),
+            authorization="Bearer t",
+            tenant="acme",
+            host="acme.amperity.com",
+            api_version="2024-04-01",
+            request_id="rid",
+            query_has_api_version=False,
+        )
     )
 
 

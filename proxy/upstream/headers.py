@@ -124,30 +124,6 @@ def query_has_api_version(query: str) -> bool:
     return False
 
 
-def upstream_headers(
-    client: CIMultiDictProxy[str],
-    *,
-    authorization: str,
-    tenant: str,
-    host: str,
-    api_version: str | None,
-    request_id: str,
-    query_has_api_version: bool,
-) -> CIMultiDict[str]:
-    """Upstream headers: the client's minus hop-by-hop and credential headers, plus ours."""
-    return CIMultiDict(
-        upstream_fields(
-            client,
-            authorization=authorization,
-            tenant=tenant,
-            host=host,
-            api_version=api_version,
-            request_id=request_id,
-            query_has_api_version=query_has_api_version,
-        )
-    )
-
-
 def upstream_fields(
     client: CIMultiDictProxy[str],
     *,
@@ -158,8 +134,8 @@ def upstream_fields(
     request_id: str,
     query_has_api_version: bool,
 ) -> Iterator[tuple[str, str]]:
-    """The upstream headers in order (the client's that pass, then the proxy's): the one
-    place the policy is applied; `upstream_headers` and the request head both read it."""
+    """The upstream headers in order: the client's minus hop-by-hop, credential and override
+    headers, then the proxy's own. The one place the policy is applied."""
     listed = _connection_listed(client)
     client_api_version: list[str] = []
     for key, value in client.items():

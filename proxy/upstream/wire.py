@@ -44,7 +44,6 @@ class Connection(asyncio.BufferedProtocol):
         self._view = memoryview(self._buffer)
         self._filled = False
         self.transport: asyncio.Transport | None = None
-        self.closed = loop.create_future()  # the peer or we closed it
         self._chunks: deque[bytes] = deque()
         self._buffered = 0
         self._wake: asyncio.Future[None] | None = None
@@ -59,10 +58,8 @@ class Connection(asyncio.BufferedProtocol):
         self._parser = httptools.HttpResponseParser(self)
         self._head_bytes = 0  # header names and values parsed
         self._raw_head = 0  # bytes received while the headers had not ended
-        self._status = 0
         self._reason = ""
         self._headers: CIMultiDict[str] = CIMultiDict()
-        self._field = b""
         self._head: asyncio.Future[Answer] | None = None
         self._complete = False
         self._keep_alive = False
@@ -82,9 +79,7 @@ class Connection(asyncio.BufferedProtocol):
 
     async def write(self, data: bytes) -> None:
         """Write request bytes, waiting while the upstream isn't reading."""
-        if self.transport is None or self.transport.is_closing():
-            raise UpstreamClosed("the upstream connection is closed")
-        self.transport.write(data)
+        self.write_now(data)
         if not self._can_write.is_set():
             await self._can_write.wait()
 
@@ -200,8 +195,6 @@ class Connection(asyncio.BufferedProtocol):
         return None  # close the transport
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if not self.closed.done():
-            self.closed.set_result(None)
         if not self._complete and self._head is not None:
             if self._headers_done() and self._until_close():
                 self.on_message_complete()  # a close-delimited body ends with the connection
@@ -240,7 +233,6 @@ class Connection(asyncio.BufferedProtocol):
         if status in _INTERIM:  # an interim answer: wait for the final one
             self._interim = True
             return
-        self._status = status
         self._keep_alive = self._parser.should_keep_alive()
         assert self._head is not None
         if not self._head.done():
