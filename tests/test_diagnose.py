@@ -7,7 +7,7 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from proxy.cli.diagnose import doctor, parse_duration
 from proxy.config import parse_config
 from proxy.testing import FakeAmperity, FakeTLS, make_token, start_fake
 from tests.conftest import tls_route
-from tests.support.net import closed_port
+from tests.support.net import refused_port
 from tests.support.process import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -130,8 +130,18 @@ async def test_doctor_on_a_good_config(
     assert os.environ["DOCTOR_TOKEN"] not in report
 
 
+@pytest.fixture
+def down_port() -> Iterator[int]:
+    with refused_port() as port:
+        yield port
+
+
 async def test_doctor_on_a_broken_config(
-    tmp_path: Path, tls: FakeTLS, fake: tuple[FakeAmperity, int], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    tls: FakeTLS,
+    fake: tuple[FakeAmperity, int],
+    monkeypatch: pytest.MonkeyPatch,
+    down_port: int,
 ) -> None:
     upstream, port = fake
     (tmp_path / "ca.pem").write_bytes(tls.ca_pem)
@@ -145,7 +155,7 @@ async def test_doctor_on_a_broken_config(
                 {  # no token, and nothing listens there
                     "prefix": "/down",
                     "tenant": "acme",
-                    "base_url": f"https://localhost:{closed_port()}/api",
+                    "base_url": f"https://localhost:{down_port}/api",
                     "token": {"env": "MISSING"},
                 },
                 {  # the test CA is not trusted without ca_file; the token has expired

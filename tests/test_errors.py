@@ -12,7 +12,7 @@ import pytest
 from proxy.testing import FakeTLS, make_tls
 from tests.conftest import ProxyFactory, Upstream, acme_route, get, raw_request
 from tests.support.envelope import envelope
-from tests.support.net import closed_port
+from tests.support.net import refused_port
 
 
 @pytest.mark.parametrize("path", ["/nope", "/acmeevil/x", "/ACME/x", "/acme;x", "/%61cme/x", "/"])
@@ -73,11 +73,11 @@ async def test_absolute_https_target_is_refused(
 
 
 async def test_connection_refused_is_502(make_proxy: ProxyFactory, upstream: Upstream) -> None:
-    port = closed_port()
-    proxy = await make_proxy(
-        [acme_route(upstream, base_url=f"https://acme.amperity.com:{port}/api")]
-    )
-    response = await proxy.client.get("/acme/x")
+    with refused_port() as port:
+        proxy = await make_proxy(
+            [acme_route(upstream, base_url=f"https://acme.amperity.com:{port}/api")]
+        )
+        response = await proxy.client.get("/acme/x")
     assert response.status == 502
     body = envelope(await response.read())
     assert "could not connect" in str(body["message"])

@@ -12,7 +12,6 @@ import datetime
 import json
 import logging
 import os
-import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -33,6 +32,7 @@ from tests.conftest import (
     raw_request,
 )
 from tests.hostile.conftest import LEDGER
+from tests.support.net import refused_port
 
 MiB = 1024 * 1024
 
@@ -136,11 +136,10 @@ async def test_upstream_closes_mid_body(
 async def test_upstream_refuses_connections(
     baseline: Callable[..., Awaitable[Proxy]], upstream: Upstream
 ) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proxy = await baseline([acme_route(upstream, base_url=f"https://acme.amperity.com:{port}/api")])
-    assert (await fresh_get(proxy, "/acme/x"))[0] == 502
+    with refused_port() as port:
+        base_url = f"https://acme.amperity.com:{port}/api"
+        proxy = await baseline([acme_route(upstream, base_url=base_url)])
+        assert (await fresh_get(proxy, "/acme/x"))[0] == 502
 
 
 TLS_SERVER = """

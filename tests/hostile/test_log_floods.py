@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 
 import pytest
 
@@ -14,6 +13,7 @@ from proxy.observe.logs import flush_logs
 from tests.conftest import ProxyFactory, Upstream, acme_route, metric
 from tests.hostile.conftest import LEDGER
 from tests.support.clocks import FakeClock
+from tests.support.net import refused_port
 
 
 async def test_repeated_401_warnings_are_summarised_and_counters_stay_exact(
@@ -43,22 +43,20 @@ async def test_repeated_401_warnings_are_summarised_and_counters_stay_exact(
 async def test_repeated_upstream_errors_are_summarised(
     make_proxy: ProxyFactory, upstream: Upstream, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # nothing listens here: every exchange is `connect`
-    clock = FakeClock()
-    proxy = await make_proxy(
-        [acme_route(upstream, base_url=f"https://acme.amperity.com:{port}/api")], clock=clock
-    )
-    caplog.set_level(logging.WARNING)
-    for i in range(20):
-        assert (await proxy.client.get(f"/acme/x{i}")).status == 502
-    lines = [r for r in caplog.records if "upstream connect error" in r.getMessage()]
-    LEDGER.tried("log floods")
-    assert len(lines) == 1
-    clock.now += 61
-    assert (await proxy.client.get("/acme/again")).status == 502
-    lines = [r for r in caplog.records if "upstream connect error" in r.getMessage()]
-    assert len(lines) == 2 and lines[1].fields["repeated"] == 19  # type: ignore[attr-defined]
-    text = await proxy.metrics_text()
-    assert metric(text, 'amperity_proxy_upstream_errors_total{reason="connect"') == 21
+    with refused_port() as port:  # nothing listens here: every exchange is `connect`
+        clock = FakeClock()
+        proxy = await make_proxy(
+            [acme_route(upstream, base_url=f"https://acme.amperity.com:{port}/api")], clock=clock
+        )
+        caplog.set_level(logging.WARNING)
+        for i in range(20):
+            assert (await proxy.client.get(f"/acme/x{i}")).status == 502
+        lines = [r for r in caplog.records if "upstream connect error" in r.getMessage()]
+        LEDGER.tried("log floods")
+        assert len(lines) == 1
+        clock.now += 61
+        assert (await proxy.client.get("/acme/again")).status == 502
+        lines = [r for r in caplog.records if "upstream connect error" in r.getMessage()]
+        assert len(lines) == 2 and lines[1].fields["repeated"] == 19  # type: ignore[attr-defined]
+        text = await proxy.metrics_text()
+        assert metric(text, 'amperity_proxy_upstream_errors_total{reason="connect"') == 21
