@@ -207,6 +207,8 @@ async def phase_slow_readers(work: Path, base: dict[str, Any]) -> list[str]:
         f"{pct(latencies, 0.5):.1f} ms, p99 {pct(latencies, 0.99):.1f} ms, {failures} failed |",
         f"| proxy RSS: idle / peak with the slow readers / 5 s after they end | {idle:.1f} / "
         f"{peak:.1f} / {after:.1f} MiB (manifest limit 160 MiB) |",
+        f"| RSS per slow stream, (peak - idle) / streams (an upper bound: the refused requests "
+        f"count too) | {(peak - idle) * 1024 / max(1, outcome.get('200', 0)):.0f} KiB |",
     ]
 
 

@@ -1,14 +1,18 @@
 """Freed memory goes back to the system while the proxy runs (`proxy/cli/memory.py`). How much
-is a figure for `make soak`, not an assertion; here: the trim is found and runs."""
+is a figure for `make soak`, not an assertion; here: the trim is found and runs, and what one
+slow stream may hold is bounded."""
 
 from __future__ import annotations
 
 import asyncio
 import platform
+from collections.abc import AsyncIterator
 
 import pytest
 
 from proxy.cli.memory import malloc_trim, trim_periodically
+from proxy.testing import FakeTLS
+from proxy.upstream.wire import HIGH_WATER, READ_SIZE, SLOW_READ_SIZE, Connection
 from tests.support.waiting import until
 
 
@@ -26,3 +30,60 @@ async def test_the_trimmer_runs_every_interval_until_cancelled() -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+BIG = 32 * 1024 * 1024  # far more than the socket buffers on both sides hold
+
+
+@pytest.fixture
+async def blaster(tls: FakeTLS) -> AsyncIterator[int]:
+    """A TLS upstream that answers any request with BIG bytes, as fast as it is let."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % BIG)
+            block = b"x" * 65536
+            for _ in range(BIG // len(block)):
+                writer.write(block)
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=tls.server)
+    yield int(server.sockets[0].getsockname()[1])
+    server.close()
+
+
+async def test_a_slow_client_keeps_upstream_reads_small_and_bounded(
+    tls: FakeTLS, blaster: int
+) -> None:
+    """What one slow stream holds: the TLS layer's read buffer is cut from asyncio's 256 KiB to
+    READ_SIZE, and while the relay reports the client backed up, reads are SLOW_READ_SIZE and
+    at most HIGH_WATER + SLOW_READ_SIZE wait for the relay (asyncio's defaults held 256 KiB
+    chunks and a 256 KiB TLS buffer per connection)."""
+    loop = asyncio.get_running_loop()
+    _, connection = await loop.create_connection(
+        lambda: Connection(loop), "127.0.0.1", blaster, ssl=tls.client, server_hostname="localhost"
+    )
+    try:
+        ssl_protocol = getattr(connection.transport, "_ssl_protocol", None)
+        assert ssl_protocol is not None, "asyncio's TLS layer changed: see trim_tls_read_buffer"
+        assert len(ssl_protocol._ssl_buffer) == READ_SIZE
+        connection.downstream_slow = True  # what the relay says of a client that doesn't read
+        connection.begin(head_request=False)
+        connection.write_now(b"GET /big HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        answer = await connection.head(silence=30)
+        assert answer.status == 200
+        await until(lambda: connection.buffered > HIGH_WATER, "reading to pause")
+        assert connection.buffered <= HIGH_WATER + SLOW_READ_SIZE
+        taken = 0
+        while taken < 4 * HIGH_WATER:  # the relay catches up a little; reading resumes, small
+            chunk = await connection.read(silence=30)
+            assert 0 < len(chunk) <= SLOW_READ_SIZE
+            assert connection.buffered <= HIGH_WATER + SLOW_READ_SIZE
+            taken += len(chunk)
+    finally:
+        connection.close()

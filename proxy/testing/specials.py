@@ -126,11 +126,14 @@ async def _stream(fake: FakeAmperity, request: web.Request, n: int) -> web.Strea
     response.content_length = n
     response.content_type = "application/octet-stream"
     await response.prepare(request)
-    if request.method != "HEAD":
-        for block in pattern(n):
-            await response.write(block)
-            fake.streamed += len(block)
-    await response.write_eof()
+    try:
+        if request.method != "HEAD":
+            for block in pattern(n):
+                await response.write(block)
+                fake.streamed += len(block)
+        await response.write_eof()
+    except ConnectionError:  # the client (the proxy) hung up: nothing to report
+        pass
     return response
 
 

@@ -108,6 +108,10 @@ class Answer:
         """The next body bytes (b"" at the end), within the route's read timeout."""
         return await self._connection.read(self._plan.timeouts.read)
 
+    def downstream(self, backed_up: bool) -> None:
+        """The relay's word on the client: while its socket is backed up, read small."""
+        self._connection.downstream_slow = backed_up
+
     def close(self) -> None:
         """SECURITY: a connection whose framing can't be trusted is never reused."""
         self._connection.close()

@@ -2,11 +2,11 @@
 
 Keyed by (host, port, TLS context): routes on one origin (every AWS tenant on
 `app.amperity.com`) share connections, and their per-route shares are enforced by
-`upstream.slots` before a connection is asked for. Idle connections expire after IDLE_EXPIRY.
-Idle connections are closed after IDLE_EXPIRY seconds, by a sweep while any are idle. A new
-connection resolves the name (the injected resolver, as tests point names at loopback),
-connects within `timeouts.connect`, and does TLS with the route's context: verification, SNI
-and the host-name check are the context's (`upstream.tls`), never turned off here.
+`upstream.slots` before a connection is asked for. Idle connections expire after IDLE_EXPIRY
+(a sweep closes them while any are idle; an expired one is never lent). A new connection
+resolves the name (the injected resolver, as tests point names at loopback), connects within
+`timeouts.connect`, and does TLS with the route's context: verification, SNI and the host-name
+check are the context's (`upstream.tls`), never turned off here.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ class Pool:
         while idle:
             since, connection = idle.pop()
             if (
-                now - since < IDLE_EXPIRY
+                now - since < self._expiry
                 and connection.transport is not None
                 and not (connection.transport.is_closing())
             ):

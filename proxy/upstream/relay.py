@@ -61,9 +61,12 @@ async def stream(
     first = answer.peeked if answer.peeked is not None else await answer.read()
     await response.prepare(request)
     record.status_sent = response.status
+    transport = request.transport
     while first:
         await response.write(first)
         record.bytes_out += len(first)
+        if transport is not None:  # a client that reads slowly keeps the upstream reads small
+            answer.downstream(transport.get_write_buffer_size() > 0)
         first = await answer.read()
     await response.write_eof()
 

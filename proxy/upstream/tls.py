@@ -6,6 +6,7 @@ turn that off. A route's `ca_file` only adds trust anchors.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import ssl
@@ -86,3 +87,19 @@ class TlsContexts:
 
     def keep(self, built: Contexts) -> None:
         self._cache = built.by_key
+
+
+def trim_tls_read_buffer(transport: asyncio.BaseTransport, size: int) -> None:
+    """asyncio's TLS layer (`asyncio.sslproto.SSLProtocol`) gives every connection a 256 KiB
+    ciphertext buffer (`max_size`), allocated and zero-filled when the connection opens and
+    kept for its life, pooled or not: a quarter of a MiB per upstream connection. Reading
+    `size` at a time instead costs a few more syscalls on a large download and bounds what
+    each connection holds. The stdlib has no public knob for it, so this reaches for the
+    protocol's attributes and does nothing when they are not there (another Python, uvloop);
+    `tests/test_memory.py` shows when that happens."""
+    protocol = getattr(transport, "_ssl_protocol", None)
+    buffer = getattr(protocol, "_ssl_buffer", None)
+    if isinstance(buffer, bytearray) and len(buffer) > size and hasattr(protocol, "max_size"):
+        protocol.max_size = size  # type: ignore[union-attr]
+        protocol._ssl_buffer = small = bytearray(size)  # type: ignore[union-attr]
+        protocol._ssl_buffer_view = memoryview(small)  # type: ignore[union-attr]

@@ -19,15 +19,13 @@ import httptools
 from multidict import CIMultiDict
 
 from proxy.upstream.answer import Answer, MalformedAnswer, UpstreamClosed
+from proxy.upstream.tls import trim_tls_read_buffer
 
-# Buffered answer bytes beyond which reading pauses until the relay catches up: with asyncio's
-# own read size this bounds what one slow client can make the proxy hold.
-HIGH_WATER = 64 * 1024
+HIGH_WATER = 64 * 1024  # answer bytes waiting for the relay beyond which reading pauses
 LOW_WATER = 16 * 1024
-# Bytes asked of the socket (or TLS) per read: the large size while the relay keeps up (a fast
-# download, few syscalls), the small one while it lags (a slow client holds little).
 READ_SIZE = 64 * 1024
 FAST_READ_SIZE = 256 * 1024
+SLOW_READ_SIZE = 16 * 1024  # one TLS record (read sizes: see Connection)
 MAX_HEAD = 64 * 1024  # bytes of status line and headers accepted from the upstream
 _INTERIM = frozenset({100, 102, 103})  # 1xx answers skipped while waiting for the final one
 
@@ -35,17 +33,20 @@ _INTERIM = frozenset({100, 102, 103})  # 1xx answers skipped while waiting for t
 class Connection(asyncio.BufferedProtocol):
     """One upstream connection. Not reentrant: one exchange at a time. A buffered protocol:
     the transport reads into this connection's own buffer (for TLS too), FAST_READ_SIZE at a
-    time while the relay has taken every byte, READ_SIZE while it lags; so a slow client holds
-    at most HIGH_WATER plus READ_SIZE here, and a fast one pays few syscalls."""
+    time while the relay has taken every byte, READ_SIZE while it lags, SLOW_READ_SIZE while
+    the relay says the client's socket is backed up (`downstream_slow`; large reads then would
+    only move bytes from the upstream's socket into this process's memory). So a slow client
+    holds at most HIGH_WATER plus SLOW_READ_SIZE here, and a fast one pays few syscalls."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._buffer = bytearray(READ_SIZE)
         self._view = memoryview(self._buffer)
         self._filled = False
+        self.downstream_slow = False  # set by the relay: the client's socket is backed up
         self.transport: asyncio.Transport | None = None
         self._chunks: deque[bytes] = deque()
-        self._buffered = 0
+        self.buffered = 0  # body bytes received, not yet taken by the relay
         self._wake: asyncio.Future[None] | None = None
         self._paused = False
         self._can_write = asyncio.Event()
@@ -117,8 +118,8 @@ class Connection(asyncio.BufferedProtocol):
                 timer.cancel()
                 self._wake = None
         chunk = self._chunks.popleft()
-        self._buffered -= len(chunk)
-        if self._paused and self._buffered <= LOW_WATER and self.transport is not None:
+        self.buffered -= len(chunk)
+        if self._paused and self.buffered <= LOW_WATER and self.transport is not None:
             self._paused = False
             self.transport.resume_reading()
         return chunk
@@ -152,11 +153,16 @@ class Connection(asyncio.BufferedProtocol):
         limits = getattr(transport, "set_read_buffer_limits", None)
         if limits is not None:
             limits(high=HIGH_WATER)
+            trim_tls_read_buffer(transport, READ_SIZE)
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        if self._buffered:  # the relay lags: small reads, from a small buffer
+        if self.buffered or self.downstream_slow:  # the relay lags: small reads
             self.shrink()
-        elif self._filled and len(self._buffer) < FAST_READ_SIZE:  # a large body, kept up with
+            if self.downstream_slow:  # so each chunk queued for a slow client is small too
+                return self._view[:SLOW_READ_SIZE]
+        elif (  # a large body that the relay and its client keep up with
+            self._filled and not self.downstream_slow and len(self._buffer) < FAST_READ_SIZE
+        ):
             self._buffer = bytearray(FAST_READ_SIZE)
             self._view = memoryview(self._buffer)
         return self._view
@@ -246,8 +252,8 @@ class Connection(asyncio.BufferedProtocol):
             self._leftover = True
             return
         self._chunks.append(body)
-        self._buffered += len(body)
-        if not self._paused and self._buffered > HIGH_WATER and self.transport is not None:
+        self.buffered += len(body)
+        if not self._paused and self.buffered > HIGH_WATER and self.transport is not None:
             self._paused = True
             self.transport.pause_reading()
         self._wakeup()
