@@ -18,7 +18,7 @@ from collections.abc import Mapping
 
 from aiohttp import web
 
-from proxy.config import StartupError
+from proxy.config import SharedRedis, StartupError
 from proxy.config.listen import Listen
 from proxy.refusals import Refusal, refuse
 from proxy.tokens import TokenError, read_source
@@ -224,3 +224,13 @@ def client_token(listen: Listen, env: Mapping[str, str]) -> str | None:
         return read_source(listen.client_token, env).strip()
     except TokenError as exc:
         raise StartupError([f"listen.client_token: {exc}"]) from None
+
+
+def shared_password(shared: SharedRedis, env: Mapping[str, str]) -> str | None:
+    """`shared.redis.password`, read from its source (blocking: it may be a file)."""
+    if shared.password is None:
+        return None
+    try:
+        return read_source(shared.password, env).strip()
+    except TokenError as exc:
+        raise StartupError([f"shared.redis.password: {exc}"]) from None

@@ -37,6 +37,7 @@ def create_app(
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     rng: random.Random | None = None,
     pool_idle: float = IDLE_EXPIRY,
+    rate_share: float = 1.0,
 ) -> ProxyApp:
     """Build the proxy (tokens load in `ProxyApp.startup`); raise StartupError when the client
     token or a ca_file can't be loaded."""
@@ -53,6 +54,7 @@ def create_app(
         sleep=sleep,
         rng=rng or random.Random(),  # noqa: S311 (back-off jitter, not security)
         pool_idle=pool_idle,
+        rate_share=rate_share,
     )
 
 

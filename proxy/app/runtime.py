@@ -29,14 +29,16 @@ from proxy.config import (
     keep_running,
     restart_needed,
 )
-from proxy.gate import client_token
+from proxy.gate import client_token, shared_password
 from proxy.listener import GuardedServer
 from proxy.observe.activity import Activity
 from proxy.observe.collectors import StateCollector, TokenCollector
-from proxy.observe.metrics import ProxyMetrics, expose
+from proxy.observe.metrics import ProxyMetrics, SharedMetrics, expose
 from proxy.observe.record import Recorder
 from proxy.request.admission import Admission
+from proxy.request.pacing import Pacer
 from proxy.request.pipeline import Pipeline
+from proxy.request.shared import SharedBuckets
 from proxy.request.targets import Target, admit
 from proxy.tokens import RouteState, TokenStore, make_sources
 from proxy.tokens.sources import Source
@@ -67,14 +69,15 @@ class ProxyApp:
         sleep: Callable[[float], Awaitable[None]],
         rng: random.Random,
         pool_idle: float,
+        rate_share: float = 1.0,
     ) -> None:
         self.config = config
+        self._rate_share = rate_share  # of each local bucket: 1/N under --workers N (--workers)
         self._pool_idle = pool_idle
         self.registry = registry
         self.lifecycle = Lifecycle()
         self.config_loader: ConfigLoader | None = None  # set by `serve`: re-reads the file
-        self._resolver = resolver
-        self._env = env
+        self._resolver, self._env = resolver, env
         self._tick_interval = min(TICK_INTERVAL, token_poll_interval)
         self.session: aiohttp.ClientSession | None = None  # while running
         self.pool: Pool | None = None  # while running
@@ -113,6 +116,10 @@ class ProxyApp:
     ) -> Pipeline:
         config = self.config
         token = client_token(config.listen, self._env)
+        shared = None
+        if config.shared is not None:  # one Redis client for the process, across reloads
+            password = shared_password(config.shared, self._env)
+            shared = SharedBuckets(config.shared, password, SharedMetrics(self.registry))
         return Pipeline(
             admit(config, contexts, token, self.store.routes, self.metrics),
             self.store,
@@ -120,8 +127,8 @@ class ProxyApp:
             UpstreamSlots.of(config.limits),
             Retry(self.store, self.activity, clock, sleep, rng),
             Recorder(self.activity, config.listen.unix is not None, clock),
+            Pacer(clock, sleep, 1.0 if shared else self._rate_share, shared),
             clock,
-            sleep,
         )
 
     def _sources(self, route: Route, contexts: Mapping[str, ssl.SSLContext]) -> list[Source]:
@@ -157,6 +164,8 @@ class ProxyApp:
             self.pool.close()
         if self.session is not None:
             await self.session.close()
+        if self.handler.pacer.shared is not None:
+            await self.handler.pacer.shared.close()
         self.session, self.pool, self.handler.pool = None, None, None
 
     def upstream_in_use(self) -> int:

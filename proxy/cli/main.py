@@ -132,7 +132,12 @@ def _run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         return supervise(argv, args.workers)
     try:
         return asyncio.run(
-            serve(config, config_loader=lambda: _configure(args), worker=args.worker)
+            serve(
+                config,
+                config_loader=lambda: _configure(args),
+                worker=args.worker,
+                workers=args.workers,
+            )
         )
     except StartupError as exc:
         _fatal(exc)

@@ -157,10 +157,12 @@ async def serve(
     env: Mapping[str, str] | None = None,
     config_loader: ConfigLoader | None = None,
     worker: int | None = None,
+    workers: int = 1,
 ) -> int:
     """Run until SIGTERM/SIGINT, then drain in-flight requests; return the exit code.
-    `config_loader` re-reads the config for SIGHUP and `POST /-/reload`."""
-    app = create_app(config, env=env)
+    `config_loader` re-reads the config for SIGHUP and `POST /-/reload`. Each of `workers`
+    processes paces its local buckets at 1/`workers` of the rate."""
+    app = create_app(config, env=env, rate_share=1 / workers)
     problems = self_check(config, app.ssl_contexts.values())
     if problems:
         raise StartupError(problems)

@@ -8,6 +8,7 @@ of the package: `from proxy.config import Config, Route, load_config, parse_conf
   `sources` (token sources), `patterns` (RE2 path patterns)
 """
 
+from proxy.config.budgets import Scope, budget_scope
 from proxy.config.files import load_config, yaml_problem
 from proxy.config.model import (
     DEFAULT_API_VERSION,
@@ -27,6 +28,7 @@ from proxy.config.model import (
     restart_needed,
 )
 from proxy.config.parse import HTTP_METHODS, parse_config
+from proxy.config.shared import SharedRedis
 
 __all__ = [
     "DEFAULT_API_VERSION",
@@ -41,8 +43,11 @@ __all__ = [
     "LogSettings",
     "Route",
     "RouteDefaults",
+    "Scope",
+    "SharedRedis",
     "StartupError",
     "Timeouts",
+    "budget_scope",
     "keep_running",
     "load_config",
     "parse_config",

@@ -15,6 +15,7 @@ from typing import Literal
 from proxy.config.limits import Limits
 from proxy.config.listen import AdminSettings, Listen
 from proxy.config.patterns import PatternSet
+from proxy.config.shared import SharedRedis
 from proxy.config.sources import TokenSource
 from proxy.config.traffic import RateLimit, RetryPolicy
 
@@ -145,6 +146,7 @@ class Config:
     warnings: tuple[str, ...] = ()  # non-fatal findings, logged at start-up
     admin_settings: AdminSettings = field(default_factory=AdminSettings)
     limits: Limits = field(default_factory=Limits)
+    shared: SharedRedis | None = None  # state shared by processes (rate-limit buckets)
 
     @property
     def enable_reload(self) -> bool:
@@ -173,6 +175,8 @@ def restart_needed(old: Config, new: Config) -> list[str]:
         changes.append("shutdown_timeout")
     if old.log != new.log:
         changes.append("log settings")
+    if old.shared != new.shared:
+        changes.append("shared (the Redis connection)")
     return changes
 
 
@@ -195,4 +199,5 @@ def keep_running(new: Config, running: Config) -> Config:
         ),
         shutdown_timeout=running.shutdown_timeout,
         log=running.log,
+        shared=running.shared,
     )

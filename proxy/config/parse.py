@@ -6,11 +6,13 @@ Pure: no aiohttp, no token reads. `parse_config` collects every mistake, each wi
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 import re
 from collections.abc import Mapping
 
+from proxy.config.budgets import check_budgets
 from proxy.config.limits import parse_limits
 from proxy.config.listen import (
     listen_problems,
@@ -39,7 +41,9 @@ from proxy.config.readers import (
     string_list,
     type_name,
 )
+from proxy.config.shared import parse_shared
 from proxy.config.sources import parse_sources
+from proxy.config.traffic import RateStore
 
 _TENANT_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
@@ -203,7 +207,7 @@ def _log(raw: object, errs: Errors) -> LogSettings:
     return LogSettings(fmt, level)  # type: ignore[arg-type]
 
 
-_TOP_KEYS = ("listen", "admin", "defaults", "shutdown_timeout", "routes", "log", "limits")
+_TOP_KEYS = ("listen", "admin", "defaults", "shutdown_timeout", "routes", "log", "limits", "shared")
 
 
 def parse_config(
@@ -240,10 +244,32 @@ def parse_config(
     routes = _routes(m.get("routes"), errs, defaults)
     log = _log(m.get("log"), errs)
     limits = parse_limits(m.get("limits"), errs)
+    shared = parse_shared(m.get("shared"), errs)
+    routes = _stores(routes, shared is not None, errs)
+    check_budgets(routes, errs)
     for problem in listen_problems(listen):
         errs.messages.append(problem)
     if errs.messages:
         raise ConfigError(errs.final(), source)
+    warnings = tuple(errs.warnings)
     return Config(
-        listen, admin, shutdown_timeout, routes, log, tuple(errs.warnings), admin_settings, limits
+        listen, admin, shutdown_timeout, routes, log, warnings, admin_settings, limits, shared
     )
+
+
+def _stores(routes: tuple[Route, ...], shared: bool, errs: Errors) -> tuple[Route, ...]:
+    """Resolve each `rate_limit.store`: shared when `shared:` is configured, else local."""
+    resolved = []
+    for i, route in enumerate(routes):
+        limit = route.rate_limit
+        if limit is not None and limit.store == "shared" and not shared:
+            errs.add(
+                f"routes[{i}].rate_limit.store",
+                "shared needs a shared.redis section (url: redis://host:6379/0); "
+                "or write store: local",
+            )
+        elif limit is not None and limit.store is None:
+            store: RateStore = "shared" if shared else "local"
+            route = dataclasses.replace(route, rate_limit=dataclasses.replace(limit, store=store))
+        resolved.append(route)
+    return tuple(resolved)

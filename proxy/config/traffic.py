@@ -13,6 +13,7 @@ from proxy.config.patterns import PatternSet
 from proxy.config.readers import Errors, join, mapping, number, pattern_set, positive
 
 RateKey = Literal["endpoint", "route"]
+RateStore = Literal["local", "shared"]
 
 # Path segments that identify a resource rather than an endpoint: UUIDs, runs of 3+ digits,
 # and hex runs of 12+ characters (Amperity ids). `/segments/123` and `/segments/456` are one
@@ -31,6 +32,9 @@ class RateLimit:
     max_wait: float  # seconds a request may wait for a slot; beyond: local 429 + Retry-After
     key: RateKey
     id_patterns: PatternSet  # RE2 (proxy.config.patterns): linear time, whatever the path
+    # Where the bucket lives: this process, or `shared.redis` (every process that uses it).
+    # Written as None, resolved by parse_config: shared when `shared:` is configured.
+    store: RateStore | None = None
 
 
 @dataclass(frozen=True)
@@ -44,7 +48,7 @@ class RetryPolicy:
 def parse_rate_limit(raw: object, path: str, errs: Errors) -> RateLimit | None:
     if raw is None:
         return None
-    keys = ("requests_per_second", "burst", "max_wait", "key", "id_patterns")
+    keys = ("requests_per_second", "burst", "max_wait", "key", "id_patterns", "store")
     m = mapping(raw, path, errs, keys)
     if m is None:
         return None
@@ -58,11 +62,15 @@ def parse_rate_limit(raw: object, path: str, errs: Errors) -> RateLimit | None:
     if key not in ("endpoint", "route"):
         errs.add(join(path, "key"), f"expected endpoint or route, got {errs.show(key)}")
         key = None
+    store = m.get("store")
+    if store not in (None, "local", "shared"):
+        errs.add(join(path, "store"), f"expected local or shared, got {errs.show(store)}")
+        store = None
     raw_patterns = m.get("id_patterns", list(DEFAULT_ID_PATTERNS))
     patterns = pattern_set(raw_patterns, join(path, "id_patterns"), errs)
     if rate is None or burst is None or max_wait is None or key is None or patterns is None:
         return None
-    return RateLimit(rate, int(burst), max_wait, key, patterns)
+    return RateLimit(rate, int(burst), max_wait, key, patterns, store)
 
 
 def parse_retry(raw: object, path: str, errs: Errors) -> RetryPolicy | None:

@@ -42,6 +42,7 @@ class Record:
     status_sent: int | None = None  # the status line the client got, once it is out
     shutdown: bool = False  # cut by the drain on SIGTERM
     deprecation: str | None = None  # the upstream's Deprecation/Sunset headers
+    retry_after: str | None = None  # the upstream's Retry-After on a 429 (pauses shared buckets)
     upstream_message: str | None = None  # a 401/403's own message (refusals.upstream_message)
     refused: str | None = None  # the refusal's metric label, when the proxy answered itself
 

@@ -1,22 +1,31 @@
-"""Pacing toward Amperity's rate limits: one token bucket per route or per endpoint.
+"""Pacing toward Amperity's rate limits: one token bucket per budget (`config.budgets`: an
+endpoint of a tenant at an origin, whichever route it came through; or one route).
 
 A request that finds no token waits in a FIFO queue — before its body is read, so waiting holds
 no body in memory — and a dispatcher hands out tokens as they refill. A request whose expected
 wait exceeds `max_wait` is refused at once (local 429 with `Retry-After`) instead of waiting only
 to fail. A client that disconnects while queued gives its place to the next one. Buckets of
-different routes and endpoints are independent: one route's queue never blocks another's.
+different budgets are independent: one budget's queue never blocks another's.
+
+A bucket with `store: shared` is decided on Redis (`request.shared`), for every process that
+uses it; this process then waits for its reserved slot. A local bucket serves this process
+alone; under `run --workers N` each worker paces at 1/N of the rate (`share`), so the process
+as a whole keeps the configured rate.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import math
 import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 
-from proxy.config import Route
+from proxy.config import Route, budget_scope
+from proxy.request.shared import SharedBuckets, SharedDown
+from proxy.upstream.retry import retry_after_seconds
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -25,6 +34,10 @@ _EPSILON = 1e-6  # refills are floats on epoch-sized clocks: 0.1 s at 10/s may b
 # recently used idle buckets go first; a bucket still refilling is dropped only when the oldest
 # PRUNE_SCAN are all busy (it then restarts full, which costs at most one extra burst).
 MAX_BUCKETS = 10_000
+# Amperity documents no Retry-After: a 429 without one holds a shared bucket for this long (one
+# second is a whole budget window at Amperity's per-second limits); a given one is capped.
+PAUSE_AFTER_429 = 1.0
+PAUSE_MAX = 60.0
 PRUNE_SCAN = 16
 
 
@@ -111,11 +124,20 @@ class Bucket:
 
 
 class Pacer:
-    """Buckets by key: `route` (one per route) or `endpoint` (method + path with ids collapsed)."""
+    """Buckets by key: `route` (one per route) or `endpoint` (method + path with ids collapsed),
+    within the route's budget scope; local ones here, shared ones on `shared`."""
 
-    def __init__(self, clock: Clock = time.time, sleep: Sleep = asyncio.sleep) -> None:
+    def __init__(
+        self,
+        clock: Clock = time.time,
+        sleep: Sleep = asyncio.sleep,
+        share: float = 1.0,
+        shared: SharedBuckets | None = None,
+    ) -> None:
         self.clock = clock
         self.sleep = sleep
+        self.share = share  # of each local bucket's rate and burst: 1/N under --workers N
+        self.shared = shared
         # Least recently used first: pruning looks only at the front, so a new key costs
         # O(PRUNE_SCAN) however many buckets exist.
         self._buckets: OrderedDict[tuple[str, ...], Bucket] = OrderedDict()
@@ -133,11 +155,19 @@ class Pacer:
         """The bucket key: `GET /segments/123` and `GET /segments/456` share one."""
         limit = route.rate_limit
         assert limit is not None
+        scope = budget_scope(route)
         if limit.key == "route":
-            return (route.name,)
-        path = rest.partition("?")[0]
+            return scope
+        path = route.base_url.path + rest.partition("?")[0]
         segments = ["{id}" if limit.id_patterns.fullmatch(s) else s for s in path.split("/")]
-        return (route.name, method, "/".join(segments))
+        return (*scope, method, "/".join(segments))
+
+    def mode(self, route: Route) -> str:
+        """local, shared, or fallback (shared, while Redis is unreachable): for the status page."""
+        limit = route.rate_limit
+        if limit is None or limit.store != "shared" or self.shared is None:
+            return "local"
+        return "shared" if self.shared.up else "fallback"
 
     async def pace(
         self, route: Route, method: str, rest: str, gone: asyncio.Event | None = None
@@ -146,15 +176,71 @@ class Pacer:
         limit = route.rate_limit
         assert limit is not None
         key = self.endpoint(route, method, rest)
+        rate, burst = limit.requests_per_second, limit.burst
+        if limit.store == "shared" and self.shared is not None:
+            try:
+                reserved, wait = await self.shared.reserve(
+                    self.shared.key(key), rate, burst, limit.max_wait
+                )
+            except SharedDown:
+                self.shared.metrics.decisions.labels("fallback").inc()
+                share = self.shared.settings.fallback_share
+                return await self._local(
+                    (*key, "fallback"), rate, burst, share, limit.max_wait, gone
+                )
+            if not reserved:
+                raise RateLimited(wait)
+            return await self._wait(wait, gone)
+        return await self._local(key, rate, burst, self.share, limit.max_wait, gone)
+
+    async def pause(self, route: Route, method: str, rest: str, retry_after: str | None) -> None:
+        """Amperity answered 429 anyway: hold a shared bucket for every process, for the
+        answer's `Retry-After` when it has one, else PAUSE_AFTER_429 seconds."""
+        limit = route.rate_limit
+        if limit is None or limit.store != "shared" or self.shared is None:
+            return
+        seconds = retry_after_seconds(retry_after) if retry_after else None
+        seconds = PAUSE_AFTER_429 if seconds is None else min(max(seconds, 0.0), PAUSE_MAX)
+        key = self.shared.key(self.endpoint(route, method, rest))
+        with contextlib.suppress(SharedDown):
+            await self.shared.pause(key, seconds, limit.requests_per_second, limit.burst)
+
+    async def _wait(self, seconds: float, gone: asyncio.Event | None) -> float:
+        """Wait for a slot reserved on Redis; a client that leaves gives up (its slot is spent)."""
+        if seconds <= 0:
+            return 0.0
+        if gone is None:
+            await self.sleep(seconds)
+            return seconds
+        sleeper = asyncio.ensure_future(self.sleep(seconds))
+        left = asyncio.ensure_future(gone.wait())
+        try:
+            await asyncio.wait({sleeper, left}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            left.cancel()
+        if gone.is_set():
+            raise ClientGone
+        return seconds
+
+    async def _local(
+        self,
+        key: tuple[str, ...],
+        rate: float,
+        burst: int,
+        share: float,
+        max_wait: float,
+        gone: asyncio.Event | None,
+    ) -> float:
         bucket = self._buckets.get(key)
         if bucket is None:
             if len(self._buckets) >= MAX_BUCKETS:
                 self._prune()
-            bucket = Bucket(limit.requests_per_second, limit.burst, self.clock, self.sleep)
+            bucket = Bucket(rate * share, max(1, math.floor(burst * share)), self.clock, self.sleep)
             self._buckets[key] = bucket
         else:
             self._buckets.move_to_end(key)
-        return await bucket.acquire(limit.max_wait, gone)
+        return await bucket.acquire(max_wait, gone)
 
     def _prune(self) -> None:
         """Make room for one bucket: drop the least recently used idle one among the oldest

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -64,8 +64,8 @@ class Pipeline:
         slots: UpstreamSlots,
         retry: Retry,
         recorder: Recorder,
+        pacer: Pacer,
         clock: Callable[[], float] = time.time,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.admission = admission
         self.store = store
@@ -73,7 +73,7 @@ class Pipeline:
         self.slots = slots
         self.retry = retry
         self.recorder = recorder
-        self.pacer = Pacer(clock, sleep)
+        self.pacer = pacer
         self.clock = clock
         self.pool: Pool | None = None  # the upstream connections, while the proxy runs
 
@@ -129,7 +129,11 @@ class Pipeline:
             if early is not None:
                 return early
             continued = True
-            return await self._exchange(request, admitted, credential, rid, record)
+            response = await self._exchange(request, admitted, credential, rid, record)
+            if record.upstream_status == 429:  # over Amperity's budget: every process pauses
+                route, method = admitted.target.route, request.method
+                await self.pacer.pause(route, method, admitted.rest, record.retry_after)
+            return response
         finally:
             if not continued and expects_continue(request) and request.body_exists:
                 abandon_body(request)  # refused before the 100: the body was never asked for

@@ -33,6 +33,8 @@ def head(
     check_status(answer)
     record.upstream_status = answer.status
     record.deprecation = _deprecation(answer.headers)
+    if answer.status == 429:
+        record.retry_after = answer.headers.get("Retry-After")
     response = CoalescedResponse(status=answer.status, reason=answer.reason)
     response.headers.extend(response_headers(answer.headers.items()))
     if "Location" in response.headers:

@@ -105,13 +105,14 @@ def retry_delay(
     """Seconds before send number `attempt + 1`: the upstream's `Retry-After` (seconds or an
     HTTP date) when given, else full-jitter exponential back-off; capped at `policy.max`."""
     if retry_after:
-        seconds = _retry_after_seconds(retry_after)
+        seconds = retry_after_seconds(retry_after)
         if seconds is not None:
             return min(policy.max, max(0.0, seconds))
     return rng.uniform(0, min(policy.max, policy.base * 2 ** (attempt - 1)))
 
 
-def _retry_after_seconds(value: str) -> float | None:
+def retry_after_seconds(value: str) -> float | None:
+    """`Retry-After` in seconds (delta-seconds or an HTTP date); None when unreadable."""
     value = value.strip()
     if value.isdigit():
         return float(value)

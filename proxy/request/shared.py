@@ -1,0 +1,156 @@
+"""Rate-limit buckets shared by every process that uses one Redis (`shared.redis`).
+
+Each decision is one atomic step on the server (a Lua script: one round trip, no
+read-modify-write race between replicas), GCRA with reservations: the script keeps each
+bucket's theoretical arrival time (TAT) in microseconds of the Redis server's own clock (so the
+replicas' clocks don't matter), reserves the request's slot and answers how long to wait for
+it. The request then waits locally. A reservation beyond `max_wait` is not taken, and the
+request gets the local 429 as with a local bucket. An upstream 429 pushes the bucket's TAT
+forward, so every replica pauses, not only the one that saw it.
+
+When Redis is slow (a call beyond `shared.redis.timeout`) or down, this process switches to
+local buckets at `fallback_share` of the rate, logs the switch once, probes Redis in the
+background with back-off and switches back when it answers. Readiness is not affected:
+pacing degrades, forwarding doesn't stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from proxy.config import SharedRedis
+from proxy.observe.metrics import SharedMetrics
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+log = logging.getLogger("amperity_proxy.shared")
+
+# KEYS[1]: the bucket; ARGV: interval and tolerance (burst - 1 intervals) and max wait, in µs.
+# Returns {1, wait_µs} for a reserved slot, {0, wait_µs} when the wait is beyond max wait.
+_RESERVE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval, tolerance, max_wait = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then tat = now end
+local wait = tat - tolerance - now
+if wait < 0 then wait = 0 end
+if wait > max_wait then return {0, wait} end
+local new = tat + interval
+redis.call('SET', KEYS[1], string.format('%d', new), 'PX', math.ceil((new - now) / 1000) + 1000)
+return {1, wait}
+"""
+# KEYS[1]: the bucket; ARGV[1]: pause and ARGV[2]: tolerance, in µs. Nobody's slot comes
+# before now + pause.
+_PAUSE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local want = now + tonumber(ARGV[1]) + tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < want then
+  redis.call('SET', KEYS[1], string.format('%d', want), 'PX', math.ceil((want - now) / 1000) + 1000)
+end
+return 1
+"""
+_PROBE_BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0)  # seconds between probes while Redis is down
+_US = 1_000_000
+
+
+class SharedDown(Exception):
+    """Redis did not answer in time, or failed: decide locally."""
+
+
+class SharedBuckets:
+    """The Redis side of pacing; `Pacer` asks it first for a shared route's bucket."""
+
+    def __init__(self, settings: SharedRedis, password: str | None, metrics: SharedMetrics) -> None:
+        import redis.asyncio  # the [redis] extra; imported only when shared: is configured
+
+        kwargs: dict[str, Any] = {
+            "password": password,
+            "socket_timeout": settings.timeout,
+            "socket_connect_timeout": max(settings.timeout, 1.0),
+            "retry_on_timeout": False,
+        }
+        if settings.ca_file:
+            kwargs["ssl_ca_certs"] = settings.ca_file
+        self._client: Redis = redis.asyncio.Redis.from_url(settings.url, **kwargs)
+        self._reserve = self._client.register_script(_RESERVE)
+        self._pause = self._client.register_script(_PAUSE)
+        self.settings = settings
+        self.metrics = metrics
+        self.up = True
+        self._probe: asyncio.Task[None] | None = None
+        self._down_since = 0.0
+        metrics.up.set(1)
+
+    def key(self, parts: tuple[str, ...]) -> str:
+        return ":".join((self.settings.key_prefix, "bucket", *parts))
+
+    async def reserve(
+        self, key: str, rate: float, burst: int, max_wait: float
+    ) -> tuple[bool, float]:
+        """(reserved, seconds to wait). Raises SharedDown when Redis can't decide in time."""
+        interval = _US / rate
+        args = [round(interval), round(interval * (burst - 1)), round(max_wait * _US)]
+        reply = await self._call(self._reserve, key, args)
+        reserved, wait = int(reply[0]) == 1, int(reply[1]) / _US
+        outcome = "refused" if not reserved else "wait" if wait > 0 else "immediate"
+        self.metrics.decisions.labels(outcome).inc()
+        return reserved, wait
+
+    async def pause(self, key: str, seconds: float, rate: float, burst: int) -> None:
+        """Hold the bucket for every process: no slot before `seconds` from now."""
+        interval = _US / rate
+        await self._call(self._pause, key, [round(seconds * _US), round(interval * (burst - 1))])
+
+    async def _call(self, script: Any, key: str, args: list[int]) -> Any:
+        if not self.up:
+            raise SharedDown
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(self.settings.timeout):
+                reply = await script(keys=[key], args=args)
+        except Exception as exc:  # any failure of the store means: decide locally
+            self._went_down(exc)
+            raise SharedDown from None
+        self.metrics.roundtrip.observe(time.perf_counter() - started)
+        return reply
+
+    def _went_down(self, exc: BaseException) -> None:
+        if not self.up:
+            return
+        self.up = False
+        self._down_since = time.monotonic()
+        self.metrics.up.set(0)
+        log.warning(
+            "shared state unreachable (%s); pacing locally at %g of each rate until Redis answers",
+            type(exc).__name__,
+            self.settings.fallback_share,
+        )
+        self._probe = asyncio.create_task(self._recover(), name="shared-state-probe")
+
+    async def _recover(self) -> None:
+        attempt = 0
+        while True:
+            await asyncio.sleep(_PROBE_BACKOFF[min(attempt, len(_PROBE_BACKOFF) - 1)])
+            attempt += 1
+            try:
+                async with asyncio.timeout(max(self.settings.timeout, 1.0)):
+                    await self._client.ping()
+            except Exception:  # noqa: S112 (still down: probe again later)
+                continue
+            break
+        self.metrics.fallback_seconds.inc(time.monotonic() - self._down_since)
+        self.up = True
+        self.metrics.up.set(1)
+        log.warning("shared state reachable again; pacing on Redis")
+
+    async def close(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
+        await self._client.aclose()
