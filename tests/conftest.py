@@ -35,6 +35,8 @@ from proxy.testing import (
     start_fake,
 )
 from proxy.tokens import TokenStore
+from tests.support.redis import INSTALL as REDIS_INSTALL
+from tests.support.redis import RedisServer, redis_binary
 
 HOSTS = ("acme.amperity.com", "acme-sb.amperity.com", "app.amperity.com", "other.amperity.com")
 ACME_TOKEN = make_token("acme")
@@ -358,3 +360,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         ]
         order.insert(shared[-1] + 1 if shared and mine else len(order), item)
     items[:] = order
+
+
+@pytest.fixture
+async def redis_server(tmp_path: Path) -> AsyncIterator[RedisServer]:
+    """A real redis-server on loopback (skipped locally when missing; in CI it must exist)."""
+    binary = redis_binary()
+    require(binary, "redis-server", REDIS_INSTALL)
+    assert binary is not None
+    server = RedisServer(binary, tmp_path)
+    await server.start()
+    yield server
+    server.stop()

@@ -7,6 +7,7 @@ The HTML page (`admin.page`) and `token-info --json` render the same token view
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from proxy import __version__
@@ -37,7 +38,9 @@ def _token(shown: dict[str, Any], cred: Credential | None, now: float) -> dict[s
     }
 
 
-def _route(route: Route, status: RouteStatus, act: RouteActivity, now: float) -> dict[str, Any]:
+def _route(
+    route: Route, status: RouteStatus, act: RouteActivity, now: float, limiter: str | None
+) -> dict[str, Any]:
     """One route's part of the document."""
     requests, errors = act.totals(now)
     current = status.current
@@ -48,6 +51,7 @@ def _route(route: Route, status: RouteStatus, act: RouteActivity, now: float) ->
         "tenant": route.tenant,
         "base_url": str(route.base_url),
         "state": route_state(status, act, now),
+        "rate_limit": limiter,  # local, shared, fallback (Redis unreachable); None: no pacing
         "token": _token(status.as_dict(now, EXPIRING), cred, now),
         "traffic": {
             "window_seconds": WINDOW,
@@ -87,6 +91,7 @@ def status_document(
     ready: bool,
     draining: bool,
     reload: dict[str, Any],
+    limiter: Callable[[Route], str] = lambda route: "local",
     now: float | None = None,
 ) -> dict[str, Any]:
     """`/status.json` (schema in docs/status.md). Never a token, a secret or a query."""
@@ -98,6 +103,7 @@ def status_document(
             by_name.get(route.name) or RouteStatus(route.name, route.tenant, (), {}),
             activity.route(route.name),
             now,
+            limiter(route) if route.rate_limit is not None else None,
         )
         for route in config.routes
     ]

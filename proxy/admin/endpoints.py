@@ -26,7 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from proxy.admin.document import status_document
 from proxy.admin.page import render
-from proxy.config import Config
+from proxy.config import Config, Route
 from proxy.gate import AdminGate
 from proxy.observe.activity import Activity
 from proxy.refusals import Refusal, envelope, refuse
@@ -86,8 +86,10 @@ class AdminHandlers:
         reload: Callable[[str], Awaitable[list[str]]],
         gate: AdminGate,
         reject: Callable[[str], None],
+        limiter: Callable[[Route], str] = lambda route: "local",
     ) -> None:
         self.store = store
+        self.limiter = limiter  # a route's rate-limit mode now: local, shared or fallback
         self.registry = registry
         self.lifecycle = lifecycle
         self.activity = activity
@@ -185,6 +187,7 @@ class AdminHandlers:
             started_at=life.started_at,
             ready=life.ready(self.store),
             draining=life.draining,
+            limiter=self.limiter,
             reload={
                 "successful": life.reload_successful,
                 "at": life.reload_success_at,

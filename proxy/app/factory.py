@@ -71,6 +71,7 @@ def create_admin_app(proxy: ProxyApp) -> GuardedServer:
         proxy.reload_from_source,
         AdminGate(proxy.config.admin),
         proxy.reject,
+        proxy.handler.pacer.mode,
     )
     admin = proxy.config.admin_settings
     return proxy.guarded(handlers.handle, admin.max_connections, admin.header_timeout, "admin")

@@ -1,0 +1,254 @@
+"""Rate budgets beyond one route and one process (issue 17): routes for one tenant share a
+budget; processes share it on a real Redis; a Redis outage degrades pacing, never requests.
+
+The multi-process tests offer more than the budget through three `run` processes and read the
+fake upstream's arrival times: the proof is what the upstream saw in every one-second window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+
+from proxy.config import ConfigError, parse_config
+from proxy.testing import FakeAmperity, FakeTLS, make_token, start_fake
+from tests.conftest import ProxyFactory, Upstream, acme_route, metric, tls_route
+from tests.support.clocks import FakeClock
+from tests.support.net import closed_port
+from tests.support.process import ProxyProcess, clean_env, proxy_command, spawn_proxy
+from tests.support.redis import RedisServer
+from tests.support.waiting import until
+
+RATE, BURST = 4, 2  # per second; what the upstream may see in any one-second window: 6
+
+
+def busiest_second(arrivals: list[float]) -> int:
+    """The most arrivals in any window of one second."""
+    times = sorted(arrivals)
+    best, start = 0, 0
+    for end, t in enumerate(times):
+        while t - times[start] >= 1.0:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
+
+
+def limited(**rate_limit: Any) -> dict[str, Any]:
+    return {"requests_per_second": RATE, "burst": BURST, "max_wait": 1, **rate_limit}
+
+
+# --- budgets shared by routes ----------------------------------------------------------
+
+
+async def test_two_routes_for_one_tenant_share_one_bucket(
+    make_proxy: ProxyFactory, upstream: Upstream
+) -> None:
+    clock = FakeClock()  # never advances: no token comes back during the test
+    rate = {"requests_per_second": 1, "burst": 1, "max_wait": 0.1}
+    proxy = await make_proxy(
+        [
+            acme_route(upstream, prefix="/full", rate_limit=rate),
+            acme_route(upstream, prefix="/readonly", methods=["GET"], rate_limit=rate),
+        ],
+        clock=clock,
+    )
+    assert (await proxy.client.get("/full/segments")).status == 200
+    second = await proxy.client.get("/readonly/segments")  # same endpoint, other route
+    assert second.status == 429
+    assert [r.raw_path for r in upstream.requests] == ["/api/segments"]
+
+
+def test_routes_sharing_a_budget_at_two_speeds_are_refused() -> None:
+    base = {"tenant": "acme", "base_url": "https://acme.amperity.com/api", "token": {"env": "T"}}
+    routes = [
+        {**base, "prefix": "/full", "rate_limit": {"requests_per_second": 10}},
+        {**base, "prefix": "/readonly", "rate_limit": {"requests_per_second": 5}},
+    ]
+    with pytest.raises(ConfigError) as info:
+        parse_config({"routes": routes}, env={})
+    [error] = info.value.errors
+    assert error.startswith("routes[1].rate_limit: route readonly and route full (routes[0])")
+    assert "give both the same requests_per_second" in error
+    routes[1]["rate_limit"] = {"requests_per_second": 5, "key": "route"}  # its own budget: fine
+    parse_config({"routes": routes}, env={})
+
+
+def test_a_password_in_the_redis_url_is_refused_without_echoing_it() -> None:
+    route = {"prefix": "/a", "tenant": "acme", "token": {"env": "T"}}
+    raw = {"routes": [route], "shared": {"redis": {"url": "redis://:hunter2@redis:6379/0"}}}
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw, env={})
+    text = str(info.value)
+    assert "hunter2" not in text
+    assert "move the password to shared.redis.password" in text
+
+
+def test_store_shared_needs_a_shared_section() -> None:
+    route = {"prefix": "/a", "tenant": "acme", "token": {"env": "T"}}
+    route["rate_limit"] = {"store": "shared"}
+    with pytest.raises(ConfigError) as info:
+        parse_config({"routes": [route]}, env={})
+    assert "routes[0].rate_limit.store: shared needs a shared.redis section" in str(info.value)
+
+
+# --- processes sharing a budget ---------------------------------------------------------
+
+
+async def _offer(ports: list[int], per_second: float, seconds: float) -> dict[int, int]:
+    """`per_second` GETs of one endpoint spread over `ports`, each on a new connection."""
+    statuses: dict[int, int] = {}
+    loop = asyncio.get_running_loop()
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s:
+
+        async def one(port: int) -> None:
+            async with s.get(f"http://127.0.0.1:{port}/acme/segments") as response:
+                await response.read()
+                statuses[response.status] = statuses.get(response.status, 0) + 1
+
+        tasks = []
+        start = loop.time()
+        for i in range(int(per_second * seconds)):
+            await asyncio.sleep(max(0.0, start + i / per_second - loop.time()))
+            tasks.append(asyncio.create_task(one(ports[i % len(ports)])))
+        await asyncio.gather(*tasks)
+    return statuses
+
+
+async def _three_proxies(
+    tmp_path: Path, tls: FakeTLS, extra: dict[str, Any], rate_limit: dict[str, Any]
+) -> tuple[FakeAmperity, list[ProxyProcess], aiohttp.web.AppRunner]:
+    fake = FakeAmperity()
+    runner, port = await start_fake(fake, tls.server)
+    (tmp_path / "ca.pem").write_bytes(tls.ca_pem)
+    processes = []
+    for i in range(3):
+        work = tmp_path / f"p{i}"
+        work.mkdir()
+        config = {
+            "listen": {"port": 0},
+            "admin": {"port": 0},
+            "routes": [tls_route(port, tmp_path / "ca.pem", rate_limit=rate_limit)],
+            **extra,
+        }
+        process = await spawn_proxy(work, config, {"ACME_TOKEN": make_token("acme")})
+        assert process.proc.stderr is not None
+        _drains.add(asyncio.create_task(process.proc.stderr.read()))  # a full pipe would block
+        processes.append(process)
+    return fake, processes, runner
+
+
+_drains: set[asyncio.Task[bytes]] = set()
+
+
+def _port(process: ProxyProcess) -> int:
+    return int(process.proxy.rsplit(":", 1)[1])
+
+
+@pytest.mark.parametrize("store", ["shared", "local"])
+async def test_three_processes_on_one_redis_keep_one_budget(
+    tmp_path: Path, tls: FakeTLS, redis_server: RedisServer, store: str
+) -> None:
+    """30 req/s offered through three processes for 3 s: with the shared store the upstream
+    sees at most RATE + BURST in any second; with `store: local` each process paces alone and
+    the upstream sees about three times that (so this test can fail)."""
+    extra = {"shared": {"redis": {"url": redis_server.url}}}
+    fake, processes, runner = await _three_proxies(tmp_path, tls, extra, limited(store=store))
+    try:
+        statuses = await _offer([_port(p) for p in processes], 30, 3)
+    finally:
+        for process in processes:
+            await process.stop()
+        await runner.cleanup()
+    arrivals = [r.received_at for r in fake.requests]
+    assert set(statuses) <= {200, 429} and statuses.get(200) == len(arrivals)
+    if store == "shared":
+        assert busiest_second(arrivals) <= RATE + BURST, sorted(arrivals)
+        assert statuses[429] > 0  # the rest were refused locally, not sent
+    else:
+        assert busiest_second(arrivals) > RATE + BURST + RATE  # each process alone: ~3x
+
+
+async def test_workers_without_redis_divide_the_rate(tmp_path: Path, tls: FakeTLS) -> None:
+    fake = FakeAmperity()
+    runner, port = await start_fake(fake, tls.server)
+    (tmp_path / "ca.pem").write_bytes(tls.ca_pem)
+    config = {
+        "listen": {"port": 0},
+        "admin": {"port": 0},
+        "routes": [tls_route(port, tmp_path / "ca.pem", rate_limit=limited(burst=3))],
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    listen = closed_port()
+    argv = proxy_command(
+        "run",
+        "--config",
+        str(tmp_path / "config.yaml"),
+        "--workers",
+        "3",
+        "--listen",
+        f"127.0.0.1:{listen}",
+        "--log-format",
+        "json",
+    )
+    env = clean_env({"ACME_TOKEN": make_token("acme")})
+    proc = await asyncio.create_subprocess_exec(*argv, env=env, stderr=asyncio.subprocess.PIPE)
+    assert proc.stderr is not None
+    try:
+        listening = 0
+        while listening < 3:  # every worker has bound the shared port
+            line = await asyncio.wait_for(proc.stderr.readline(), 30)
+            assert line, "the workers exited"
+            listening += "listen" in json.loads(line)
+        drain = asyncio.create_task(proc.stderr.read())
+        await _offer([listen], 30, 3)
+    finally:
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), 30)
+        await runner.cleanup()
+    drain.cancel()
+    # Each of 3 workers paces at RATE/3 with burst 1: the process as a whole at RATE + 3.
+    assert busiest_second([r.received_at for r in fake.requests]) <= RATE + 3
+
+
+# --- Redis down ---------------------------------------------------------------------
+
+
+async def test_redis_down_mid_run_degrades_pacing_not_requests(
+    make_proxy: ProxyFactory, upstream: Upstream, redis_server: RedisServer
+) -> None:
+    extra = {"shared": {"redis": {"url": redis_server.url, "timeout": 0.2}}}
+    proxy = await make_proxy(
+        [acme_route(upstream, rate_limit={"requests_per_second": 100, "burst": 100})],
+        extra=extra,
+    )
+    assert (await proxy.client.get("/acme/segments")).status == 200
+    text = await proxy.metrics_text()
+    assert metric(text, "amperity_proxy_shared_state_up") == 1
+    assert metric(text, 'amperity_proxy_shared_decisions_total{outcome="immediate"}') == 1
+    redis_server.stop()
+    started = time.monotonic()
+    for _ in range(5):  # no request fails because Redis is gone
+        assert (await proxy.client.get("/acme/segments")).status == 200
+    assert time.monotonic() - started < 10  # a hang would be minutes; the fallback is at once
+    text = await proxy.metrics_text()
+    assert metric(text, "amperity_proxy_shared_state_up") == 0
+    assert metric(text, 'amperity_proxy_shared_decisions_total{outcome="fallback"}') == 5
+    assert proxy.app.handler.pacer.mode(proxy.app.config.routes[0]) == "fallback"
+    await redis_server.start()  # same port
+    await until(
+        lambda: proxy.app.handler.pacer.shared is not None and proxy.app.handler.pacer.shared.up,
+        "the probe to find Redis again",
+    )
+    assert (await proxy.client.get("/acme/segments")).status == 200
+    text = await proxy.metrics_text()
+    assert metric(text, "amperity_proxy_shared_state_up") == 1
+    assert metric(text, 'amperity_proxy_shared_decisions_total{outcome="immediate"}') == 2
+    assert metric(text, "amperity_proxy_shared_fallback_seconds_total") > 0
+    assert len(upstream.requests) == 7
