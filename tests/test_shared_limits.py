@@ -240,7 +240,10 @@ async def test_redis_down_mid_run_degrades_pacing_not_requests(
     text = await proxy.metrics_text()
     assert metric(text, "amperity_proxy_shared_state_up") == 0
     assert metric(text, 'amperity_proxy_shared_decisions_total{outcome="fallback"}') == 5
-    assert proxy.app.handler.pacer.mode(proxy.app.config.routes[0]) == "fallback"
+    status = await (await proxy.admin.get("/status.json")).json()
+    assert status["routes"][0]["rate_limit"] == "fallback"
+    page = await (await proxy.admin.get("/")).text()
+    assert '<dd class="limiter">fallback</dd>' in page
     await redis_server.start()  # same port
     await until(
         lambda: proxy.app.handler.pacer.shared is not None and proxy.app.handler.pacer.shared.up,
@@ -251,4 +254,6 @@ async def test_redis_down_mid_run_degrades_pacing_not_requests(
     assert metric(text, "amperity_proxy_shared_state_up") == 1
     assert metric(text, 'amperity_proxy_shared_decisions_total{outcome="immediate"}') == 2
     assert metric(text, "amperity_proxy_shared_fallback_seconds_total") > 0
+    status = await (await proxy.admin.get("/status.json")).json()
+    assert status["routes"][0]["rate_limit"] == "shared"
     assert len(upstream.requests) == 7

@@ -95,6 +95,7 @@ def _route(route: dict[str, Any], now: float) -> str:
     <dt>prefix</dt><dd><code>{escape(route["prefix"])}</code></dd>
     <dt>tenant</dt><dd>{escape(route["tenant"])}</dd>
     <dt>upstream</dt><dd><code>{escape(route["base_url"])}</code></dd>
+    <dt>rate limit</dt><dd class="limiter">{escape(route["rate_limit"] or "off")}</dd>
     <dt>token</dt><dd>{source} · <code>{fingerprint}</code></dd>
     <dt>issued</dt><dd>{_time(token["issued_at"])}</dd>
     <dt>expires</dt><dd class="expiry">{expiry}</dd>
