@@ -19,11 +19,12 @@ import yaml
 
 from proxy.config import ConfigError, parse_config
 from proxy.testing import FakeAmperity, FakeTLS, make_token, start_fake
-from tests.conftest import ProxyFactory, Upstream, acme_route, metric, tls_route
+from tests.conftest import ProxyFactory, Upstream, acme_route, metric, require, tls_route
 from tests.support.clocks import FakeClock
 from tests.support.net import closed_port
 from tests.support.process import ProxyProcess, clean_env, proxy_command, spawn_proxy
-from tests.support.redis import RedisServer
+from tests.support.redis import INSTALL as REDIS_INSTALL
+from tests.support.redis import RedisServer, redis_binary
 from tests.support.waiting import until
 
 RATE, BURST = 4, 2  # per second; what the upstream may see in any one-second window: 6
@@ -257,3 +258,43 @@ async def test_redis_down_mid_run_degrades_pacing_not_requests(
     status = await (await proxy.admin.get("/status.json")).json()
     assert status["routes"][0]["rate_limit"] == "shared"
     assert len(upstream.requests) == 7
+
+
+REDIS_SECRET = "canary-redis-5f0c2d9e41b7"
+
+
+@pytest.mark.parametrize("given", ["right", "wrong"])
+async def test_the_redis_password_never_shows(
+    make_proxy: ProxyFactory,
+    upstream: Upstream,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    given: str,
+) -> None:
+    """With the right password decisions are shared; with a wrong one the process falls back.
+    Either way neither password reaches logs, metrics, the status page or an answer."""
+    binary = redis_binary()
+    require(binary, "redis-server", REDIS_INSTALL)
+    assert binary is not None
+    server = RedisServer(binary, tmp_path, password=REDIS_SECRET)
+    await server.start()
+    wrong = "canary-wrong-7d3a90be12"
+    try:
+        password = REDIS_SECRET if given == "right" else wrong
+        proxy = await make_proxy(
+            [acme_route(upstream, rate_limit={"requests_per_second": 50, "burst": 50})],
+            extra={"shared": {"redis": {"url": server.url, "password": {"env": "REDIS_PW"}}}},
+            env={"REDIS_PW": password},
+        )
+        answer = await proxy.client.get("/acme/segments")
+        body = await answer.text()
+        text = await proxy.metrics_text()
+        outcome = "immediate" if given == "right" else "fallback"
+        assert metric(text, f'amperity_proxy_shared_decisions_total{{outcome="{outcome}"}}') == 1
+        status = await (await proxy.admin.get("/status.json")).text()
+        page = await (await proxy.admin.get("/")).text()
+    finally:
+        server.stop()
+    assert answer.status == 200
+    seen = "\n".join([body, text, status, page, caplog.text])
+    assert REDIS_SECRET not in seen and wrong not in seen

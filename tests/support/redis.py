@@ -20,8 +20,9 @@ class RedisServer:
     """`redis-server` on 127.0.0.1, no persistence; `stop` and `start` again on the same port
     (the outage test)."""
 
-    def __init__(self, binary: str, workdir: Path) -> None:
+    def __init__(self, binary: str, workdir: Path, password: str | None = None) -> None:
         self.binary = binary
+        self.password = password  # --requirepass
         self.workdir = workdir
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
@@ -46,6 +47,7 @@ class RedisServer:
                     "no",
                     "--dir",
                     str(self.workdir),
+                    *(["--requirepass", self.password] if self.password else []),
                 ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
@@ -71,7 +73,7 @@ class RedisServer:
             writer.write(b"PING\r\n")
             reply = await reader.readline()
             writer.close()
-            if reply.startswith(b"+PONG"):
+            if reply.startswith((b"+PONG", b"-NOAUTH")):  # up (a password is asked for)
                 return True
             await asyncio.sleep(0.02)
         return False
