@@ -105,8 +105,8 @@ fake: $(RUNVENV)/.demo
 
 # wrk, nginx and curl come from Debian's packages; installed here when missing.
 bench: install
-	@command -v wrk >/dev/null && command -v nginx >/dev/null && command -v curl >/dev/null || \
-		(apt-get update -qq && apt-get install -y -qq wrk nginx-light curl >/dev/null)
+	@command -v wrk >/dev/null && command -v nginx >/dev/null && command -v curl >/dev/null && command -v redis-server >/dev/null || \
+		(apt-get update -qq && apt-get install -y -qq wrk nginx-light curl redis-server >/dev/null)
 	$(PYTHON) -m venv .venv-runtime
 	.venv-runtime/bin/pip install --quiet --require-hashes --no-deps -r requirements.lock
 	.venv-runtime/bin/pip install --quiet --no-deps --force-reinstall .

@@ -31,6 +31,9 @@ import yaml
 from proxy import __version__
 from proxy.testing import make_tls, make_token
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from shared import measure as measure_shared  # bench/shared.py, beside this file
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 GIB = 1024**3
@@ -393,6 +396,9 @@ def main() -> None:
         workers_row = bench_workers(Path(tmp))
         if workers_row:
             rows.append(workers_row)
+    shared_row = measure_shared()  # None without a redis-server
+    if shared_row is not None:
+        rows.append(shared_row)
     header = [
         "# Benchmark results (`make bench`)",
         "",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -298,3 +299,31 @@ async def test_the_redis_password_never_shows(
     assert answer.status == 200
     seen = "\n".join([body, text, status, page, caplog.text])
     assert REDIS_SECRET not in seen and wrong not in seen
+
+
+async def test_a_redis_that_hangs_is_a_redis_that_is_down(
+    make_proxy: ProxyFactory, upstream: Upstream, redis_server: RedisServer
+) -> None:
+    """SIGSTOP: the server holds the connection and never answers. The request still gets its
+    answer (after `timeout`, not after redis-py's retries), and pacing falls back."""
+    extra = {"shared": {"redis": {"url": redis_server.url, "timeout": 0.2}}}
+    proxy = await make_proxy(
+        [acme_route(upstream, rate_limit={"requests_per_second": 100, "burst": 100})],
+        extra=extra,
+    )
+    assert (await proxy.client.get("/acme/segments")).status == 200  # connected, shared
+    assert redis_server.proc is not None
+    redis_server.proc.send_signal(signal.SIGSTOP)
+    try:
+        # Within `timeout` (0.2 s); redis-py's defaults (5 s socket timeout) would take longer
+        # than this generous bound.
+        response = await asyncio.wait_for(proxy.client.get("/acme/segments"), 4)
+        assert response.status == 200
+        text = await proxy.metrics_text()
+        assert metric(text, 'amperity_proxy_shared_decisions_total{outcome="fallback"}') == 1
+        assert metric(text, "amperity_proxy_shared_state_up") == 0
+    finally:
+        redis_server.proc.send_signal(signal.SIGCONT)
+    shared = proxy.app.handler.pacer.shared
+    await until(lambda: shared is not None and shared.up, "the probe to find Redis again")
+    assert len(upstream.requests) == 2

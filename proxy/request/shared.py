@@ -30,7 +30,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("amperity_proxy.shared")
 
 # KEYS[1]: the bucket; ARGV: interval and tolerance (burst - 1 intervals) and max wait, in µs.
-# Returns {1, wait_µs} for a reserved slot, {0, wait_µs} when the wait is beyond max wait.
+# Returns the wait in µs for a reserved slot, or -1 - wait when it is beyond max wait (not
+# reserved): one integer, the cheapest reply to parse.
 _RESERVE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -39,10 +40,10 @@ local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tat < now then tat = now end
 local wait = tat - tolerance - now
 if wait < 0 then wait = 0 end
-if wait > max_wait then return {0, wait} end
+if wait > max_wait then return -1 - wait end
 local new = tat + interval
 redis.call('SET', KEYS[1], string.format('%d', new), 'PX', math.ceil((new - now) / 1000) + 1000)
-return {1, wait}
+return wait
 """
 # KEYS[1]: the bucket; ARGV[1]: pause and ARGV[2]: tolerance, in µs. Nobody's slot comes
 # before now + pause.
@@ -69,12 +70,16 @@ class SharedBuckets:
 
     def __init__(self, settings: SharedRedis, password: str | None, metrics: SharedMetrics) -> None:
         import redis.asyncio  # the [redis] extra; imported only when shared: is configured
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
 
         kwargs: dict[str, Any] = {
             "password": password,
+            # Each call within `timeout`, and no retries (redis-py's default retries a failed
+            # call 10 times with back-off): a slow Redis means fall back now, not later.
             "socket_timeout": settings.timeout,
-            "socket_connect_timeout": max(settings.timeout, 1.0),
-            "retry_on_timeout": False,
+            "socket_connect_timeout": settings.timeout,
+            "retry": Retry(NoBackoff(), 0),
         }
         if settings.ca_file:
             kwargs["ssl_ca_certs"] = settings.ca_file
@@ -84,6 +89,7 @@ class SharedBuckets:
         self.settings = settings
         self.metrics = metrics
         self.up = True
+        self._outcomes = {o: metrics.decisions.labels(o) for o in ("immediate", "wait", "refused")}
         self._probe: asyncio.Task[None] | None = None
         self._down_since = 0.0
         metrics.up.set(1)
@@ -97,10 +103,10 @@ class SharedBuckets:
         """(reserved, seconds to wait). Raises SharedDown when Redis can't decide in time."""
         interval = _US / rate
         args = [round(interval), round(interval * (burst - 1)), round(max_wait * _US)]
-        reply = await self._call(self._reserve, key, args)
-        reserved, wait = int(reply[0]) == 1, int(reply[1]) / _US
+        reply = int(await self._call(self._reserve, key, args))
+        reserved, wait = reply >= 0, (reply if reply >= 0 else -1 - reply) / _US
         outcome = "refused" if not reserved else "wait" if wait > 0 else "immediate"
-        self.metrics.decisions.labels(outcome).inc()
+        self._outcomes[outcome].inc()
         return reserved, wait
 
     async def pause(self, key: str, seconds: float, rate: float, burst: int) -> None:
@@ -112,9 +118,8 @@ class SharedBuckets:
         if not self.up:
             raise SharedDown
         started = time.perf_counter()
-        try:
-            async with asyncio.timeout(self.settings.timeout):
-                reply = await script(keys=[key], args=args)
+        try:  # the client's socket_timeout is `timeout`: no asyncio.timeout scope per call
+            reply = await script(keys=[key], args=args)
         except Exception as exc:  # any failure of the store means: decide locally
             self._went_down(exc)
             raise SharedDown from None
