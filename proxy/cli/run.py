@@ -25,7 +25,7 @@ from proxy.cli.memory import trim_periodically
 from proxy.cli.selfcheck import self_check
 from proxy.config import Config, ConfigLoader, StartupError
 from proxy.config.listen import Listen, UnixListen
-from proxy.listener import bound_sockets
+from proxy.listener import ServerCertificate, bound_sockets
 from proxy.observe.logs import flush_logs
 
 log = logging.getLogger("amperity_proxy")
@@ -117,12 +117,18 @@ async def _start_site(
     what: str,
     reuse_port: bool = False,
     unix: UnixSocketFile | None = None,
+    certificate: ServerCertificate | None = None,
 ) -> list[str]:
     if unix is not None:  # listen.unix: the socket file this process creates and removes
         await web.SockSite(runner, unix.bind()).start()
         return [f"unix:{unix.path}"]
     site = web.TCPSite(
-        runner, listen.host, listen.port, reuse_address=True, reuse_port=reuse_port or None
+        runner,
+        listen.host,
+        listen.port,
+        reuse_address=True,
+        reuse_port=reuse_port or None,
+        ssl_context=certificate.context if certificate is not None else None,
     )
     try:
         await site.start()
@@ -166,6 +172,8 @@ async def serve(
     problems = self_check(config, app.ssl_contexts.values())
     if problems:
         raise StartupError(problems)
+    tls = config.listen.tls
+    certificate = ServerCertificate(tls) if tls is not None else None
     app.config_loader = config_loader
     admin = create_admin_app(app)
     await app.startup()
@@ -179,18 +187,7 @@ async def serve(
     unix = UnixSocketFile(config.listen.unix) if config.listen.unix is not None else None
     background: list[asyncio.Task[None]] = []
     try:
-        # Workers share the proxy port (SO_REUSEPORT); only worker 0 serves the admin port.
-        proxy_addrs = await _start_site(runner, config.listen, "proxy", worker is not None, unix)
-        admin_addrs: list[str] = []
-        if worker in (None, 0):
-            admin_addrs = await _start_site(admin_runner, config.admin, "admin")
-        _started(config, proxy_addrs, admin_addrs, worker)
-        # The log flusher runs through the drain too: lines logged then reach stderr within
-        # 0.2 s, not at exit (a SIGKILL at the end of the grace period would lose them).
-        background = [
-            asyncio.create_task(_flush_logs_periodically(), name="log-flush"),
-            asyncio.create_task(trim_periodically(), name="malloc-trim"),
-        ]
+        background = await _open(config, runner, admin_runner, worker, unix, certificate)
         await _until_stopped(app)
     finally:
         await _drain(config, app, runner, admin_runner)
@@ -201,6 +198,34 @@ async def serve(
     log.info("stopped")
     flush_logs()
     return 0
+
+
+async def _open(
+    config: Config,
+    runner: web.BaseRunner,
+    admin_runner: web.BaseRunner,
+    worker: int | None,
+    unix: UnixSocketFile | None,
+    certificate: ServerCertificate | None,
+) -> list[asyncio.Task[None]]:
+    """Start listening; return the background tasks that run until the drain has ended."""
+    # Workers share the proxy port (SO_REUSEPORT); only worker 0 serves the admin port.
+    proxy_addrs = await _start_site(
+        runner, config.listen, "proxy", worker is not None, unix, certificate
+    )
+    admin_addrs: list[str] = []
+    if worker in (None, 0):
+        admin_addrs = await _start_site(admin_runner, config.admin, "admin")
+    _started(config, proxy_addrs, admin_addrs, worker)
+    # The log flusher runs through the drain too: lines logged then reach stderr within
+    # 0.2 s, not at exit (a SIGKILL at the end of the grace period would lose them).
+    background = [
+        asyncio.create_task(_flush_logs_periodically(), name="log-flush"),
+        asyncio.create_task(trim_periodically(), name="malloc-trim"),
+    ]
+    if certificate is not None:
+        background.append(asyncio.create_task(certificate.watch(), name="listen-tls"))
+    return background
 
 
 def _started(

@@ -25,6 +25,15 @@ class UnixListen:
 
 
 @dataclass(frozen=True)
+class ListenTLS:
+    """`listen.tls`: serve HTTPS with this certificate chain and key (PEM files), re-read when
+    they change (cert-manager, a renewed Secret)."""
+
+    cert_file: str
+    key_file: str
+
+
+@dataclass(frozen=True)
 class Listen:
     """A listener. `allowed_hosts` and `allow_clients` guard both listeners; `allowed_origins`,
     `unix` and `client_token` are the proxy listener's only."""
@@ -36,6 +45,7 @@ class Listen:
     allow_clients: tuple[str, ...] | None = None  # CIDRs; None = loopback only (not explicit)
     unix: UnixListen | None = None  # serve on a Unix socket instead of host:port
     client_token: TokenSource | None = None  # a token every client must present
+    tls: ListenTLS | None = None  # HTTPS on the proxy listener
 
     @property
     def client_networks(self) -> tuple[str, ...]:
@@ -90,6 +100,7 @@ def _listen(
 
 
 _PROXY_LISTEN_KEYS = (
+    "tls",
     "host",
     "port",
     "allowed_hosts",
@@ -189,7 +200,27 @@ def parse_proxy_listen(raw: object, errs: Errors) -> Listen:
     if raw.get("client_token") is not None:
         token = parse_source(raw["client_token"], "listen.client_token", errs, SECRET_KINDS)
         extra["client_token"] = token
+    if raw.get("tls") is not None:
+        extra["tls"] = _tls(raw["tls"], errs, unix=raw.get("unix") is not None)
     return dataclasses.replace(listen, **extra)
+
+
+def _tls(raw: object, errs: Errors, *, unix: bool) -> ListenTLS | None:
+    m = mapping(raw, "listen.tls", errs, ("cert_file", "key_file"))
+    if m is None:
+        return None
+    files = []
+    for key in ("cert_file", "key_file"):
+        if m.get(key) is None:
+            errs.add(f"listen.tls.{key}", "missing: a PEM file (for example tls.crt / tls.key)")
+            continue
+        files.append(string(m[key], f"listen.tls.{key}", errs))
+    if unix:
+        errs.add("listen.tls", "a Unix socket is local to the machine: drop tls or unix")
+        return None
+    if len(files) != 2 or None in files:
+        return None
+    return ListenTLS(str(files[0]), str(files[1]))
 
 
 def parse_listen(text: str) -> Listen:

@@ -157,10 +157,11 @@ class Config:
 def restart_needed(old: Config, new: Config) -> list[str]:
     """Settings a reload can't apply to a running process."""
     changes = []
-    if (old.listen.host, old.listen.port, old.listen.unix) != (
+    if (old.listen.host, old.listen.port, old.listen.unix, old.listen.tls) != (
         new.listen.host,
         new.listen.port,
         new.listen.unix,
+        new.listen.tls,
     ):
         changes.append(f"listen address ({old.listen} -> {new.listen})")
     if old.admin != new.admin:
@@ -190,6 +191,7 @@ def keep_running(new: Config, running: Config) -> Config:
             host=running.listen.host,
             port=running.listen.port,
             unix=running.listen.unix,
+            tls=running.listen.tls,
         ),
         admin=running.admin,
         admin_settings=dataclasses.replace(

@@ -15,6 +15,7 @@ from proxy.listener.accessors import (
     peer_uid,
     write_interim,
 )
+from proxy.listener.certificate import ServerCertificate
 from proxy.listener.server import GuardedHandler, GuardedServer, Reject
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "GuardedHandler",
     "GuardedServer",
     "Reject",
+    "ServerCertificate",
     "abandon_body",
     "bound_sockets",
     "client_gone",

@@ -96,7 +96,7 @@ class Admission(Generic[T]):
                 "no_route",
                 f"no route for {_shown(path)}; configured prefixes: {self._prefix_list}",
             )
-        public_base = f"http://{request.host}{match.prefix}"
+        public_base = f"{request.scheme}://{request.host}{match.prefix}"  # https on listen.tls
         return Admitted(match.target, match.rest, sep + query, public_base, path)
 
     def _forward(self, request: web.BaseRequest, raw: str) -> Admitted[T] | Refusal:
