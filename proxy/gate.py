@@ -47,7 +47,9 @@ def host_part(host_header: str) -> str:
 class Gate:
     """The listener's access checks, precomputed from `listen:` (or `admin:`: `section`)."""
 
-    def __init__(self, listen: Listen, client_token: str | None, section: str = "listen") -> None:
+    def __init__(
+        self, listen: Listen, clients: Mapping[str, str] | None, section: str = "listen"
+    ) -> None:
         self._section = section
         self.unix = listen.unix is not None
         self._networks: tuple[IPNetwork, ...] = tuple(
@@ -56,7 +58,9 @@ class Gate:
         self._allowed_networks_text = ", ".join(listen.client_networks)
         self._hosts = _LOOPBACK_NAMES | {host_part(listen.host)} | set(listen.allowed_hosts)
         self._origins = frozenset(listen.allowed_origins)
-        self._client_token = client_token.encode() if client_token is not None else None
+        # name -> token; "" names the one `listen.client_token`
+        self._tokens = [(name, token.encode()) for name, token in (clients or {}).items()]
+        self._token_setting = "listen.clients" if listen.clients else "listen.client_token"
         self._client_ok: dict[str, bool] = {}
 
     def client(self, address: str | None) -> Refusal | None:
@@ -116,16 +120,23 @@ class Gate:
             )
         return None
 
-    def client_token(self, request: web.BaseRequest, *, forward: bool) -> Refusal | None:
-        """When `listen.client_token` is set, require it (constant-time comparison)."""
-        if self._client_token is None:
+    def identify(self, request: web.BaseRequest, *, forward: bool) -> str | Refusal | None:
+        """With client tokens configured, the presenting client's name ("" for the one
+        `listen.client_token`) or why it is refused; None when no token is required. Every
+        token is compared, in constant time, whichever matches."""
+        if not self._tokens:
             return None
         if forward:
             presented = _proxy_authorization(request.headers.get("Proxy-Authorization", ""))
         else:
             presented = request.headers.get("X-Proxy-Token", "")
-        if presented and hmac.compare_digest(presented.strip().encode(), self._client_token):
-            return None
+        given = presented.strip().encode()
+        found = None
+        for name, token in self._tokens:
+            if hmac.compare_digest(given, token) and presented:
+                found = name
+        if found is not None:
+            return found
         what = "Proxy-Authorization: Bearer <client token>" if forward else "X-Proxy-Token"
         kind, headers = (
             ("bad_proxy_token", {"Proxy-Authenticate": 'Bearer realm="amperity-proxy"'})
@@ -135,7 +146,7 @@ class Gate:
         return refuse(
             kind,
             f"{'a wrong' if presented else 'no'} client token; send {what} with the token "
-            "configured in listen.client_token",
+            f"configured in {self._token_setting}",
             headers,
         )
 
@@ -216,14 +227,21 @@ def _proxy_authorization(value: str) -> str:
     return ""
 
 
-def client_token(listen: Listen, env: Mapping[str, str]) -> str | None:
-    """`listen.client_token`, read from its source (blocking: it may be a file)."""
-    if listen.client_token is None:
-        return None
-    try:
-        return read_source(listen.client_token, env).strip()
-    except TokenError as exc:
-        raise StartupError([f"listen.client_token: {exc}"]) from None
+def client_tokens(listen: Listen, env: Mapping[str, str]) -> dict[str, str]:
+    """Client name -> token: `listen.clients`, or "" -> `listen.client_token`; read from their
+    sources (blocking: they may be files). Empty: no token is required."""
+    sources = {
+        c.name: (c.token, f"listen.clients[{i}].token") for i, c in enumerate(listen.clients)
+    }
+    if listen.client_token is not None:
+        sources[""] = (listen.client_token, "listen.client_token")
+    tokens = {}
+    for name, (source, path) in sources.items():
+        try:
+            tokens[name] = read_source(source, env).strip()
+        except TokenError as exc:
+            raise StartupError([f"{path}: {exc}"]) from None
+    return tokens
 
 
 def shared_password(shared: SharedRedis, env: Mapping[str, str]) -> str | None:

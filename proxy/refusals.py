@@ -58,6 +58,7 @@ CATALOGUE: dict[str, Kind] = {
     "forbidden_path": Kind(403, "forbidden_path"),
     "bad_client_token": Kind(403, "bad_client_token"),
     "bad_proxy_token": Kind(407, "bad_client_token"),  # forward mode: Proxy-Authorization
+    "client_route": Kind(403, "client_route"),  # a named client on a route that doesn't list it
     "connect": Kind(405, "connect"),
     "upgrade": Kind(400, "upgrade"),
     "bad_expect": Kind(417, "bad_expect"),

@@ -29,7 +29,7 @@ from proxy.config import (
     keep_running,
     restart_needed,
 )
-from proxy.gate import client_token, shared_password
+from proxy.gate import client_tokens, shared_password
 from proxy.listener import GuardedServer
 from proxy.observe.activity import Activity
 from proxy.observe.collectors import StateCollector, TokenCollector
@@ -115,7 +115,7 @@ class ProxyApp:
         rng: random.Random,
     ) -> Pipeline:
         config = self.config
-        token = client_token(config.listen, self._env)
+        token = client_tokens(config.listen, self._env)
         shared = None
         if config.shared is not None:  # one Redis client for the process, across reloads
             password = shared_password(config.shared, self._env)
@@ -218,7 +218,7 @@ class ProxyApp:
                 # CA bundles and a client-token file are read off the event loop.
                 built = await asyncio.to_thread(self._tls.build, config)
                 contexts = built.by_route
-                token = await asyncio.to_thread(client_token, config.listen, self._env)
+                token = await asyncio.to_thread(client_tokens, config.listen, self._env)
             except StartupError as exc:
                 return self.lifecycle.rejected(exc.lines)
             pending = self.store.prepare(

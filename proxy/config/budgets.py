@@ -10,8 +10,11 @@ config error naming both routes.
 
 from __future__ import annotations
 
+import dataclasses
+
 from proxy.config.model import Route
 from proxy.config.readers import Errors
+from proxy.config.traffic import RateStore
 
 Scope = tuple[str, ...]
 
@@ -52,3 +55,21 @@ def check_budgets(routes: tuple[Route, ...], errs: Errors) -> None:
 def _pace(limit: object) -> str:
     rate, burst, store = (getattr(limit, k) for k in ("requests_per_second", "burst", "store"))
     return f"{rate:g}/s, burst {burst}, {store}"
+
+
+def resolve_stores(routes: tuple[Route, ...], shared: bool, errs: Errors) -> tuple[Route, ...]:
+    """Resolve each `rate_limit.store`: shared when `shared:` is configured, else local."""
+    resolved = []
+    for i, route in enumerate(routes):
+        limit = route.rate_limit
+        if limit is not None and limit.store == "shared" and not shared:
+            errs.add(
+                f"routes[{i}].rate_limit.store",
+                "shared needs a shared.redis section (url: redis://host:6379/0); "
+                "or write store: local",
+            )
+        elif limit is not None and limit.store is None:
+            store: RateStore = "shared" if shared else "local"
+            route = dataclasses.replace(route, rate_limit=dataclasses.replace(limit, store=store))
+        resolved.append(route)
+    return tuple(resolved)

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from proxy.config.clients import NamedClient, parse_clients
 from proxy.config.readers import Errors, join, mapping, number, positive, string, string_list
 from proxy.config.sources import SECRET_KINDS, TokenSource, parse_source
 
@@ -46,6 +47,7 @@ class Listen:
     unix: UnixListen | None = None  # serve on a Unix socket instead of host:port
     client_token: TokenSource | None = None  # a token every client must present
     tls: ListenTLS | None = None  # HTTPS on the proxy listener
+    clients: tuple[NamedClient, ...] = ()  # named client tokens; routes list who may use them
 
     @property
     def client_networks(self) -> tuple[str, ...]:
@@ -101,6 +103,7 @@ def _listen(
 
 _PROXY_LISTEN_KEYS = (
     "tls",
+    "clients",
     "host",
     "port",
     "allowed_hosts",
@@ -200,6 +203,8 @@ def parse_proxy_listen(raw: object, errs: Errors) -> Listen:
     if raw.get("client_token") is not None:
         token = parse_source(raw["client_token"], "listen.client_token", errs, SECRET_KINDS)
         extra["client_token"] = token
+    if raw.get("clients") is not None:
+        extra["clients"] = parse_clients(raw["clients"], errs)
     if raw.get("tls") is not None:
         extra["tls"] = _tls(raw["tls"], errs, unix=raw.get("unix") is not None)
     return dataclasses.replace(listen, **extra)

@@ -128,6 +128,7 @@ class Route:
     max_body_bytes: int | None
     rate_limit: RateLimit | None
     retry: RetryPolicy | None
+    clients: frozenset[str] | None = None  # names from listen.clients; None: any client
 
 
 @dataclass(frozen=True)

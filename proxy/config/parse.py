@@ -6,13 +6,13 @@ Pure: no aiohttp, no token reads. `parse_config` collects every mistake, each wi
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import os
 import re
 from collections.abc import Mapping
 
-from proxy.config.budgets import check_budgets
+from proxy.config.budgets import check_budgets, resolve_stores
+from proxy.config.clients import check_clients, parse_route_clients
 from proxy.config.limits import parse_limits
 from proxy.config.listen import (
     listen_problems,
@@ -43,7 +43,6 @@ from proxy.config.readers import (
 )
 from proxy.config.shared import parse_shared
 from proxy.config.sources import parse_sources
-from proxy.config.traffic import RateStore
 
 _TENANT_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
@@ -69,7 +68,17 @@ def _prefix(raw: object, path: str, errs: Errors) -> str | None:
     return None
 
 
-_ROUTE_KEYS = ("name", "prefix", "tenant", "token", "tokens", "methods", "paths", *OVERRIDABLE)
+_ROUTE_KEYS = (
+    "name",
+    "prefix",
+    "tenant",
+    "token",
+    "tokens",
+    "methods",
+    "paths",
+    "clients",
+    *OVERRIDABLE,
+)
 # IANA's HTTP Method Registry (RFC 9110 §16.1); a method outside it (FETCH, a typo like GTE)
 # would only ever turn into 403s.
 _REGISTERED = """ACL BASELINE-CONTROL BIND CHECKIN CHECKOUT CONNECT COPY DELETE GET HEAD LABEL LINK
@@ -126,6 +135,9 @@ def _route(raw: object, path: str, errs: Errors, defaults: RouteDefaults) -> Rou
         name = _name(m["name"], join(path, "name"), errs)
     methods = _methods(m["methods"], join(path, "methods"), errs) if "methods" in m else None
     paths = pattern_set(m["paths"], join(path, "paths"), errs) if "paths" in m else None
+    clients = (
+        parse_route_clients(m["clients"], join(path, "clients"), errs) if "clients" in m else None
+    )
     own = inherit(m, path, errs, defaults)
     # An inherited base_url's problem is reported once, at defaults.base_url (Errors keeps the
     # first problem per path), not once per route.
@@ -150,6 +162,7 @@ def _route(raw: object, path: str, errs: Errors, defaults: RouteDefaults) -> Rou
         own.max_body_bytes,
         own.rate_limit,
         own.retry,
+        clients,
     )
 
 
@@ -245,8 +258,9 @@ def parse_config(
     log = _log(m.get("log"), errs)
     limits = parse_limits(m.get("limits"), errs)
     shared = parse_shared(m.get("shared"), errs)
-    routes = _stores(routes, shared is not None, errs)
+    routes = resolve_stores(routes, shared is not None, errs)
     check_budgets(routes, errs)
+    check_clients(listen.clients, listen.client_token is not None, m.get("routes"), errs)
     for problem in listen_problems(listen):
         errs.messages.append(problem)
     if errs.messages:
@@ -255,21 +269,3 @@ def parse_config(
     return Config(
         listen, admin, shutdown_timeout, routes, log, warnings, admin_settings, limits, shared
     )
-
-
-def _stores(routes: tuple[Route, ...], shared: bool, errs: Errors) -> tuple[Route, ...]:
-    """Resolve each `rate_limit.store`: shared when `shared:` is configured, else local."""
-    resolved = []
-    for i, route in enumerate(routes):
-        limit = route.rate_limit
-        if limit is not None and limit.store == "shared" and not shared:
-            errs.add(
-                f"routes[{i}].rate_limit.store",
-                "shared needs a shared.redis section (url: redis://host:6379/0); "
-                "or write store: local",
-            )
-        elif limit is not None and limit.store is None:
-            store: RateStore = "shared" if shared else "local"
-            route = dataclasses.replace(route, rate_limit=dataclasses.replace(limit, store=store))
-        resolved.append(route)
-    return tuple(resolved)

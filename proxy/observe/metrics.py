@@ -94,6 +94,12 @@ class ProxyMetrics:
             buckets=DURATION_BUCKETS,
             registry=registry,
         )
+        self.client_requests = Counter(
+            "amperity_proxy_client_requests",
+            "Requests admitted per named client (listen.clients) and route.",
+            ["client", "route"],
+            registry=registry,
+        )
         self.in_flight = Gauge(
             "amperity_proxy_requests_in_flight",
             "Requests being proxied right now.",

@@ -37,6 +37,7 @@ class Record:
     bytes_in: int = 0
     bytes_out: int = 0
     client_gone: bool = False
+    client_name: str | None = None  # the named client (listen.clients); never its token
     body_error: str | None = None  # body_timeout, body_deadline, body_too_large: the client's
     retried: bool = False  # sent a second time after a 401
     status_sent: int | None = None  # the status line the client got, once it is out
@@ -148,6 +149,7 @@ class Recorder:
         fields = {
             "request_id": rid,
             "client": f"uid:{uid}" if uid is not None else request.remote,
+            "client_name": record.client_name,
             "method": request.method,
             "route": route.name if route else None,
             "tenant": route.tenant if route else None,

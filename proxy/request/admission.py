@@ -9,6 +9,7 @@ refused here reaches the upstream or even a DNS lookup.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
@@ -51,6 +52,7 @@ class Admitted(Generic[T]):
     query: str  # "" or "?..."
     public_base: str  # how the client reaches the route's base URL through the proxy
     log_path: str  # what the access log shows (never the query)
+    client: str | None = None  # the named client (listen.clients) that presented its token
 
 
 def _shown(text: str) -> str:
@@ -70,18 +72,25 @@ class Admission(Generic[T]):
         """The route and rewritten target for a request, or why it is refused."""
         raw = request.raw_path
         forward = not raw.startswith("/")
-        refusal = (
-            self.gate.client(request.remote)
-            or method_refusal(request)
-            or self.gate.client_token(request, forward=forward)
-            or self.gate.browser(request, forward=forward)
-        )
+        refusal = self.gate.client(request.remote) or method_refusal(request)
+        if refusal is not None:
+            return refusal
+        client = self.gate.identify(request, forward=forward)
+        if isinstance(client, Refusal):
+            return client
+        refusal = self.gate.browser(request, forward=forward)
         if refusal is not None:
             return refusal
         admitted = self._forward(request, raw) if forward else self._reverse(request, raw)
         if isinstance(admitted, Refusal):
             return admitted
-        return route_policy(admitted.target.route, request.method, admitted.rest) or admitted
+        route = admitted.target.route
+        refusal = route_policy(route, request.method, admitted.rest) or client_policy(route, client)
+        if refusal is not None:
+            return refusal
+        if client:  # a named client: the access log and metrics carry its name
+            admitted = dataclasses.replace(admitted, client=client)
+        return admitted
 
     def _reverse(self, request: web.BaseRequest, raw: str) -> Admitted[T] | Refusal:
         if "#" in raw:
@@ -195,6 +204,17 @@ def method_refusal(request: web.BaseRequest) -> Refusal | None:
             f"Expect: {expect[:40]!r} is not supported; only Expect: 100-continue is",
         )
     return None
+
+
+def client_policy(route: Route, client: str | None) -> Refusal | None:
+    """SECURITY: a named client may use only the routes that list it (`routes[].clients`)."""
+    if route.clients is None or client in route.clients:
+        return None
+    return refuse(
+        "client_route",
+        f"client {client!r} may not use route {route.name}; add it to that route's clients "
+        "in the proxy's config, or use a route that lists it",
+    )
 
 
 def route_policy(route: Route, method: str, rest: str) -> Refusal | None:

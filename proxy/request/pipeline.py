@@ -88,6 +88,9 @@ class Pipeline:
             self.recorder.access(request, rid, None, None, refused, record, loop.time() - started)
             return refused
         target = admitted.target
+        if admitted.client:
+            record.client_name = admitted.client
+            self.metrics.client_requests.labels(admitted.client, target.route.name).inc()
         response: web.StreamResponse | None = None
         try:
             response = await self._serve(request, admitted, rid, record)

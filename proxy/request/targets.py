@@ -39,7 +39,7 @@ class Target:
 def admit(
     config: Config,
     contexts: Mapping[str, ssl.SSLContext],
-    client_token: str | None,
+    clients: Mapping[str, str],
     tokens: Mapping[str, RouteState],
     metrics: ProxyMetrics,
 ) -> Admission[Target]:
@@ -58,4 +58,4 @@ def admit(
         hosts.append(
             HostEntry(base.host, base.port, base.default_port, base.path, route.tenant, target)
         )
-    return Admission(Gate(config.listen, client_token), RouteTable(prefixes), HostTable(hosts))
+    return Admission(Gate(config.listen, clients), RouteTable(prefixes), HostTable(hosts))
