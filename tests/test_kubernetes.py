@@ -11,7 +11,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from proxy.config import parse_config
+from proxy.config import load_yaml, parse_config
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy" / "kubernetes"
@@ -37,7 +37,7 @@ def proxy_container(name: str) -> dict[str, Any]:
 
 
 def proxy_config() -> Any:
-    return parse_config(yaml.safe_load(load("configmap.yaml")["data"]["config.yaml"]), env={})
+    return parse_config(load_yaml(load("configmap.yaml")["data"]["config.yaml"]), env={})
 
 
 @pytest.mark.parametrize("name", STANDARD)

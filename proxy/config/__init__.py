@@ -9,7 +9,7 @@ of the package: `from proxy.config import Config, Route, load_config, parse_conf
 """
 
 from proxy.config.budgets import Scope, budget_scope
-from proxy.config.files import load_config, yaml_problem
+from proxy.config.files import load_config, load_yaml, yaml_problem
 from proxy.config.model import (
     DEFAULT_API_VERSION,
     DEFAULT_BASE_URL,
@@ -50,6 +50,7 @@ __all__ = [
     "budget_scope",
     "keep_running",
     "load_config",
+    "load_yaml",
     "parse_config",
     "restart_needed",
     "yaml_problem",

@@ -3,13 +3,38 @@ then `parse_config`."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from proxy.config.model import MAX_CONFIG_BYTES, Config, ConfigError
 from proxy.config.parse import parse_config
+
+_BOOL = "tag:yaml.org,2002:bool"
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's booleans: only true and false. YAML 1.1 also reads
+    on/off/yes/no/y/n as booleans, so the README's `retry: {on: [429, 503]}` arrived as the key
+    True; with this loader `on` is the string it looks like, and `yes` is refused where a
+    boolean is expected instead of silently meaning true."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != _BOOL]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    _BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def load_yaml(text: str) -> Any:
+    """A config document, as the proxy reads it (YAML 1.2 booleans)."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
 
 
 def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
@@ -33,7 +58,7 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Confi
     except UnicodeDecodeError:
         raise ConfigError(["config file is not valid UTF-8"], source) from None
     try:
-        raw = yaml.safe_load(text)
+        raw = load_yaml(text)
     except yaml.YAMLError as exc:
         raise ConfigError([yaml_problem(exc, text)], source) from None
     return parse_config(raw, source, env)
