@@ -22,6 +22,7 @@ from proxy.config import ConfigError, parse_config
 from proxy.testing import FakeAmperity, FakeTLS, make_token, start_fake
 from tests.conftest import ProxyFactory, Upstream, acme_route, metric, require, tls_route
 from tests.support.clocks import FakeClock
+from tests.support.envelope import message
 from tests.support.net import closed_port
 from tests.support.process import ProxyProcess, clean_env, proxy_command, spawn_proxy
 from tests.support.redis import INSTALL as REDIS_INSTALL
@@ -327,3 +328,23 @@ async def test_a_redis_that_hangs_is_a_redis_that_is_down(
     shared = proxy.app.handler.pacer.shared
     await until(lambda: shared is not None and shared.up, "the probe to find Redis again")
     assert len(upstream.requests) == 2
+
+
+async def test_an_upstream_429_pauses_the_bucket_for_every_process(
+    make_proxy: ProxyFactory, upstream: Upstream, redis_server: RedisServer
+) -> None:
+    """Proxy A meets Amperity's 429 (Retry-After: 5); proxy B, on the same Redis, then refuses
+    the same endpoint locally instead of sending it into the same 429."""
+    extra = {"shared": {"redis": {"url": redis_server.url}}}
+    limit = {"requests_per_second": 100, "burst": 100, "max_wait": 1}
+    a = await make_proxy([acme_route(upstream, rate_limit=limit)], extra=extra)
+    b = await make_proxy([acme_route(upstream, rate_limit=limit)], extra=extra)
+    first = await a.client.get("/acme/_fake/flaky/1?after=5")
+    assert first.status == 429 and first.headers["Retry-After"] == "5"  # Amperity's own
+    second = await b.client.get("/acme/_fake/flaky/1?after=5")
+    assert second.status == 429
+    assert "over its rate limit" in message(await second.read())  # the proxy's, not Amperity's
+    assert int(second.headers["Retry-After"]) >= 4
+    assert len(upstream.requests) == 1  # B sent nothing
+    other = await b.client.get("/acme/segments")  # another endpoint is not held
+    assert other.status == 200
