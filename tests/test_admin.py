@@ -16,6 +16,7 @@ from tests.conftest import (
     Upstream,
     acme_route,
     get,
+    metric,
     raw_request,
 )
 
@@ -154,3 +155,12 @@ async def test_docs_metrics_lists_every_exported_metric(make_proxy: ProxyFactory
         exported = name + ("_total" if f"{name}_total" in documented else "")
         assert f"`{exported}`" in documented, f"{name} is not documented in docs/metrics.md"
     assert "_created" not in await proxy.metrics_text()
+
+
+async def test_process_and_runtime_metrics_are_exported(make_proxy: ProxyFactory) -> None:
+    proxy = await make_proxy()
+    text = await proxy.metrics_text()
+    assert metric(text, "process_resident_memory_bytes") > 10 * 1024 * 1024
+    assert metric(text, "process_open_fds") > 0
+    assert metric(text, "process_cpu_seconds_total") > 0
+    assert metric(text, 'python_gc_collections_total{generation="0"}') >= 0

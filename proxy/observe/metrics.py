@@ -11,8 +11,11 @@ import os
 from prometheus_client import (
     CollectorRegistry,
     Counter,
+    GCCollector,
     Gauge,
     Histogram,
+    PlatformCollector,
+    ProcessCollector,
     disable_created_metrics,
 )
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -174,6 +177,11 @@ def expose(registry: CollectorRegistry, *collectors: Collector) -> CollectorRegi
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         exposition = CollectorRegistry()
         MultiProcessCollector(exposition)  # type: ignore[no-untyped-call]
+    # process_* (RSS, CPU, open fds, start time) and python_* (GC, version), as operators expect
+    # from prometheus-client; of the process that serves /metrics (worker 0 under --workers).
+    ProcessCollector(registry=exposition)
+    PlatformCollector(registry=exposition)
+    GCCollector(registry=exposition)
     for collector in collectors:
         registry.register(collector)
         if exposition is not registry:
