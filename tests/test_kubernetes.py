@@ -139,6 +139,26 @@ def test_pod_monitor_selects_the_sidecar_pods() -> None:
         assert selector.items() <= labels.items()
     [endpoint] = monitor["spec"]["podMetricsEndpoints"]
     assert (endpoint["port"], endpoint["path"]) == ("admin", "/metrics")
+    # kube-prometheus-stack selects monitors and rules by its release label; pods in any
+    # namespace, not only the monitor's own
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert monitor["spec"]["namespaceSelector"] == {"any": True}
+    assert load("prometheusrule.yaml")["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert "podMonitorSelectorNilUsesHelmValues" in (DEPLOY / "podmonitor.yaml").read_text()
+
+
+def test_every_alert_aggregates_across_pods_and_has_a_runbook() -> None:
+    """A token expiring in a 20-pod Deployment is one alert, not twenty: no rule keeps `pod`;
+    every runbook anchor exists in docs/alerts.md and names the alert."""
+    rules = load("rules/amperity-proxy.rules.yaml")["groups"][0]["rules"]
+    runbooks = (ROOT / "docs" / "alerts.md").read_text()
+    anchors = {f"#{m.lower()}" for m in re.findall(r"^## (\w+)", runbooks, re.M)}
+    for rule in rules:
+        expr = rule["expr"]
+        assert re.search(r"\b(min|max|sum|count) by \(namespace", expr), rule["alert"]
+        assert "pod" not in re.findall(r"by \(([^)]*)\)", expr)[0], rule["alert"]
+        runbook = rule["annotations"]["runbook"]
+        assert runbook.startswith("docs/alerts.md#") and runbook[len("docs/alerts.md") :] in anchors
 
 
 def test_prometheus_rule_embeds_the_tested_rules() -> None:
