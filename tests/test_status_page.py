@@ -72,12 +72,19 @@ async def test_traffic_and_401_causes_over_the_last_five_minutes(
     assert (await proxy.client.get("/bad/x")).status == 401
     doc = await status(proxy)
     acme, bad = doc["routes"]
+    series = acme["traffic"].pop("series")
     assert acme["traffic"] == {
         "window_seconds": 300,
         "requests": 4,
         "errors": 1,
         "error_rate": 0.25,
+        "step_seconds": 10,
     }
+    # 30 points of 10 s, oldest first: everything just happened, so it is in the last ones
+    assert [len(v) for v in series.values()] == [30, 30, 30]
+    assert sum(series["requests"][-2:]) == 4 and sum(series["errors"][-2:]) == 1
+    assert sum(series["unauthorized"]) == 0
+    assert sum(bad["traffic"]["series"]["unauthorized"][-2:]) == 1
     assert bad["unauthorized"]["by_cause"] == {"tenant_mismatch": 1}
     assert bad["unauthorized"]["last_at"] is not None
     # every answer it got was a refusal: not a green OK, and Amperity's own words shown
@@ -132,7 +139,7 @@ async def test_a_real_browser_renders_the_page(
     browser, driver_path = _chromium()  # type: ignore[misc]
     url = f"http://127.0.0.1:{proxy.admin.server.port}/"
 
-    def browse() -> tuple[dict[str, str], list[dict[str, Any]], str]:
+    def browse() -> tuple[dict[str, str], list[dict[str, Any]], str, dict[str, list[str]]]:
         options = webdriver.ChromeOptions()
         options.binary_location = browser
         for flag in (
@@ -158,17 +165,26 @@ async def test_a_real_browser_renders_the_page(
                 ).text
                 for section in driver.find_elements(By.CSS_SELECTOR, "section[data-route]")
             }
+            # Each route's pictures, as the browser laid them out (width x height, title).
+            charts = {
+                section.get_attribute("data-route") or "": [
+                    f"{svg.get_attribute('class')} {svg.size['width']}x{svg.size['height']} "
+                    + str(svg.find_element(By.TAG_NAME, "title").get_attribute("textContent"))
+                    for svg in section.find_elements(By.CSS_SELECTOR, "svg")
+                ]
+                for section in driver.find_elements(By.CSS_SELECTOR, "section[data-route]")
+            }
             logs = driver.get_log("browser")  # type: ignore[no-untyped-call]
             first_time = driver.find_element(By.CSS_SELECTOR, "time").text
             driver.save_screenshot(str(screenshot))
-            return badges, logs, first_time
+            return badges, logs, first_time, charts
         finally:
             driver.quit()
 
     # The screenshot goes to tmp_path so a test run never dirties the tree;
     # `UPDATE_SCREENSHOT=1 make test` refreshes docs/status-page.png.
     screenshot = tmp_path / "status-page.png"
-    badges, logs, first_time = await asyncio.to_thread(browse)
+    badges, logs, first_time, charts = await asyncio.to_thread(browse)
     assert badges == {
         "fine": "OK",
         "soon": "EXPIRES WITHIN 7 DAYS",
@@ -178,7 +194,19 @@ async def test_a_real_browser_renders_the_page(
         "soon": "expires within 7 days",
         "old": "EXPIRED",
     }
-    assert logs == []  # no console errors, no CSP violations
+    assert logs == []  # no console errors, no CSP violations (the SVGs included)
+    # A lifetime bar and a sparkline on every card, laid out at their size, with their text
+    # (scaled to the card: at most 320 px wide, aspect kept)
+    for route, (bar, spark) in charts.items():
+        for chart, kind, aspect in ((bar, "lifetime", 320 / 42), (spark, "sparkline", 320 / 58)):
+            name, size, _ = chart.split(" ", 2)
+            width, height = (float(v) for v in size.split("x"))
+            assert name == kind and 100 < width <= 320, (route, chart)
+            assert abs(width / height - aspect) < 0.2, (route, chart)
+    fine, soon, old = charts["fine"], charts["soon"], charts["old"]
+    assert "of the lifetime left" in fine[0] and "5 requests, 0 errors" in fine[1]
+    assert "of the lifetime left" in soon[0]
+    assert old[0].endswith("token expired") and "1 upstream 401s" in old[1]
     assert "UTC" not in first_time  # the script ran: times are in the viewer's local format
     assert screenshot.stat().st_size > 10_000
     if os.environ.get("UPDATE_SCREENSHOT") == "1":

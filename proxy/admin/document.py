@@ -12,7 +12,7 @@ from typing import Any
 
 from proxy import __version__
 from proxy.config import Config, Route
-from proxy.observe.activity import WINDOW, Activity, RouteActivity
+from proxy.observe.activity import STEP, WINDOW, Activity, RouteActivity
 from proxy.tokens import Credential, RouteStatus
 from proxy.tokens.health import EXPIRING, token_state
 
@@ -58,6 +58,8 @@ def _route(
             "requests": requests,
             "errors": errors,
             "error_rate": round(errors / requests, 4) if requests else 0.0,
+            "step_seconds": STEP,
+            "series": act.series(now),  # per step, oldest first: requests, errors, unauthorized
         },
         "unauthorized": {
             "by_cause": dict(act.unauthorized),

@@ -13,6 +13,7 @@ import time
 from html import escape
 from typing import Any
 
+from proxy.admin.charts import lifetime, sparkline
 from proxy.tokens import in_words
 from proxy.tokens.health import utc
 
@@ -43,6 +44,7 @@ h2{font-size:16px;margin:0 0 8px;display:flex;justify-content:space-between;gap:
 dl{display:grid;grid-template-columns:max-content 1fr;gap:2px 12px;margin:0}
 dt{color:#5b6478}dd{margin:0;overflow-wrap:anywhere}
 code{font:13px ui-monospace,SFMono-Regular,Menlo,monospace}
+dd svg{display:block;width:100%;max-width:320px;height:auto;margin:2px 0}
 """
 
 _SCRIPT = """
@@ -99,7 +101,9 @@ def _route(route: dict[str, Any], now: float) -> str:
     <dt>token</dt><dd>{source} · <code>{fingerprint}</code></dd>
     <dt>issued</dt><dd>{_time(token["issued_at"])}</dd>
     <dt>expires</dt><dd class="expiry">{expiry}</dd>
-    <dt>last 5 min</dt><dd>{traffic["requests"]} requests, {traffic["errors"]} errors ({rate})</dd>
+    <dt>lifetime</dt><dd>{lifetime(token["issued_at"], token["expires_at"], now) or "—"}</dd>
+    <dt>last 5 min</dt><dd>{traffic["requests"]} requests, {traffic["errors"]} errors ({rate})
+      {sparkline(traffic["series"], traffic["step_seconds"])}</dd>
     <dt>upstream 401s</dt><dd>{causes or "none"}{last_401}</dd>
     <dt>refused (401/403)</dt><dd class="refusals">{refused}</dd>
     <dt>last error</dt><dd>{last_error}</dd>

@@ -12,6 +12,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 
 WINDOW = 300  # seconds of traffic the page shows
+STEP = 10  # seconds per point of the page's traffic sparkline (30 points)
 RECENT = 20  # upstream answers judged for "refused": more than half 401/403 -> failing
 
 
@@ -20,6 +21,7 @@ class RouteActivity:
     requests: list[int] = field(default_factory=lambda: [0] * WINDOW)
     errors: list[int] = field(default_factory=lambda: [0] * WINDOW)
     stamps: list[int] = field(default_factory=lambda: [-1] * WINDOW)
+    denied: list[int] = field(default_factory=lambda: [0] * WINDOW)  # upstream 401s
     unauthorized: Counter[str] = field(default_factory=Counter)
     last_unauthorized: float | None = None
     last_error: tuple[float, str] | None = None  # (when, reason)
@@ -39,19 +41,32 @@ class RouteActivity:
         401/403: the route fails, whatever its token looks like from here."""
         return sum(self.recent) * 2 > len(self.recent)
 
-    def _slot(self, second: int) -> int:
+    def slot(self, second: int) -> int:
+        """The ring index for `second`, emptied first when it holds an older lap's counts."""
         index = second % WINDOW
         if self.stamps[index] != second:  # a slot from a previous lap: start it afresh
             self.stamps[index] = second
             self.requests[index] = 0
             self.errors[index] = 0
+            self.denied[index] = 0
         return index
 
     def record(self, now: float, error: bool) -> None:
-        index = self._slot(int(now))
+        index = self.slot(int(now))
         self.requests[index] += 1
         if error:
             self.errors[index] += 1
+
+    def series(self, now: float) -> dict[str, list[int]]:
+        """Requests, errors and upstream 401s per STEP seconds over the window, oldest first."""
+        end = int(now)
+        out: dict[str, list[int]] = {"requests": [], "errors": [], "unauthorized": []}
+        for start in range(end - WINDOW + 1, end + 1, STEP):
+            live = [s % WINDOW for s in range(start, start + STEP) if self.stamps[s % WINDOW] == s]
+            out["requests"].append(sum(self.requests[i] for i in live))
+            out["errors"].append(sum(self.errors[i] for i in live))
+            out["unauthorized"].append(sum(self.denied[i] for i in live))
+        return out
 
     def totals(self, now: float) -> tuple[int, int]:
         oldest = int(now) - WINDOW
@@ -75,6 +90,7 @@ class Activity:
         activity = self.route(route)
         activity.unauthorized[cause] += 1
         activity.last_unauthorized = now
+        activity.denied[activity.slot(int(now))] += 1
 
     def upstream_error(self, route: str, reason: str, now: float) -> None:
         self.route(route).last_error = (now, reason)
