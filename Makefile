@@ -80,7 +80,7 @@ security: install
 
 # Refresh the pinned, hashed runtime dependency lock the Dockerfile installs from.
 lock: install
-	$(BIN)/pip-compile --quiet --generate-hashes --strip-extras --allow-unsafe --extra redis \
+	$(BIN)/pip-compile --quiet --generate-hashes --strip-extras --allow-unsafe --extra redis --extra otel \
 		--no-emit-index-url --no-emit-find-links -o requirements.lock pyproject.toml
 
 docker-build:

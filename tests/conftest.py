@@ -25,6 +25,7 @@ from prometheus_client import CollectorRegistry
 
 from proxy.app import ProxyApp, create_admin_app, create_app
 from proxy.config import Config, parse_config
+from proxy.observe.tracing import Tracing
 from proxy.testing import (
     TEST_SECRET,
     FakeAmperity,
@@ -162,6 +163,7 @@ async def make_proxy(
         sleep: Callable[[float], Awaitable[None]] | None = None,
         rng: random.Random | None = None,
         pool_idle: float = 15.0,
+        tracing: Tracing | None = None,
     ) -> Proxy:
         raw: dict[str, Any] = {"routes": routes or [acme_route(upstream)]}
         raw.update(extra or {})
@@ -181,6 +183,7 @@ async def make_proxy(
             sleep=sleep or asyncio.sleep,
             rng=rng,
             pool_idle=pool_idle,
+            tracing=tracing,
         )
         await app.startup()
         started.append(app)

@@ -19,6 +19,7 @@ from proxy.app.runtime import ProxyApp
 from proxy.config import Config
 from proxy.gate import AdminGate
 from proxy.listener import GuardedServer
+from proxy.observe.tracing import Tracing
 from proxy.tokens.store import FILE_POLL_INTERVAL
 from proxy.upstream.pool import IDLE_EXPIRY
 
@@ -38,6 +39,7 @@ def create_app(
     rng: random.Random | None = None,
     pool_idle: float = IDLE_EXPIRY,
     rate_share: float = 1.0,
+    tracing: Tracing | None = None,
 ) -> ProxyApp:
     """Build the proxy (tokens load in `ProxyApp.startup`); raise StartupError when the client
     token or a ca_file can't be loaded."""
@@ -55,6 +57,7 @@ def create_app(
         rng=rng or random.Random(),  # noqa: S311 (back-off jitter, not security)
         pool_idle=pool_idle,
         rate_share=rate_share,
+        tracing=tracing,
     )
 
 

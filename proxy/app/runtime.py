@@ -35,6 +35,7 @@ from proxy.observe.activity import Activity
 from proxy.observe.collectors import StateCollector, TokenCollector
 from proxy.observe.metrics import ProxyMetrics, SharedMetrics, expose
 from proxy.observe.record import Recorder
+from proxy.observe.tracing import Tracing, from_env
 from proxy.request.admission import Admission
 from proxy.request.pacing import Pacer
 from proxy.request.pipeline import Pipeline
@@ -70,17 +71,17 @@ class ProxyApp:
         rng: random.Random,
         pool_idle: float,
         rate_share: float = 1.0,
+        tracing: Tracing | None = None,
     ) -> None:
         self.config = config
-        self._rate_share = rate_share  # of each local bucket: 1/N under --workers N (--workers)
-        self._pool_idle = pool_idle
-        self.registry = registry
+        self._rate_share = rate_share  # of each local bucket: 1/N under --workers N
+        self.tracing = tracing if tracing is not None else from_env(env)  # OTEL_TRACES_EXPORTER
+        self.registry, self._pool_idle, self._resolver = registry, pool_idle, resolver
         self.lifecycle = Lifecycle()
         self.config_loader: ConfigLoader | None = None  # set by `serve`: re-reads the file
-        self._resolver, self._env = resolver, env
-        self._tick_interval = min(TICK_INTERVAL, token_poll_interval)
-        self.session: aiohttp.ClientSession | None = None  # while running
-        self.pool: Pool | None = None  # while running
+        self._env, self._tick_interval = env, min(TICK_INTERVAL, token_poll_interval)
+        self.session: aiohttp.ClientSession | None = None  # while running, as is `pool`
+        self.pool: Pool | None = None
         self._poller: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._reload_lock = asyncio.Lock()
@@ -93,7 +94,7 @@ class ProxyApp:
             clock=clock,
             file_poll_interval=token_poll_interval,
         )
-        # Token files are re-read within about a second of a change (the poll is the fallback).
+        # token files are re-read within about a second of a change (the poll is the fallback)
         self._watch = FileWatch(self.store.file_paths, self.store.reread_directories)
         self.metrics = ProxyMetrics(registry, __version__)
         self.exposition = expose(
@@ -129,6 +130,7 @@ class ProxyApp:
             Recorder(self.activity, config.listen.unix is not None, clock),
             Pacer(clock, sleep, 1.0 if shared else self._rate_share, shared),
             clock,
+            self.tracing,
         )
 
     def _sources(self, route: Route, contexts: Mapping[str, ssl.SSLContext]) -> list[Source]:
@@ -166,6 +168,8 @@ class ProxyApp:
             await self.session.close()
         if self.handler.pacer.shared is not None:
             await self.handler.pacer.shared.close()
+        if self.tracing is not None:  # export what is pending (off the event loop)
+            await asyncio.to_thread(self.tracing.shutdown)
         self.session, self.pool, self.handler.pool = None, None, None
 
     def upstream_in_use(self) -> int:

@@ -16,6 +16,7 @@ import logging
 import sys
 import time
 import weakref
+from collections.abc import Callable
 from typing import IO, Any
 
 from proxy.redaction import redact
@@ -42,15 +43,24 @@ def _timestamp(created: float) -> str:
     return f"{seconds}.{int(created % 1 * 1000):03d}Z"
 
 
+# Set by observe.tracing while tracing is on: the current span's trace_id and span_id (or None
+# outside a trace), added to every log line written inside a traced request.
+TRACE_IDS: list[Callable[[], dict[str, str] | None]] = []
+
+
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
     fields = getattr(record, "fields", None)
     if fields is not None:  # the proxy's own records: no need to scan the record
-        return dict(fields)
-    return {  # plain `extra=` keys (libraries)
-        key: value
-        for key, value in record.__dict__.items()
-        if key not in _STDLIB_KEYS and not key.startswith("_")
-    }
+        out = dict(fields)
+    else:
+        out = {  # plain `extra=` keys (libraries)
+            key: value
+            for key, value in record.__dict__.items()
+            if key not in _STDLIB_KEYS and not key.startswith("_")
+        }
+    if TRACE_IDS:
+        out.update(TRACE_IDS[0]() or {})
+    return out
 
 
 class JsonFormatter(logging.Formatter):

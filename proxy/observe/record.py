@@ -38,6 +38,7 @@ class Record:
     bytes_out: int = 0
     client_gone: bool = False
     client_name: str | None = None  # the named client (listen.clients); never its token
+    trace_ids: dict[str, str] | None = None  # trace_id, span_id of its server span (tracing on)
     body_error: str | None = None  # body_timeout, body_deadline, body_too_large: the client's
     retried: bool = False  # sent a second time after a 401
     status_sent: int | None = None  # the status line the client got, once it is out
@@ -165,6 +166,8 @@ class Recorder:
             "bytes_out": record.bytes_out,
             "duration_ms": round(duration * 1000, 3),
         }
+        if record.trace_ids:
+            fields.update(record.trace_ids)
         message = f"{request.method} {path} {status}"
         if not direct_json(access_log.name, message, fields, _CLIENT_TEXT):
             access_log.info("%s %s %s", request.method, path, status, extra={"fields": fields})

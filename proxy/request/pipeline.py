@@ -20,6 +20,7 @@ from aiohttp import web
 from proxy.listener import abandon_body, client_gone, peer_uid
 from proxy.observe.metrics import ProxyMetrics
 from proxy.observe.record import Record, Recorder
+from proxy.observe.tracing import Tracing
 from proxy.refusals import Refusal, answer, refuse
 from proxy.request.admission import Admission, Admitted
 from proxy.request.pacing import ClientGone, Pacer, RateLimited
@@ -66,6 +67,7 @@ class Pipeline:
         recorder: Recorder,
         pacer: Pacer,
         clock: Callable[[], float] = time.time,
+        tracing: Tracing | None = None,
     ) -> None:
         self.admission = admission
         self.store = store
@@ -74,6 +76,7 @@ class Pipeline:
         self.retry = retry
         self.recorder = recorder
         self.pacer = pacer
+        self.tracing = tracing  # None: no spans, nothing of OpenTelemetry imported
         self.clock = clock
         self.pool: Pool | None = None  # the upstream connections, while the proxy runs
 
@@ -93,7 +96,10 @@ class Pipeline:
             self.metrics.client_requests.labels(admitted.client, target.route.name).inc()
         response: web.StreamResponse | None = None
         try:
-            response = await self._serve(request, admitted, rid, record)
+            if self.tracing is None:
+                response = await self._serve(request, admitted, rid, record)
+            else:
+                response = await self._traced(self.tracing, request, admitted, rid, record)
             return response
         except asyncio.CancelledError:
             record.shutdown = True  # only the drain cancels a handler (no handler_cancellation)
@@ -104,6 +110,32 @@ class Pipeline:
             self.recorder.access(
                 request, rid, admitted.log_path, target.route, response, record, duration
             )
+
+    async def _traced(
+        self,
+        tracing: Tracing,
+        request: web.BaseRequest,
+        admitted: Admitted[Target],
+        rid: str,
+        record: Record,
+    ) -> web.StreamResponse:
+        """`_serve` inside the request's server span (the client's trace, when it sent one)."""
+        route = admitted.target.route
+        attributes = {
+            "http.route": f"{route.prefix}/*",
+            "amperity.route": route.name,
+            "amperity.tenant": route.tenant,
+            "amperity.request_id": rid,
+        }
+        with tracing.server(request.headers, request.method, admitted.log_path, attributes) as span:
+            record.trace_ids = tracing.current_ids()
+            response: web.StreamResponse | None = None
+            try:
+                response = await self._serve(request, admitted, rid, record)
+                return response
+            finally:
+                status = response.status if response is not None else record.status_sent
+                tracing.annotate(span, status, record.error)
 
     def _refused_at_the_door(
         self, request: web.BaseRequest, refusal: Refusal, rid: str, record: Record
@@ -207,8 +239,7 @@ class Pipeline:
             outgoing = Outgoing.of(request, plan, admitted.rest, admitted.query, rid, kept)
             exchange = Exchange(plan, target.tokens, target.metrics, rid, kept is not None)
             assert self.pool is not None
-            # The exchange holds an upstream slot until the client has the last byte.
-            async with self.slots.hold(plan.name, client_key(request)):
+            async with self.slots.hold(plan.name, client_key(request)):  # to the last byte
                 response = await forward(
                     self.pool,
                     self.retry,
@@ -219,6 +250,7 @@ class Pipeline:
                     admitted.public_base,
                     record,
                     body_clock,
+                    self.tracing,
                 )
         except UpstreamBusy as exc:
             if request.body_exists and not isinstance(body, bytes):

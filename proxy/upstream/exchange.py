@@ -10,12 +10,14 @@ back-off) are layers around `send` (`upstream.retry`); the answer is streamed do
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import itertools
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from aiohttp import web
 
 from proxy.observe.record import Record
+from proxy.observe.tracing import PROPAGATED
 from proxy.refusals import REFUSAL_PEEK, upstream_message
 from proxy.tokens import Credential
 from proxy.upstream.answer import Answer as WireAnswer
@@ -25,6 +27,8 @@ from proxy.upstream.headers import query_has_api_version, upstream_fields
 from proxy.upstream.plan import Plan
 from proxy.upstream.pool import Pool
 from proxy.upstream.wire import Connection
+
+Trace = Sequence[tuple[str, str]]  # an attempt's traceparent/tracestate (tracing on)
 
 REFUSALS = (401, 403)  # answers whose body's message is read for the log and status page
 
@@ -65,11 +69,12 @@ class Outgoing:
 
 
 def headers_for(
-    plan: Plan, outgoing: Outgoing, credential: Credential
+    plan: Plan, outgoing: Outgoing, credential: Credential, trace: Trace = ()
 ) -> Iterator[tuple[str, str]]:
     """The upstream request's headers for one attempt, in order (a pure function of its
-    inputs; the policy is `upstream.headers.upstream_fields`)."""
-    return upstream_fields(
+    inputs; the policy is `upstream.headers.upstream_fields`). `trace`: with tracing on, the
+    attempt's own traceparent/tracestate, which replace the client's."""
+    fields = upstream_fields(
         outgoing.client.headers,
         authorization=credential.authorization,
         tenant=plan.tenant,
@@ -78,6 +83,9 @@ def headers_for(
         request_id=outgoing.request_id,
         query_has_api_version=outgoing.query_has_api_version,
     )
+    if not trace:
+        return fields
+    return itertools.chain(((k, v) for k, v in fields if k.lower() not in PROPAGATED), trace)
 
 
 class Answer:
@@ -103,6 +111,7 @@ class Answer:
         self._plan = plan
         self._writer = writer  # sends the request body; still running after an early answer
         self._released = False
+        self.on_release: Callable[[], None] | None = None  # ends its trace span, if any
 
     async def read(self) -> bytes:
         """The next body bytes (b"" at the end), within the route's read timeout."""
@@ -121,6 +130,8 @@ class Answer:
         if self._released:
             return
         self._released = True
+        if self.on_release is not None:
+            self.on_release()
         if self._writer is not None and not self._writer.done():  # the body was cut short
             self._writer.cancel()
             self._connection.close()
@@ -134,11 +145,12 @@ async def send(
     credential: Credential,
     record: Record,
     body_clock: BodyClock,
+    trace: Trace = (),
 ) -> Answer:
     """Send once with `credential`. Raises what `upstream.failures.classify` knows, or
     BodyLimit when the client's body breaks a limit (noted in `record.body_error`). A pooled
     connection the upstream had closed meanwhile is replaced once, for a replayable request."""
-    head = request_head(plan, outgoing, credential)
+    head = request_head(plan, outgoing, credential, trace)
     for attempt in (1, 2):
         connection, reused = await pool.acquire(plan)
         try:
@@ -162,17 +174,19 @@ async def send(
     raise AssertionError("unreachable")  # the loop returns or raises
 
 
-def request_head(plan: Plan, outgoing: Outgoing, credential: Credential) -> bytes:
+def request_head(
+    plan: Plan, outgoing: Outgoing, credential: Credential, trace: Trace = ()
+) -> bytes:
     """The request line and headers, with framing for the body as it will be sent."""
     client = outgoing.client
     lines = [f"{outgoing.method} {outgoing.target} HTTP/1.1"]
     if outgoing.body is not None:  # a kept body: its own length, whatever the client said
-        fields = headers_for(plan, outgoing, credential)
+        fields = headers_for(plan, outgoing, credential, trace)
         lines += [f"{k}: {v}" for k, v in fields if k.lower() != "content-length"]
         if outgoing.body or client.body_exists:
             lines.append(f"Content-Length: {len(outgoing.body)}")
     else:
-        lines += [f"{k}: {v}" for k, v in headers_for(plan, outgoing, credential)]
+        lines += [f"{k}: {v}" for k, v in headers_for(plan, outgoing, credential, trace)]
         if client.body_exists and client.content_length is None:
             lines.append("Transfer-Encoding: chunked")  # the client's body streams as it comes
     lines.append("\r\n")
