@@ -32,4 +32,6 @@ USER 65532:65532
 EXPOSE 8080 9090
 # No HEALTHCHECK: Kubernetes probes /livez and /readyz on the admin port (see README).
 ENTRYPOINT ["amperity-proxy"]
-CMD ["run", "--config", "/etc/amperity-proxy/config.yaml"]
+# `run` reads /etc/amperity-proxy/config.yaml when it exists (a mounted ConfigMap), else the
+# AMPERITY_PROXY_* route variables (README: "Run without a config file").
+CMD ["run"]

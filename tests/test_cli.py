@@ -68,7 +68,7 @@ def test_config_path_defaults_to_the_environment_variable(tmp_path: Path) -> Non
     assert result.returncode == 0
     missing = run_cli("check-config")
     assert missing.returncode == 2
-    assert "pass --config PATH or set AMPERITY_PROXY_CONFIG" in missing.stderr
+    assert "pass --config PATH, set AMPERITY_PROXY_CONFIG, mount one at" in missing.stderr
 
 
 def test_run_without_a_token_names_the_variable_and_exits_nonzero() -> None:

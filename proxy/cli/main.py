@@ -11,17 +11,28 @@ import asyncio
 import dataclasses
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 from proxy import __version__
 from proxy.cli.diagnose import doctor, parse_duration, token_info
 from proxy.cli.run import serve
 from proxy.cli.workers import supervise
-from proxy.config import LOG_LEVELS, Config, ConfigError, StartupError, load_config
+from proxy.config import (
+    LOG_LEVELS,
+    Config,
+    ConfigError,
+    StartupError,
+    load_config,
+    parse_config,
+)
+from proxy.config.environment import SOURCE as ENV_SOURCE
+from proxy.config.environment import config_from_env, route_variables, variable_for
 from proxy.config.listen import listen_problems, parse_listen
 from proxy.observe.logs import flush_logs, setup_logging
 from proxy.tokens.health import EXPIRING
 
+DEFAULT_CONFIG = "/etc/amperity-proxy/config.yaml"  # used when nothing else names a config
 EXIT_STARTUP = 1
 EXIT_CONFIG = 2
 
@@ -73,22 +84,50 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _workers_arg(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return int(text)
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def convert(text: str) -> str:
+        value = text.strip().lower() if choices[0].islower() else text.strip().upper()
+        if value not in choices:
+            raise argparse.ArgumentTypeError(f"expected one of {', '.join(choices)}, got {text!r}")
+        return value
+
+    return convert
+
+
+# `run`'s flags and their variables: flags > environment > config file.
+RUN_FLAGS: tuple[tuple[str, str, Callable[[str], object], str], ...] = (
+    ("--listen", "AMPERITY_PROXY_LISTEN", _listen_arg, "proxy listener, HOST:PORT"),
+    ("--admin-listen", "AMPERITY_PROXY_ADMIN_LISTEN", _listen_arg, "admin listener, HOST:PORT"),
+    ("--workers", "AMPERITY_PROXY_WORKERS", _workers_arg, "worker processes sharing the port"),
+    ("--log-format", "AMPERITY_PROXY_LOG_FORMAT", _choice("json", "text"), "json or text"),
+    ("--log-level", "AMPERITY_PROXY_LOG_LEVEL", _choice(*LOG_LEVELS), "/".join(LOG_LEVELS)),
+)
+
+
 def _run_arguments(run: argparse.ArgumentParser) -> None:
-    run.add_argument("--listen", type=_listen_arg, metavar="HOST:PORT", help="proxy listener")
-    run.add_argument("--admin-listen", type=_listen_arg, metavar="HOST:PORT", help="admin listener")
-    run.add_argument(
-        "--workers", type=int, default=1, metavar="N", help="worker processes sharing the port"
-    )
+    for flag, variable, convert, help in RUN_FLAGS:
+        run.add_argument(flag, type=convert, help=f"{help} (env {variable})")
     run.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # set by the supervisor
-    run.add_argument(
-        "--log-format", choices=("json", "text"), help="default: json unless stderr is a terminal"
-    )
-    run.add_argument(
-        "--log-level",
-        type=str.upper,
-        choices=LOG_LEVELS,  # the same levels as the config file's log.level
-        help="default: INFO",
-    )
+
+
+def _from_environment(args: argparse.Namespace, env: Mapping[str, str]) -> None:
+    """Fill each `run` flag not given from its variable (flags > environment > file)."""
+    for flag, variable, convert, _ in RUN_FLAGS:
+        dest = flag.removeprefix("--").replace("-", "_")
+        text = env.get(variable, "").strip()
+        if getattr(args, dest) is None and text:
+            try:
+                setattr(args, dest, convert(text))
+            except (argparse.ArgumentTypeError, ValueError) as exc:
+                raise ConfigError([f"{variable}: {exc}"], "environment") from None
+    if args.workers is None:
+        args.workers = 1
 
 
 def _duration_arg(text: str) -> float:
@@ -98,12 +137,39 @@ def _duration_arg(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _load(path: str | None) -> Config:
-    if not path:
+def _load(path: str | None, env: Mapping[str, str] | None = None) -> Config:
+    """The config file, or the one route the AMPERITY_PROXY_* variables describe."""
+    env = os.environ if env is None else env
+    raw, problems = config_from_env(env)
+    variables = route_variables(env)
+    if path and variables:
         raise ConfigError(
-            ["no config file: pass --config PATH or set AMPERITY_PROXY_CONFIG"], "amperity-proxy"
+            [
+                f"a config file ({path}) and {', '.join(variables)} are both set: unset the "
+                "variables to use the file, or drop --config / AMPERITY_PROXY_CONFIG to run "
+                "from the variables"
+            ],
+            "amperity-proxy",
         )
-    return load_config(path)
+    if not path and not variables and Path(DEFAULT_CONFIG).is_file():
+        path = DEFAULT_CONFIG  # where the image's ConfigMap is mounted
+    if path:
+        return load_config(path)
+    if problems:
+        raise ConfigError(problems, ENV_SOURCE)
+    if raw is None:
+        raise ConfigError(
+            [
+                "no config: pass --config PATH, set AMPERITY_PROXY_CONFIG, mount one at "
+                f"{DEFAULT_CONFIG}, or run without a file with AMPERITY_PROXY_TENANT and "
+                "AMPERITY_PROXY_TOKEN_FILE (README: 'Run without a config file')"
+            ],
+            "amperity-proxy",
+        )
+    try:
+        return parse_config(raw, ENV_SOURCE, env)
+    except ConfigError as exc:
+        raise ConfigError([variable_for(e) for e in exc.errors], ENV_SOURCE) from None
 
 
 def _configure(args: argparse.Namespace) -> Config:
@@ -124,10 +190,9 @@ def _configure(args: argparse.Namespace) -> Config:
 
 
 def _run(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    _from_environment(args, os.environ)
     config = _configure(args)
     setup_logging(args.log_format or config.log.format, args.log_level or config.log.level)
-    if args.workers < 1:
-        raise ConfigError([f"--workers must be at least 1, got {args.workers}"], "amperity-proxy")
     if args.workers > 1 and args.worker is None:
         return supervise(argv, args.workers)
     try:
@@ -156,7 +221,7 @@ def _check(args: argparse.Namespace) -> int:
     config = _load(args.config)
     for warning in config.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    print(f"{args.config}: ok ({len(config.routes)} route(s))")
+    print(f"{args.config or ENV_SOURCE}: ok ({len(config.routes)} route(s))")
     for route in config.routes:
         print(
             f"  {route.prefix} -> {route.base_url} tenant={route.tenant} "
