@@ -75,7 +75,7 @@ def test_probes_mounts_and_app_wiring(name: str) -> None:
     assert proxy["startupProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}
     assert proxy["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "admin"}
     assert proxy["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}
-    assert proxy["args"] == ["run", "--config", "/etc/amperity-proxy/config.yaml"]
+    assert proxy["args"][:3] == ["run", "--config", "/etc/amperity-proxy/config.yaml"]
     mounts = {m["mountPath"]: m for m in proxy["volumeMounts"]}
     assert not any("subPath" in m for m in proxy["volumeMounts"])  # subPath never updates
     token_path = Path(config.routes[0].tokens[0].location)
@@ -93,15 +93,19 @@ def test_native_sidecar_is_an_init_container_that_keeps_running() -> None:
 
 
 def test_classic_sidecar_outlives_the_app() -> None:
+    """No preStop sleep (the image has no shell): --shutdown-delay keeps the proxy serving
+    while the app finishes, and the whole stop fits the grace period."""
     proxy = proxy_container("classic-sidecar.yaml")
-    command = proxy["lifecycle"]["preStop"]["exec"]["command"]
-    assert command[0] == "sleep"
+    assert "lifecycle" not in proxy
+    args = proxy["args"]
+    delay = float(args[args.index("--shutdown-delay") + 1])
     grace = pod_spec("classic-sidecar.yaml")["terminationGracePeriodSeconds"]
-    # SIGTERM -> exit within shutdown_timeout + 1 s (tests/hostile/test_shutdown.py proves it).
-    assert int(command[1]) + proxy_config().shutdown_timeout + 1 < grace
+    # SIGTERM -> exit within shutdown_delay + shutdown_timeout + 1 s
+    # (tests/test_sidecar_lifecycle.py proves it).
+    assert delay + proxy_config().shutdown_timeout + 1 < grace
     comment = (ROOT / "deploy/kubernetes/classic-sidecar.yaml").read_text()
-    budget = f"{command[1]} + {proxy_config().shutdown_timeout:g} + 1 < {grace}"
-    assert budget in comment, "the preStop comment's timing is out of date"
+    budget = f"{delay:g} + {proxy_config().shutdown_timeout:g} + 1 < {grace}"
+    assert budget in comment, "the comment's timing is out of date"
 
 
 def test_native_sidecar_exits_within_its_grace_period() -> None:

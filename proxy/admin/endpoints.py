@@ -11,10 +11,12 @@ browser and client checks). Nothing here ever shows a token, a secret or a reque
 | /metrics | GET | the same (Prometheus on the pod IP); labels name routes and tenants, never files |
 | /, /status.json | GET | `admin.allow_clients` only |
 | /-/reload | POST | `admin.allow_clients`, with `Content-Type: application/json`, when enabled |
+| /quitquitquit | POST | the same guards as reload, when `admin.enable_quit` |
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -45,6 +47,7 @@ class Lifecycle:
 
     def __init__(self) -> None:
         self.draining = False
+        self.quit = asyncio.Event()  # POST /quitquitquit: drain and exit, as on SIGTERM
         self.started_at = time.time()
         self.reload_successful = True
         self.reload_success_at = self.started_at
@@ -107,6 +110,7 @@ class AdminHandlers:
             "/readyz": ("GET", self.readyz, False),
             "/metrics": ("GET", self.metrics, False),
             "/-/reload": ("POST", self.reload, True),
+            "/quitquitquit": ("POST", self.quitquitquit, True),
         }
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
@@ -203,6 +207,15 @@ class AdminHandlers:
         html, csp = render(self.document())
         headers = {**_PAGE_HEADERS, "Content-Security-Policy": csp}
         return web.Response(text=html, content_type="text/html", headers=headers)
+
+    async def quitquitquit(self, request: web.BaseRequest) -> web.Response:
+        """A Job's main container is done: drain (requests in flight finish) and exit 0."""
+        if not self.config().admin_settings.enable_quit:
+            message = "POST /quitquitquit is off; set admin.enable_quit: true"
+            return web.json_response({"status": 403, "message": message}, status=403)
+        self.lifecycle.quit.set()
+        message = "shutting down: requests in flight finish, then the process exits"
+        return web.json_response({"status": 200, "message": message})
 
     async def reload(self, request: web.BaseRequest) -> web.Response:
         if not self.config().enable_reload:

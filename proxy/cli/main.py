@@ -90,6 +90,16 @@ def _workers_arg(text: str) -> int:
     return int(text)
 
 
+def _seconds_arg(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < 86400:
+        raise argparse.ArgumentTypeError(f"expected seconds (0 or more), got {text!r}")
+    return seconds
+
+
 def _choice(*choices: str) -> Callable[[str], str]:
     def convert(text: str) -> str:
         value = text.strip().lower() if choices[0].islower() else text.strip().upper()
@@ -107,6 +117,12 @@ RUN_FLAGS: tuple[tuple[str, str, Callable[[str], object], str], ...] = (
     ("--workers", "AMPERITY_PROXY_WORKERS", _workers_arg, "worker processes sharing the port"),
     ("--log-format", "AMPERITY_PROXY_LOG_FORMAT", _choice("json", "text"), "json or text"),
     ("--log-level", "AMPERITY_PROXY_LOG_LEVEL", _choice(*LOG_LEVELS), "/".join(LOG_LEVELS)),
+    (
+        "--shutdown-delay",
+        "AMPERITY_PROXY_SHUTDOWN_DELAY",
+        _seconds_arg,
+        "seconds to keep serving after SIGTERM before draining (config: shutdown_delay)",
+    ),
 )
 
 
@@ -183,6 +199,8 @@ def _configure(args: argparse.Namespace) -> Config:
             config.admin, host=args.admin_listen.host, port=args.admin_listen.port
         )
         config = dataclasses.replace(config, admin=admin)
+    if getattr(args, "shutdown_delay", None) is not None:
+        config = dataclasses.replace(config, shutdown_delay=args.shutdown_delay)
     problems = listen_problems(config.listen)
     if problems:
         raise ConfigError(problems, "--listen")

@@ -11,7 +11,6 @@ import contextlib
 import errno
 import logging
 import os
-import signal
 import socket
 import stat
 from collections.abc import Mapping
@@ -20,17 +19,16 @@ from pathlib import Path
 from aiohttp import web
 
 from proxy import __version__
-from proxy.app import ProxyApp, create_admin_app, create_app
+from proxy.app import create_admin_app, create_app
 from proxy.cli.memory import trim_periodically
 from proxy.cli.selfcheck import self_check
+from proxy.cli.shutdown import drain, until_stopped
 from proxy.config import Config, ConfigLoader, StartupError
 from proxy.config.listen import Listen, UnixListen
 from proxy.listener import ServerCertificate, bound_sockets
 from proxy.observe.logs import flush_logs
 
 log = logging.getLogger("amperity_proxy")
-
-_EXIT_SLACK = 0.9  # seconds past shutdown_timeout for the cleanup after the drain
 
 
 class UnixSocketFile:
@@ -188,9 +186,9 @@ async def serve(
     background: list[asyncio.Task[None]] = []
     try:
         background = await _open(config, runner, admin_runner, worker, unix, certificate)
-        await _until_stopped(app)
+        await until_stopped(app)
     finally:
-        await _drain(config, app, runner, admin_runner)
+        await drain(config, app, runner, admin_runner)
         if unix is not None:
             unix.remove()  # only the socket this process created
         for task in background:
@@ -246,46 +244,3 @@ def _started(
             }
         },
     )
-
-
-async def _until_stopped(app: ProxyApp) -> None:
-    """Serve until SIGTERM or SIGINT (SIGHUP reloads meanwhile); then mark the app draining."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    reloads: set[asyncio.Task[list[str]]] = set()
-
-    def on_sighup() -> None:
-        task = asyncio.create_task(app.reload_from_source("SIGHUP"))
-        reloads.add(task)
-        task.add_done_callback(reloads.discard)
-
-    loop.add_signal_handler(signal.SIGHUP, on_sighup)
-    try:
-        await stop.wait()
-        app.lifecycle.draining = True
-        log.info(
-            "shutting down: /readyz is 503, finishing in-flight requests (up to %ss)",
-            app.config.shutdown_timeout,
-        )
-        flush_logs()
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            loop.remove_signal_handler(sig)
-
-
-async def _drain(
-    config: Config, app: ProxyApp, runner: web.BaseRunner, admin_runner: web.BaseRunner
-) -> None:
-    """Stop accepting and drain: in-flight requests get shutdown_timeout in all
-    (GuardedServer.shutdown), then everything left is closed. The rest is bounded too, so
-    SIGTERM -> exit stays within shutdown_timeout + 1 s."""
-    deadline = asyncio.get_running_loop().time() + config.shutdown_timeout + _EXIT_SLACK
-    await runner.cleanup()
-    for step in (app.cleanup, admin_runner.cleanup):
-        left = max(0.05, deadline - asyncio.get_running_loop().time())
-        try:
-            await asyncio.wait_for(step(), left)
-        except TimeoutError:
-            log.warning("shutdown: a cleanup step did not finish in time; exiting anyway")

@@ -245,6 +245,7 @@ class AdminSettings:
     answer only to `allow_clients` (loopback, which `kubectl port-forward` is)."""
 
     enable_reload: bool = False  # serve POST /-/reload
+    enable_quit: bool = False  # serve POST /quitquitquit (a Job's app stops its sidecar)
     header_timeout: float = 10.0  # seconds to receive complete request headers -> 408
     max_connections: int = 256  # concurrent admin connections; beyond -> 503
 
@@ -253,6 +254,7 @@ _ADMIN_KEYS = (
     "host",
     "port",
     "enable_reload",
+    "enable_quit",
     "allowed_hosts",
     "allow_clients",
     "header_timeout",
@@ -272,14 +274,11 @@ def parse_admin(raw: object, errs: Errors) -> tuple[Listen, AdminSettings]:
     if "allow_clients" in raw:
         extra["allow_clients"] = _allow_clients(raw["allow_clients"], errs, "admin")
     values: dict[str, Any] = {}
-    if "enable_reload" in raw:
-        if isinstance(raw["enable_reload"], bool):
-            values["enable_reload"] = raw["enable_reload"]
-        else:
-            errs.add(
-                "admin.enable_reload",
-                f"expected true or false, got {errs.show(raw['enable_reload'])}",
-            )
+    for key in ("enable_reload", "enable_quit"):
+        if key in raw and isinstance(raw[key], bool):
+            values[key] = raw[key]
+        elif key in raw:
+            errs.add(f"admin.{key}", f"expected true or false, got {errs.show(raw[key])}")
     if "header_timeout" in raw:
         seconds = positive(raw["header_timeout"], "admin.header_timeout", errs)
         if seconds is not None:

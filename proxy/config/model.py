@@ -149,6 +149,8 @@ class Config:
     limits: Limits = field(default_factory=Limits)
     shared: SharedRedis | None = None  # state shared by processes (rate-limit buckets)
 
+    shutdown_delay: float = 0.0  # seconds serving on after SIGTERM before the drain starts
+
     @property
     def enable_reload(self) -> bool:
         """admin.enable_reload: serve POST /-/reload."""

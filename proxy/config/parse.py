@@ -6,6 +6,7 @@ Pure: no aiohttp, no token reads. `parse_config` collects every mistake, each wi
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 import re
@@ -35,6 +36,7 @@ from proxy.config.readers import (
     expand_env,
     join,
     mapping,
+    number,
     pattern_set,
     positive,
     string,
@@ -220,7 +222,17 @@ def _log(raw: object, errs: Errors) -> LogSettings:
     return LogSettings(fmt, level)  # type: ignore[arg-type]
 
 
-_TOP_KEYS = ("listen", "admin", "defaults", "shutdown_timeout", "routes", "log", "limits", "shared")
+_TOP_KEYS = (
+    "shutdown_delay",
+    "listen",
+    "admin",
+    "defaults",
+    "shutdown_timeout",
+    "routes",
+    "log",
+    "limits",
+    "shared",
+)
 
 
 def parse_config(
@@ -254,6 +266,9 @@ def parse_config(
     shutdown_timeout = 15.0
     if "shutdown_timeout" in m:
         shutdown_timeout = positive(m["shutdown_timeout"], "shutdown_timeout", errs) or 15.0
+    delay = number(m.get("shutdown_delay", 0), "shutdown_delay", errs)
+    if delay is not None and delay < 0:
+        errs.add("shutdown_delay", f"must be 0 or more seconds, got {delay:g}")
     routes = _routes(m.get("routes"), errs, defaults)
     log = _log(m.get("log"), errs)
     limits = parse_limits(m.get("limits"), errs)
@@ -266,6 +281,7 @@ def parse_config(
     if errs.messages:
         raise ConfigError(errs.final(), source)
     warnings = tuple(errs.warnings)
-    return Config(
+    config = Config(
         listen, admin, shutdown_timeout, routes, log, warnings, admin_settings, limits, shared
     )
+    return dataclasses.replace(config, shutdown_delay=max(0.0, delay or 0.0))
