@@ -11,19 +11,24 @@ STAMP  := $(VENV)/.installed
 RUNVENV ?= .venv-run
 RUNPY  := PYTHONPATH=$(CURDIR) $(RUNVENV)/bin/python
 RUNSTAMP ?= $(RUNVENV)/.installed
+VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' proxy/__init__.py)
 CHECK_PYTHON := $(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required") if sys.version_info < (3, 11) else None'
 
-.PHONY: install runtime run ready test lint typecheck pytest rules-test security demo demo-serve fake bench soak lock docker-build clean
+.PHONY: install runtime run ready test lint typecheck pytest rules-test security demo demo-serve fake bench soak lock dist sbom docker-build clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# The dev dependencies come from a hashed lock too (requirements-dev.lock), so CI can't drift;
+# the project itself is installed editable on top, without resolving anything.
+$(STAMP): pyproject.toml requirements-dev.lock
 	@$(CHECK_PYTHON)
-	@echo "installing the project with its dev extras into $(VENV) (a minute or two the first time)"
+	@echo "installing the locked dev dependencies into $(VENV) (a minute or two the first time)"
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --progress-bar off -e '.[dev]' | grep -E '^(Successfully|ERROR)' || true
-	@$(BIN)/python -c 'import proxy, pytest' || (echo "install failed: see pip's output above"; exit 1)
+	$(BIN)/pip install --progress-bar off --disable-pip-version-check --require-hashes --no-deps \
+		-r requirements-dev.lock | grep -E '^(Successfully|ERROR)' || true
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@$(BIN)/python -c 'import proxy, pytest, redis, opentelemetry.sdk' \
+		|| (echo "install failed: see pip's output above"; exit 1)
 	touch $(STAMP)
 
 runtime: $(RUNSTAMP)
@@ -78,16 +83,31 @@ security: install
 	AMPERITY_SCORECARD=.tools/ledger.json $(BIN)/pytest -q tests/hostile tests/test_faults.py; \
 	SUITE_FAILED=$$?; export SUITE_FAILED; $(BIN)/python -m tests.hostile.scorecard .tools/ledger.json
 
-# Refresh the pinned, hashed runtime dependency lock the Dockerfile installs from.
+# Refresh both hashed locks: the runtime one the Dockerfile and `make run` install (with the
+# image's extras), and the dev one `make test` and CI install.
+LOCK := $(BIN)/pip-compile --quiet --generate-hashes --strip-extras --allow-unsafe \
+	--no-emit-index-url --no-emit-find-links
 lock: install
-	$(BIN)/pip-compile --quiet --generate-hashes --strip-extras --allow-unsafe --extra redis --extra otel \
-		--no-emit-index-url --no-emit-find-links -o requirements.lock pyproject.toml
+	$(LOCK) --extra redis --extra otel -o requirements.lock pyproject.toml
+	$(LOCK) --extra dev --extra redis --extra otel --extra testing -o requirements-dev.lock pyproject.toml
+
+# sdist and wheel into dist/ (the version is proxy.__version__, the one place it is written).
+dist: install
+	rm -rf dist build  # a stale build/ would leak old modules into the wheel
+	$(BIN)/python -m build --no-isolation --outdir dist .
+
+# A CycloneDX SBOM of what the image installs (requirements.lock) and of the dev tools.
+sbom: install
+	$(BIN)/cyclonedx-py requirements --pyproject pyproject.toml --mc-type application \
+		--output-reproducible --of JSON -o sbom.json requirements.lock
+	$(BIN)/cyclonedx-py requirements --pyproject pyproject.toml --mc-type application \
+		--output-reproducible --of JSON -o sbom-dev.json requirements-dev.lock
 
 docker-build:
 	@if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then \
-		docker build -t amperity-auth-proxy:latest . ; \
+		docker build --build-arg VERSION=$(VERSION) -t amperity-auth-proxy:$(VERSION) . ; \
 	elif command -v buildah >/dev/null 2>&1; then \
-		buildah bud -t amperity-auth-proxy:latest . ; \
+		buildah bud --build-arg VERSION=$(VERSION) -t amperity-auth-proxy:$(VERSION) . ; \
 	else \
 		echo "docker-build: SKIPPED - no working docker engine or buildah on this machine"; \
 	fi
@@ -118,4 +138,4 @@ soak: install
 	$(BIN)/python bench/soak.py
 
 clean:
-	rm -rf $(VENV) $(RUNVENV) .venv-runtime .tools .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(RUNVENV) .venv-runtime .tools .mypy_cache .ruff_cache .pytest_cache dist build sbom.json sbom-dev.json

@@ -83,13 +83,15 @@ def test_multi_stage_on_a_pinned_slim_python(dockerfile: DockerfileParser) -> No
 
 def test_runtime_stage_promises(dockerfile: DockerfileParser) -> None:
     stage = final_stage(dockerfile)
-    names = [i["instruction"] for i in stage]
     values = {i["instruction"]: i["value"] for i in stage}
     assert values["USER"] == f"{IMAGE_USER}:{IMAGE_USER}"
     assert json.loads(values["ENTRYPOINT"]) == ["amperity-proxy"]  # exec form
     assert json.loads(values["CMD"]) == ["run"]  # a mounted IMAGE_CONFIG, or the variables
     assert "HEALTHCHECK" not in [i["instruction"] for i in dockerfile.structure]
-    assert "RUN" not in names  # the runtime stage only copies the built venv
+    # the runtime stage copies the built venv; its one RUN removes the base image's pip
+    assert [i["value"] for i in stage if i["instruction"] == "RUN"] == [
+        "python -m pip uninstall --yes pip setuptools"
+    ]
     assert values["COPY"] == "--from=build /venv /venv"
     env = dict(
         re.findall(r"(\w+)=(\S+)", " ".join(i["value"] for i in stage if i["instruction"] == "ENV"))
@@ -104,7 +106,7 @@ def test_runtime_stage_promises(dockerfile: DockerfileParser) -> None:
 def test_build_stage_installs_only_from_the_hashed_lock(dockerfile: DockerfileParser) -> None:
     runs = " ".join(instructions(dockerfile, "RUN"))
     assert "--require-hashes --no-deps -r requirements.lock" in runs
-    assert "pip install --no-deps ." in runs  # the project itself, nothing unpinned
+    assert "pip --python /venv/bin/python install --no-deps ." in runs  # nothing unpinned
     assert "compileall" in runs  # bytecode at build time; nothing written at run time
 
 
