@@ -58,6 +58,7 @@ def test_token_info_exits_0_when_all_tokens_are_fine(tmp_path: Path) -> None:
     assert header.split() == [
         "ROUTE",
         "TENANT",
+        "API",
         "SOURCE",
         "FINGERPRINT",
         "SUBJECT",
@@ -66,7 +67,7 @@ def test_token_info_exits_0_when_all_tokens_are_fine(tmp_path: Path) -> None:
         "LEFT",
         "STATE",
     ]
-    assert row.split()[:5] == ["fine", "acme", "environment", "variable", "FINE"]
+    assert row.split()[:6] == ["fine", "acme", "amperity", "environment", "variable", "FINE"]
     assert "30.0 days" in row and row.endswith("ok (in use)")
     assert env["FINE"] not in result.stdout + result.stderr
 

@@ -195,7 +195,7 @@ def test_rate_limit_and_retry_config_errors() -> None:
         )
     assert info.value.errors == [
         "routes[0].rate_limit.requests_per_second: must be greater than 0, got 0",
-        "routes[0].rate_limit.key: expected endpoint or route, got 'user'",
+        "routes[0].rate_limit.key: expected endpoint, tenant or route, got 'user'",
         "routes[1].retry.on: expected a list of 4xx/5xx status codes, got [200]",
         "routes[1].retry.attempts: must be between 1 and 10, got 50",
     ]

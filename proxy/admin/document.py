@@ -49,6 +49,7 @@ def _route(
         "name": route.name,
         "prefix": route.prefix,
         "tenant": route.tenant,
+        "api": route.api,  # amperity, profile or streaming (the route's preset)
         "base_url": str(route.base_url),
         "state": route_state(status, act, now),
         "rate_limit": limiter,  # local, shared, fallback (Redis unreachable); None: no pacing

@@ -95,7 +95,7 @@ def _route(route: dict[str, Any], now: float) -> str:
   <h2><span>{escape(route["name"])}</span><span class="badge">{STATE_LABELS.get(state, escape(state))}</span></h2>
   <dl>
     <dt>prefix</dt><dd><code>{escape(route["prefix"])}</code></dd>
-    <dt>tenant</dt><dd>{escape(route["tenant"])}</dd>
+    <dt>tenant</dt><dd>{escape(route["tenant"])} · {escape(route["api"])} API</dd>
     <dt>upstream</dt><dd><code>{escape(route["base_url"])}</code></dd>
     <dt>rate limit</dt><dd class="limiter">{escape(route["rate_limit"] or "off")}</dd>
     <dt>token</dt><dd>{source} · <code>{fingerprint}</code></dd>

@@ -58,12 +58,18 @@ async def token_info(config: Config, warn: float, as_json: bool, out: TextIO) ->
         for status in statuses
         for t in status.tokens
     )
+    apis = {route.name: route.api for route in config.routes}
     if as_json:
-        json.dump([s.as_dict(now, warn) for s in statuses], out, indent=2)
+        documents = [s.as_dict(now, warn) | {"api": apis.get(s.route)} for s in statuses]
+        json.dump(documents, out, indent=2)
         out.write("\n")
         return 1 if bad else 0
     rows: list[tuple[str, ...]] = [_HEADER]
-    rows += [_row(status, t, now, warn) for status in statuses for t in status.tokens]
+    rows += [
+        _row(status, t, now, warn, apis.get(status.route, "amperity"))
+        for status in statuses
+        for t in status.tokens
+    ]
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(_HEADER) - 1)]
     for row in rows:
         cells = [str(c).ljust(w) for c, w in zip(row[:-1], widths, strict=True)]
@@ -74,6 +80,7 @@ async def token_info(config: Config, warn: float, as_json: bool, out: TextIO) ->
 _HEADER = (
     "ROUTE",
     "TENANT",
+    "API",
     "SOURCE",
     "FINGERPRINT",
     "SUBJECT",
@@ -84,7 +91,7 @@ _HEADER = (
 )
 
 
-def _row(status: RouteStatus, t: TokenStatus, now: float, warn: float) -> tuple[str, ...]:
+def _row(status: RouteStatus, t: TokenStatus, now: float, warn: float, api: str) -> tuple[str, ...]:
     cred = t.credential
     left = "-"
     if cred is not None and cred.expires_at is not None:
@@ -99,6 +106,7 @@ def _row(status: RouteStatus, t: TokenStatus, now: float, warn: float) -> tuple[
     return (
         status.route,
         status.tenant,
+        api,
         t.source,
         cred.fingerprint if cred else "-",
         (cred.subject or "-") if cred else "-",

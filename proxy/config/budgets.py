@@ -24,6 +24,8 @@ def budget_scope(route: Route) -> Scope:
     limit = route.rate_limit
     if limit is None or limit.key == "route":
         return ("route", route.name)
+    if limit.key == "tenant":  # Amperity counts these per tenant, whatever the host
+        return ("tenant", route.api, limit.budget_tenant or route.tenant)
     return ("endpoint", route.base_url.origin, route.tenant)
 
 
@@ -45,9 +47,8 @@ def check_budgets(routes: tuple[Route, ...], errs: Errors) -> None:
         if mine != (theirs.requests_per_second, theirs.burst, theirs.store):
             errs.add(
                 f"routes[{i}].rate_limit",
-                f"route {route.name} and route {other.name} (routes[{j}]) call the same tenant "
-                f"({route.tenant} at {route.base_url.origin}), so they share its per-endpoint "
-                f"budget, but pace it differently ({_pace(limit)} vs {_pace(theirs)}); give "
+                f"route {route.name} and route {other.name} (routes[{j}]) draw on the same "
+                f"budget ({' '.join(scope[1:])}), but pace it differently ({_pace(limit)} vs {_pace(theirs)}); give "
                 "both the same requests_per_second, burst and store, or set key: route on one",
             )
 

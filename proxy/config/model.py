@@ -95,6 +95,8 @@ class RouteDefaults:
     """What a route inherits (from `defaults:`, else from here): the one place these defaults
     are declared."""
 
+    api: str = "amperity"  # which of Amperity's APIs: amperity, profile, streaming (presets)
+    tenant_header: str | None = None  # None: the preset's; "both": both spellings
     base_url: str = DEFAULT_BASE_URL  # {tenant} expands to the route's tenant
     api_version: str | None = DEFAULT_API_VERSION
     ca_file: str | None = None
@@ -129,6 +131,8 @@ class Route:
     rate_limit: RateLimit | None
     retry: RetryPolicy | None
     clients: frozenset[str] | None = None  # names from listen.clients; None: any client
+    api: str = "amperity"  # the preset (config.presets)
+    tenant_headers: tuple[str, ...] = ("Amperity-Tenant",)  # the header(s) naming the tenant
 
 
 @dataclass(frozen=True)

@@ -16,11 +16,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from proxy.config.model import BaseURL, RouteDefaults, Timeouts
+from proxy.config.presets import API_NAMES
 from proxy.config.readers import Errors, join, mapping, non_negative_int, positive, string
 from proxy.config.traffic import parse_rate_limit, parse_retry
 
 _BASE_PATH_RE = re.compile(r"(/[A-Za-z0-9._~-]+)*")
 _HEADER_VALUE_RE = re.compile(r"[\x21-\x7e]+")
+_TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP field name (RFC 9110 token)
 
 Reader = Callable[[object, str, Errors, Any], Any]
 
@@ -84,7 +86,24 @@ def _expired_token(raw: object, path: str, errs: Errors, inherited: str) -> str:
     return inherited
 
 
+def _api(raw: object, path: str, errs: Errors, inherited: str) -> str:
+    if raw in API_NAMES:
+        return str(raw)
+    errs.add(path, f"expected one of {', '.join(API_NAMES)}, got {errs.show(raw)}")
+    return inherited
+
+
+def _tenant_header(raw: object, path: str, errs: Errors, inherited: str | None) -> str | None:
+    value = string(raw, path, errs)
+    if value is None or value == "both" or _TOKEN_RE.fullmatch(value):
+        return value or inherited
+    errs.add(path, f"expected a header name or both, got {errs.show(value)}")
+    return inherited
+
+
 OVERRIDES: dict[str, Reader] = {
+    "api": _api,
+    "tenant_header": _tenant_header,
     "base_url": _base_url_template,
     "api_version": _api_version,
     "ca_file": _ca_file,

@@ -29,6 +29,7 @@ from proxy.config.model import (
     RouteDefaults,
 )
 from proxy.config.overrides import OVERRIDABLE, inherit, parse_base_url
+from proxy.config.presets import apply_preset
 from proxy.config.readers import (
     MAX_CONFIG_NODES,
     Errors,
@@ -141,6 +142,9 @@ def _route(raw: object, path: str, errs: Errors, defaults: RouteDefaults) -> Rou
         parse_route_clients(m["clients"], join(path, "clients"), errs) if "clients" in m else None
     )
     own = inherit(m, path, errs, defaults)
+    headers: tuple[str, ...] = ()
+    if tenant and name:  # the api preset, under the route's own keys and over `defaults`
+        own, headers = apply_preset(own, m.keys(), tenant, name, errs)
     # An inherited base_url's problem is reported once, at defaults.base_url (Errors keeps the
     # first problem per path), not once per route.
     where = join(path, "base_url") if "base_url" in m else "defaults.base_url"
@@ -165,6 +169,8 @@ def _route(raw: object, path: str, errs: Errors, defaults: RouteDefaults) -> Rou
         own.rate_limit,
         own.retry,
         clients,
+        own.api,
+        headers,
     )
 
 

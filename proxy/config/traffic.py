@@ -12,7 +12,7 @@ from typing import Literal
 from proxy.config.patterns import PatternSet
 from proxy.config.readers import Errors, join, mapping, number, pattern_set, positive
 
-RateKey = Literal["endpoint", "route"]
+RateKey = Literal["endpoint", "route", "tenant"]
 RateStore = Literal["local", "shared"]
 
 # Path segments that identify a resource rather than an endpoint: UUIDs, runs of 3+ digits,
@@ -30,11 +30,13 @@ class RateLimit:
     requests_per_second: float
     burst: int
     max_wait: float  # seconds a request may wait for a slot; beyond: local 429 + Retry-After
-    key: RateKey
+    key: RateKey | None  # None as written: the api preset's (config.presets), resolved at parse
     id_patterns: PatternSet  # RE2 (proxy.config.patterns): linear time, whatever the path
     # Where the bucket lives: this process, or `shared.redis` (every process that uses it).
     # Written as None, resolved by parse_config: shared when `shared:` is configured.
     store: RateStore | None = None
+    budget_tenant: str | None = None  # key tenant: whose budget (a sandbox's production tenant)
+    documented: bool = False  # `rate_limit: documented`: the preset's numbers, set at parse
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,19 @@ class RetryPolicy:
 def parse_rate_limit(raw: object, path: str, errs: Errors) -> RateLimit | None:
     if raw is None:
         return None
-    keys = ("requests_per_second", "burst", "max_wait", "key", "id_patterns", "store")
+    if raw == "documented":  # the api preset's documented budget, filled in by the preset
+        patterns = pattern_set(list(DEFAULT_ID_PATTERNS), path, errs)
+        assert patterns is not None
+        return RateLimit(1.0, 1, 30.0, None, patterns, documented=True)
+    keys = (
+        "requests_per_second",
+        "burst",
+        "max_wait",
+        "key",
+        "id_patterns",
+        "store",
+        "budget_tenant",
+    )
     m = mapping(raw, path, errs, keys)
     if m is None:
         return None
@@ -58,19 +72,23 @@ def parse_rate_limit(raw: object, path: str, errs: Errors) -> RateLimit | None:
         errs.add(join(path, "burst"), f"must be at least 1, got {errs.show(int(burst))}")
         burst = None
     max_wait = positive(m.get("max_wait", 30), join(path, "max_wait"), errs)
-    key = m.get("key", "endpoint")
-    if key not in ("endpoint", "route"):
-        errs.add(join(path, "key"), f"expected endpoint or route, got {errs.show(key)}")
-        key = None
+    key = m.get("key")
+    if key not in (None, "endpoint", "route", "tenant"):
+        errs.add(join(path, "key"), f"expected endpoint, tenant or route, got {errs.show(key)}")
+        key = "invalid"
     store = m.get("store")
     if store not in (None, "local", "shared"):
         errs.add(join(path, "store"), f"expected local or shared, got {errs.show(store)}")
         store = None
     raw_patterns = m.get("id_patterns", list(DEFAULT_ID_PATTERNS))
     patterns = pattern_set(raw_patterns, join(path, "id_patterns"), errs)
-    if rate is None or burst is None or max_wait is None or key is None or patterns is None:
+    budget = m.get("budget_tenant")
+    if budget is not None and not isinstance(budget, str):
+        errs.add(join(path, "budget_tenant"), f"expected a tenant id, got {errs.show(budget)}")
+        budget = None
+    if rate is None or burst is None or max_wait is None or key == "invalid" or patterns is None:
         return None
-    return RateLimit(rate, int(burst), max_wait, key, patterns, store)
+    return RateLimit(rate, int(burst), max_wait, key, patterns, store, budget)  # type: ignore[arg-type]
 
 
 def parse_retry(raw: object, path: str, errs: Errors) -> RetryPolicy | None:

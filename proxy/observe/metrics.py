@@ -125,9 +125,17 @@ class ProxyMetrics:
         build_info.labels(version).set(1)
         for reason in REJECT_REASONS:
             self.rejected.labels(reason)
+        self.route_info = Gauge(
+            "amperity_proxy_route_info",
+            "Always 1 per route; `api` is which of Amperity's APIs it fronts (the route's preset).",
+            ["route", "tenant", "api"],
+            registry=registry,
+            multiprocess_mode="max",
+        )
 
-    def for_route(self, route: str, tenant: str) -> RouteMetrics:
+    def for_route(self, route: str, tenant: str, api: str = "amperity") -> RouteMetrics:
         """Pre-bound children for one route; also pre-initialises its series at 0."""
+        self.route_info.labels(route, tenant, api).set(1)
         return RouteMetrics(self, route, tenant)
 
 

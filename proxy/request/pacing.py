@@ -156,7 +156,7 @@ class Pacer:
         limit = route.rate_limit
         assert limit is not None
         scope = budget_scope(route)
-        if limit.key == "route":
+        if limit.key in ("route", "tenant"):  # one bucket for the route, or for the tenant
             return scope
         path = route.base_url.path + rest.partition("?")[0]
         segments = ["{id}" if limit.id_patterns.fullmatch(s) else s for s in path.split("/")]

@@ -52,7 +52,7 @@ def admit(
         )
         # SECURITY: this generation's tokens, for this Target only
         target = Target(
-            route, plan, metrics.for_route(route.name, route.tenant), tokens[route.name]
+            route, plan, metrics.for_route(route.name, route.tenant, route.api), tokens[route.name]
         )
         prefixes.append((route.prefix, target))
         hosts.append(

@@ -57,6 +57,17 @@ TEST_SECRET = "fake-amperity-test-secret-not-for-production"  # noqa: S105 (test
 FAKE_CLIENT_ID = "fake-client"
 FAKE_CLIENT_SECRET = "fake-client-secret-not-for-production"  # noqa: S105 (test-only)
 TENANT_CLAIM = "tenant"
+PROFILE_VERSION = "2025-07-31"
+STREAMING_MAX_BODY = 1024 * 1024  # bytes: bodies past it get the Streaming API's 413
+
+
+def api_of(path: str) -> str:
+    """Which of Amperity's APIs a path belongs to (as the fake tells them apart)."""
+    if path.startswith("/stream/v0/"):
+        return "streaming"
+    if path.startswith("/api/indexes"):
+        return "profile"
+    return "amperity"
 
 
 def make_token(
@@ -154,6 +165,8 @@ class FakeAmperity:
         )
 
     def _check(self, request: web.Request) -> str | None:
+        """What Amperity checks, per API (told apart by path): the token, the tenant header
+        that API wants (and no other), the api-version it accepts."""
         auth = request.headers.getall("Authorization", [])
         if len(auth) != 1 or not auth[0].startswith("Bearer "):
             return "missing or malformed Authorization header"
@@ -161,13 +174,23 @@ class FakeAmperity:
             claims = jwt.decode(auth[0][7:], self.secret, algorithms=["HS256"])
         except jwt.PyJWTError as exc:
             return f"invalid token: {type(exc).__name__}"
-        tenants = request.headers.getall("Amperity-Tenant", [])
-        if tenants != [claims.get(TENANT_CLAIM)]:
-            return "Amperity-Tenant does not match the token's tenant"
+        api = api_of(request.path)
+        wanted, other = ("X-Amperity-Tenant", "Amperity-Tenant")
+        if api != "streaming":
+            wanted, other = other, wanted
+        if request.headers.getall(wanted, []) != [claims.get(TENANT_CLAIM)]:
+            return f"{wanted} does not match the token's tenant"
+        if other in request.headers:
+            return f"unexpected {other} header for the {api} API"
         if auth[0][7:] in self.revoked:
             return "the token was revoked"
-        if "api-version" not in request.headers and "api-version" not in request.query:
+        version = request.headers.get("api-version") or request.query.get("api-version")
+        if api == "streaming":
+            return "the Streaming API takes no api-version" if version else None
+        if version is None:
             return "missing api-version"
+        if api == "profile" and version != PROFILE_VERSION:
+            return f"the Profile API accepts api-version {PROFILE_VERSION}"
         return None
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
@@ -178,9 +201,11 @@ class FakeAmperity:
             length += len(chunk)
         problem = self._check(request)
         status = 401 if problem is not None else None
+        if problem is None and api_of(request.path) == "streaming" and length > STREAMING_MAX_BODY:
+            status, problem = 413, "the body is larger than 1 MB"
         if status is not None:  # recorded before answering, so a test can wait for it
             await self._record(request, length, digest.hexdigest(), status)
-        response = await self._respond(request, problem, length, digest.hexdigest())
+        response = await self._respond(request, problem, length, digest.hexdigest(), status)
         if status is None:
             await self._record(request, length, digest.hexdigest(), response.status)
         return response
@@ -206,11 +231,16 @@ class FakeAmperity:
             await self._recorded.wait_for(lambda: len(self.requests) >= count)
 
     async def _respond(
-        self, request: web.Request, problem: str | None, length: int, digest: str
+        self,
+        request: web.Request,
+        problem: str | None,
+        length: int,
+        digest: str,
+        status: int | None = None,
     ) -> web.StreamResponse:
         if problem is not None:
-            body = {"status": 401, "message": problem, "request_id": "fake"}
-            return web.json_response(body, status=401)
+            body = {"status": status or 401, "message": problem, "request_id": "fake"}
+            return web.json_response(body, status=status or 401)
         _, _, special = request.raw_path.partition("/_fake/")
         kind, _, arg = special.split("?", 1)[0].partition("/")
         answer = SPECIAL_PATHS.get(kind)

@@ -79,6 +79,7 @@ def headers_for(
         authorization=credential.authorization,
         tenant=plan.tenant,
         host=plan.host_header,
+        tenant_headers=plan.tenant_headers,
         api_version=plan.api_version,
         request_id=outgoing.request_id,
         query_has_api_version=outgoing.query_has_api_version,

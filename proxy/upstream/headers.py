@@ -130,6 +130,7 @@ def upstream_fields(
     authorization: str,
     tenant: str,
     host: str,
+    tenant_headers: tuple[str, ...] = ("Amperity-Tenant",),
     api_version: str | None,
     request_id: str,
     query_has_api_version: bool,
@@ -146,7 +147,8 @@ def upstream_fields(
             yield key, value
     yield "Host", host
     yield "Authorization", authorization
-    yield "Amperity-Tenant", tenant
+    for name in tenant_headers:  # the api preset's spelling (streaming: X-Amperity-Tenant)
+        yield name, tenant
     # Re-spelt canonically: a server such as nginx drops `api_version` by default.
     for value in client_api_version:
         yield "api-version", value

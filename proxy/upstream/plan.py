@@ -19,6 +19,7 @@ class Plan:
 
     name: str  # the route's name: metric and log label
     tenant: str
+    tenant_headers: tuple[str, ...]  # the header(s) that name it upstream (the api preset's)
     base_url: BaseURL
     url_prefix: str  # origin + base path, e.g. "https://acme.amperity.com/api"
     host_header: str
@@ -43,6 +44,7 @@ class Plan:
         return cls(
             name=route.name,
             tenant=route.tenant,
+            tenant_headers=route.tenant_headers,
             base_url=base,
             url_prefix=str(base),
             host_header=base.host_header,

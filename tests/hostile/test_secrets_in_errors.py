@@ -99,7 +99,8 @@ def _no_secret(text: str, *secrets: str) -> None:
             {"routes": [{**_route(), JWT: 1}]},
             {},
             "routes[0].<a value that looks like a JWT: hidden>: unknown key; allowed: name, "
-            "prefix, tenant, token, tokens, methods, paths, clients, base_url, api_version, ca_file, "
+            "prefix, tenant, token, tokens, methods, paths, clients, api, tenant_header, base_url, "
+            "api_version, ca_file, "
             "timeouts, retry_body_limit, expired_token, max_body_bytes, rate_limit, retry",
         ),
         (  # short literal identifiers are still shown: they are what a hint needs
