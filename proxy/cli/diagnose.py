@@ -19,6 +19,7 @@ import aiohttp
 
 from proxy.app import ProxyApp, create_app
 from proxy.config import Config, Route
+from proxy.config.presets import PRESETS
 from proxy.refusals import REFUSAL_PEEK, upstream_message
 from proxy.tokens import RouteStatus, TokenStatus, in_words
 from proxy.tokens.health import EXPIRING, EXPLANATIONS, REMEDY, unauthorized_cause, utc
@@ -204,8 +205,13 @@ async def _probe(app: ProxyApp, route: Route, verdict: Verdict) -> None:
     session = app.session
     if credential is None or session is None:
         return
-    url = f"{route.base_url}/segments?limit=1"
-    headers = {"Authorization": credential.authorization, "Amperity-Tenant": route.tenant}
+    check = PRESETS[route.api].probe
+    if check is None:  # the Streaming API has no read-only call: DNS and TLS were the check
+        verdict.ok(f"probe: none for the {route.api} API (it has no read-only request)")
+        return
+    url = f"{route.base_url}{check}"
+    headers = {"Authorization": credential.authorization}
+    headers |= dict.fromkeys(route.tenant_headers, route.tenant)
     if route.api_version:
         headers["api-version"] = route.api_version
     try:

@@ -12,8 +12,8 @@ import os
 import re
 from collections.abc import Mapping
 
-from proxy.config.budgets import check_budgets, resolve_stores
-from proxy.config.clients import check_clients, parse_route_clients
+from proxy.config.checks import across_routes
+from proxy.config.clients import parse_route_clients
 from proxy.config.limits import parse_limits
 from proxy.config.listen import (
     listen_problems,
@@ -279,9 +279,7 @@ def parse_config(
     log = _log(m.get("log"), errs)
     limits = parse_limits(m.get("limits"), errs)
     shared = parse_shared(m.get("shared"), errs)
-    routes = resolve_stores(routes, shared is not None, errs)
-    check_budgets(routes, errs)
-    check_clients(listen.clients, listen.client_token is not None, m.get("routes"), errs)
+    routes = across_routes(routes, m.get("routes"), listen, shared is not None, errs)
     for problem in listen_problems(listen):
         errs.messages.append(problem)
     if errs.messages:

@@ -121,3 +121,14 @@ def apply_preset(
             own, rate_limit=dataclasses.replace(limit, key=key, budget_tenant=budget)
         )
     return own, headers
+
+
+def pacing_hint(routes: Collection[Any], errs: Errors) -> None:
+    """Once, for routes on the Profile or Streaming API without pacing: the option exists.
+    Pacing stays opt-in: a tool paced elsewhere, or a benchmark, must not be slowed by surprise."""
+    names = [r.name for r in routes if r.api != "amperity" and r.rate_limit is None]
+    if names:
+        errs.warnings.append(
+            f"route(s) {', '.join(names)} are not paced; `rate_limit: documented` paces a "
+            "preset route at its API's documented budget (README: Amperity's three APIs)"
+        )

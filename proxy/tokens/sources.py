@@ -124,7 +124,7 @@ def make_sources(
                     # Decision: default to the route's own base URL, which is Amperity's documented
                     # https://{tenant}.amperity.com/api/v0/oauth2/token for the default base_url
                     # and follows AWS (app.amperity.com) and sandbox base URLs.
-                    token_url=config.token_url or f"{route.base_url}/v0/oauth2/token",
+                    token_url=config.token_url or _token_url(route),
                     env=env,
                     session=session,
                     ssl=ssl,
@@ -134,3 +134,11 @@ def make_sources(
         else:
             sources.append(StaticSource(config, env))
     return sources
+
+
+def _token_url(route: Route) -> str:
+    """Amperity's client-credentials endpoint for a route: under the API's base, which for the
+    Streaming API (a base outside /api) is the tenant host's /api."""
+    if route.api == "streaming":
+        return f"{route.base_url.origin}/api/v0/oauth2/token"
+    return f"{route.base_url}/v0/oauth2/token"
