@@ -41,7 +41,9 @@ _SANDBOX = re.compile(r"(?P<production>[a-z0-9][a-z0-9-]*?)-sb-[0-9]+")
 
 @dataclass(frozen=True)
 class Documented:
-    """An API's documented rate budget: `rate_limit: documented` paces at it."""
+    """An API's documented rate budget: `rate_limit: documented` paces at it, with a burst of
+    one: a bucket lets through at most rate + burst in any one second, so a burst as large as
+    the rate would double a sliding-window limit; with one, requests are spaced evenly."""
 
     requests_per_second: float
     burst: int
@@ -59,12 +61,12 @@ class Preset:
 
 PRESETS = {
     "amperity": Preset(
-        {}, ("Amperity-Tenant",), Documented(10, 10, "endpoint", False), "/segments?limit=1"
+        {}, ("Amperity-Tenant",), Documented(10, 1, "endpoint", False), "/segments?limit=1"
     ),
     "profile": Preset(
         {"api_version": "2025-07-31"},
         ("amperity-tenant",),
-        Documented(2000, 2000, "tenant", True),
+        Documented(2000, 1, "tenant", True),
         "/indexes?limit=1",
     ),
     "streaming": Preset(
@@ -74,7 +76,7 @@ PRESETS = {
             "max_body_bytes": STREAMING_MAX_BODY,
         },
         ("X-Amperity-Tenant",),
-        Documented(1000, 1000, "tenant", False),
+        Documented(1000, 1, "tenant", False),
         None,  # no read-only call: DNS and TLS only
     ),
 }

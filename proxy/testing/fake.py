@@ -51,23 +51,13 @@ import jwt
 from aiohttp import web
 
 from proxy.listener import bound_sockets
+from proxy.testing.apis import PROFILE_VERSION, STREAMING_MAX_BODY, Budgets, api_of
 from proxy.testing.specials import SPECIAL_PATHS
 
 TEST_SECRET = "fake-amperity-test-secret-not-for-production"  # noqa: S105 (test-only)
 FAKE_CLIENT_ID = "fake-client"
 FAKE_CLIENT_SECRET = "fake-client-secret-not-for-production"  # noqa: S105 (test-only)
 TENANT_CLAIM = "tenant"
-PROFILE_VERSION = "2025-07-31"
-STREAMING_MAX_BODY = 1024 * 1024  # bytes: bodies past it get the Streaming API's 413
-
-
-def api_of(path: str) -> str:
-    """Which of Amperity's APIs a path belongs to (as the fake tells them apart)."""
-    if path.startswith("/stream/v0/"):
-        return "streaming"
-    if path.startswith("/api/indexes"):
-        return "profile"
-    return "amperity"
 
 
 def make_token(
@@ -138,6 +128,7 @@ class FakeAmperity:
         self.clock: Callable[[], float] = time.time  # stamps `received_at`
         self.flaky: Counter[str] = Counter()  # answers so far per `_fake/flaky/...` path
         self.holds: Counter[str] = Counter()  # answers so far per `_fake/hold` path
+        self.budgets = Budgets(lambda: self.clock())  # 429s past the documented rates, when on
         self.app = web.Application()
         self.app.router.add_post("/{base:.*}/v0/oauth2/token", self._token)
         self.app.router.add_route("*", "/{tail:.*}", self._handle)
@@ -203,6 +194,8 @@ class FakeAmperity:
         status = 401 if problem is not None else None
         if problem is None and api_of(request.path) == "streaming" and length > STREAMING_MAX_BODY:
             status, problem = 413, "the body is larger than 1 MB"
+        if problem is None and self.budgets.over(request):
+            status, problem = 429, "rate limit exceeded"
         if status is not None:  # recorded before answering, so a test can wait for it
             await self._record(request, length, digest.hexdigest(), status)
         response = await self._respond(request, problem, length, digest.hexdigest(), status)
