@@ -24,6 +24,11 @@ async def test_demo_shows_what_the_upstream_received(capsys: pytest.CaptureFixtu
     assert "Authorization: Bearer <token, fingerprint " in out
     assert "upstream verdict: 200 (accepted)" in out
     assert "eyJ" not in out  # the demo never prints the token itself
+    # all three of Amperity's APIs, each with its own headers, accepted by the fake
+    assert "GET /api/indexes/demo/profiles/42" in out and "amperity-tenant: acme" in out
+    assert "api-version: 2025-07-31" in out
+    assert "POST /stream/v0/data/demo-stream" in out and "X-Amperity-Tenant: acme" in out
+    assert out.count("upstream verdict: 200 (accepted)") == 3
 
 
 async def test_the_demo_sends_what_it_prints(capsys: pytest.CaptureFixture[str]) -> None:

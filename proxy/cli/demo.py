@@ -38,35 +38,50 @@ def upstream_view(received: RecordedRequest, token: str) -> list[str]:
     return lines
 
 
-async def _send(url: str) -> tuple[str, str]:
-    """Send the demo request with curl when it is installed (what the printed command says),
-    else with aiohttp; returns (the command as printed, the status line)."""
+async def _send(url: str, body: str | None = None) -> tuple[str, str]:
+    """Send a demo request with curl when it is installed (what the printed command says),
+    else with aiohttp; returns (the command as printed, the status line). `body`: a JSON POST."""
     curl = shutil.which("curl")
+    post = ["-X", "POST", "-H", "Content-Type: application/json", "-d", body] if body else []
+    shown = f" -X POST -H 'Content-Type: application/json' -d '{body}'" if body else ""
     if curl is not None:
         process = await asyncio.create_subprocess_exec(
-            curl, "-s", "-o", "/dev/null", "-w", "%{http_code}", url,
+            curl, "-s", "-o", "/dev/null", "-w", "%{http_code}", *post, url,
             stdout=asyncio.subprocess.PIPE,
         )  # fmt: skip
         out, _ = await process.communicate()
-        return f"$ curl -s '{url}'   # no credentials", f"<- {out.decode()}"
-    async with aiohttp.ClientSession() as client, client.get(url) as response:
+        return f"$ curl -s{shown} '{url}'   # no credentials", f"<- {out.decode()}"
+    method = "POST" if body else "GET"
+    headers = {"Content-Type": "application/json"} if body else {}
+    async with (
+        aiohttp.ClientSession() as client,
+        client.request(method, url, data=body, headers=headers) as response,
+    ):
         await response.read()
         return (
-            f"GET {url}   # no credentials (sent with aiohttp: curl is not installed)",
+            f"{method} {url}   # no credentials (sent with aiohttp: curl is not installed)",
             f"<- {response.status} {response.reason}",
         )
 
 
 def _config(fake_port: int, ca_file: Path) -> Config:
-    route = {
-        "prefix": "/acme",
-        "tenant": "acme",
-        "base_url": f"https://localhost:{fake_port}/api",
-        "ca_file": str(ca_file),
-        "token": {"env": "DEMO_AMPERITY_TOKEN"},
-    }
+    """Three routes, one per Amperity API (presets), all in front of the fake."""
+    common = {"tenant": "acme", "ca_file": str(ca_file), "token": {"env": "DEMO_AMPERITY_TOKEN"}}
+    api = f"https://localhost:{fake_port}/api"
+    routes = [
+        {"prefix": "/acme", "base_url": api, **common},
+        {"prefix": "/acme-profile", "api": "profile", "base_url": api, **common},
+        {
+            "prefix": "/acme-stream",
+            "api": "streaming",
+            "base_url": f"https://localhost:{fake_port}/stream/v0",
+            **common,
+        },
+    ]
+    for route in routes[1:]:
+        route["rate_limit"] = "documented"
     return parse_config(
-        {"listen": {"host": "127.0.0.1", "port": 0}, "routes": [route]}, source="demo"
+        {"listen": {"host": "127.0.0.1", "port": 0}, "routes": routes}, source="demo"
     )
 
 
@@ -88,8 +103,13 @@ async def demo(serve: bool = False) -> None:
         port = bound_sockets(site)[0].getsockname()[1]
         try:
             print(f"fake Amperity API: https://localhost:{fake_port}/api (tenant acme)")
-            print(f"proxy:             http://127.0.0.1:{port}/acme -> the fake API\n")
+            print(f"proxy:             http://127.0.0.1:{port}/acme -> the fake API")
             await _one_request(fake, f"http://127.0.0.1:{port}/acme/segments?limit=2", token)
+            print("\n--- the Profile API (api: profile) and the Streaming API (api: streaming):")
+            profile = f"http://127.0.0.1:{port}/acme-profile/indexes/demo/profiles/42"
+            await _one_request(fake, profile, token)
+            stream = f"http://127.0.0.1:{port}/acme-stream/data/demo-stream"
+            await _one_request(fake, stream, token, body='{"event": "demo"}')
             if serve:
                 await _serve(fake, port, token)
             else:
@@ -100,8 +120,9 @@ async def demo(serve: bool = False) -> None:
             await fake_runner.cleanup()
 
 
-async def _one_request(fake: FakeAmperity, url: str, token: str) -> None:
-    command, status = await _send(url)
+async def _one_request(fake: FakeAmperity, url: str, token: str, body: str | None = None) -> None:
+    command, status = await _send(url, body)
+    print()
     print(command)
     print(status)
     print("\nthe upstream received:")
