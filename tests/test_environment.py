@@ -101,7 +101,7 @@ async def test_a_proxy_from_variables_alone(tmp_path: Path, tls: FakeTLS) -> Non
     info = run_cli("token-info", "--json", "--warn", "1m", env=env)
     assert info.returncode == 0, info.stderr
     assert json.loads(info.stdout)[0]["route"] == "amperity"
-    process = await spawn_proxy_without_file(tmp_path, env)
+    process = await spawn_proxy(tmp_path, None, env)  # no --config, no file
     try:
         async with (
             aiohttp.ClientSession() as session,
@@ -115,23 +115,6 @@ async def test_a_proxy_from_variables_alone(tmp_path: Path, tls: FakeTLS) -> Non
     assert seen.header("Authorization") == f"Bearer {token}"
     assert seen.header("Amperity-Tenant") == "acme"
     assert token not in check.stdout + check.stderr + info.stdout
-
-
-async def spawn_proxy_without_file(tmp_path: Path, env: dict[str, str]) -> Any:
-    """`run` with no --config at all (spawn_proxy writes one; this must not)."""
-    import asyncio
-
-    from tests.support.process import ProxyProcess, clean_env, proxy_command
-
-    proc = await asyncio.create_subprocess_exec(
-        *proxy_command("run", "--log-format", "json"),
-        env=clean_env(env),
-        stderr=asyncio.subprocess.PIPE,
-        cwd=tmp_path,
-    )
-    process = ProxyProcess(proc, {})
-    process.listening = await process.log_until(lambda r: "listen" in r and "admin" in r)
-    return process
 
 
 @pytest.mark.parametrize(

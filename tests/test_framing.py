@@ -8,10 +8,12 @@ test proves whether the first connection went back to the pool."""
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 
 import pytest
 
 from proxy.testing import FakeTLS
+from proxy.upstream import pool as pool_module
 from tests.conftest import ProxyFactory, ScriptedUpstream, Upstream, acme_route
 from tests.hostile.conftest import LEDGER
 from tests.support.waiting import until
@@ -161,5 +163,26 @@ async def test_idle_connections_are_closed_after_the_expiry_even_when_traffic_st
         await until(lambda: scripted.ended == 1, "the idle connection closed by the sweep", 10)
         assert (await proxy.client.get("/acme/x")).status == 200  # a fresh one
         assert len(scripted.connections) == 2
+    finally:
+        await scripted.close()
+
+
+async def test_an_idle_connection_past_the_pools_expiry_is_never_lent(
+    make_proxy: ProxyFactory, upstream: Upstream, tls: FakeTLS, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between the expiry and the sweep that closes it, an expired connection must not be
+    lent either: `acquire` judged it by the default 15 s, not the pool's own expiry."""
+    scripted = ScriptedUpstream([OK])
+    port = await scripted.start(tls)
+    now = [1000.0]
+    # the pool's own clock only (the event loop's, which times the sweep, stays real)
+    monkeypatch.setattr(pool_module, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    try:
+        base = f"https://acme.amperity.com:{port}/api"
+        proxy = await make_proxy([acme_route(upstream, base_url=base)], pool_idle=5)
+        assert (await proxy.client.get("/acme/x")).status == 200
+        now[0] += 6  # past the pool's 5 s, well inside the default 15 s; no sweep has run yet
+        assert (await proxy.client.get("/acme/x")).status == 200
+        assert len(scripted.connections) == 2  # a fresh connection, not the expired one
     finally:
         await scripted.close()

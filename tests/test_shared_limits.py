@@ -348,3 +348,14 @@ async def test_an_upstream_429_pauses_the_bucket_for_every_process(
     assert len(upstream.requests) == 1  # B sent nothing
     other = await b.client.get("/acme/segments")  # another endpoint is not held
     assert other.status == 200
+
+
+def test_a_bad_redis_url_from_a_variable_is_not_echoed() -> None:
+    """A value that came from ${VAR} may be a secret: the error says where it came from."""
+    route = {"prefix": "/a", "tenant": "acme", "token": {"env": "T"}}
+    raw = {"routes": [route], "shared": {"redis": {"url": "${REDIS_URL}"}}}
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw, env={"REDIS_URL": "ftp://s3cret-internal-host-7f3a/0"})
+    text = str(info.value)
+    assert "s3cret-internal-host-7f3a" not in text
+    assert "shared.redis.url: expected redis://host:port/db" in text and "REDIS_URL" in text

@@ -8,7 +8,6 @@ of the package: `from proxy.config import Config, Route, load_config, parse_conf
   `sources` (token sources), `patterns` (RE2 path patterns)
 """
 
-from proxy.config.budgets import Scope, budget_scope
 from proxy.config.files import load_config, load_yaml, yaml_problem
 from proxy.config.model import (
     DEFAULT_API_VERSION,
@@ -43,11 +42,9 @@ __all__ = [
     "LogSettings",
     "Route",
     "RouteDefaults",
-    "Scope",
     "SharedRedis",
     "StartupError",
     "Timeouts",
-    "budget_scope",
     "keep_running",
     "load_config",
     "load_yaml",

@@ -19,16 +19,6 @@ from proxy.config.traffic import RateStore
 Scope = tuple[str, ...]
 
 
-def budget_scope(route: Route) -> Scope:
-    """The part of a bucket's key that routes can share (the endpoint is added per request)."""
-    limit = route.rate_limit
-    if limit is None or limit.key == "route":
-        return ("route", route.name)
-    if limit.key == "tenant":  # Amperity counts these per tenant, whatever the host
-        return ("tenant", route.api, limit.budget_tenant or route.tenant)
-    return ("endpoint", route.base_url.origin, route.tenant)
-
-
 def check_budgets(routes: tuple[Route, ...], errs: Errors) -> None:
     """Routes that share a budget scope but pace it differently are an error."""
     first: dict[Scope, tuple[int, Route]] = {}
@@ -36,7 +26,7 @@ def check_budgets(routes: tuple[Route, ...], errs: Errors) -> None:
         limit = route.rate_limit
         if limit is None:
             continue
-        scope = budget_scope(route)
+        scope = route.budget
         if scope not in first:
             first[scope] = (i, route)
             continue
@@ -48,8 +38,9 @@ def check_budgets(routes: tuple[Route, ...], errs: Errors) -> None:
             errs.add(
                 f"routes[{i}].rate_limit",
                 f"route {route.name} and route {other.name} (routes[{j}]) draw on the same "
-                f"budget ({' '.join(scope[1:])}), but pace it differently ({_pace(limit)} vs {_pace(theirs)}); give "
-                "both the same requests_per_second, burst and store, or set key: route on one",
+                f"budget ({' '.join(scope[1:])}), but pace it differently ({_pace(limit)} vs "
+                f"{_pace(theirs)}); give both the same requests_per_second, burst and store, or "
+                "set key: route on one",
             )
 
 

@@ -36,7 +36,7 @@ def parse_clients(raw: object, errs: Errors) -> tuple[NamedClient, ...]:
             continue
         name = client_name(m.get("name"), join(path, "name"), errs)
         if name is not None and name in seen:
-            errs.add(join(path, "name"), f"duplicate client name {name!r}")
+            errs.add(join(path, "name"), f"duplicate client name {errs.show(name)}")
         token = None
         if m.get("token") is None:
             errs.add(join(path, "token"), "missing: {env: NAME} or {file: PATH}")
@@ -51,7 +51,10 @@ def parse_clients(raw: object, errs: Errors) -> tuple[NamedClient, ...]:
 def client_name(raw: object, path: str, errs: Errors) -> str | None:
     text = string(raw, path, errs)
     if text is not None and not _NAME.fullmatch(text):
-        errs.add(path, f"expected a lower-case name like ci-exports (a-z 0-9 . _ -), got {text!r}")
+        errs.add(
+            path,
+            f"expected a lower-case name like ci-exports (a-z 0-9 . _ -), got {errs.show(text)}",
+        )
         return None
     return text
 
@@ -94,7 +97,8 @@ def check_clients(
         for name in sorted(names - known):
             errs.add(
                 path,
-                f"unknown client {name!r}; defined in listen.clients: {', '.join(sorted(known))}",
+                f"unknown client {errs.show(name)}; defined in listen.clients: "
+                f"{', '.join(sorted(known))}",
             )
 
 

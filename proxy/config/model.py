@@ -8,6 +8,7 @@ tie them together: Config, Route and its parts.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -133,6 +134,19 @@ class Route:
     clients: frozenset[str] | None = None  # names from listen.clients; None: any client
     api: str = "amperity"  # the preset (config.presets)
     tenant_headers: tuple[str, ...] = ("Amperity-Tenant",)  # the header(s) naming the tenant
+
+    @functools.cached_property
+    def budget(self) -> tuple[str, ...]:
+        """The rate budget the route draws on: Amperity counts per origin, tenant and endpoint
+        (`key: endpoint`; the endpoint is added per request), per tenant (`key: tenant`, a
+        sandbox maybe on its production tenant's), or `key: route` for the route alone. Shared
+        by routes that call the same budget. Computed once (parse touches it), not per request."""
+        limit = self.rate_limit
+        if limit is None or limit.key == "route":
+            return ("route", self.name)
+        if limit.key == "tenant":  # Amperity counts these per tenant, whatever the host
+            return ("tenant", self.api, limit.budget_tenant or self.tenant)
+        return ("endpoint", self.base_url.origin, self.tenant)
 
 
 @dataclass(frozen=True)

@@ -87,6 +87,8 @@ def _url(raw: object, path: str, errs: Errors) -> str | None:
         )
         return None
     if parts.scheme not in _SCHEMES or not parts.hostname:
-        errs.add(path, f"expected redis://host:port/db or rediss://host:port/db, got {text!r}")
+        errs.add(
+            path, f"expected redis://host:port/db or rediss://host:port/db, got {errs.show(text)}"
+        )
         return None
     return text

@@ -23,7 +23,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 
-from proxy.config import Route, budget_scope
+from proxy.config import Route
 from proxy.request.shared import SharedBuckets, SharedDown
 from proxy.upstream.retry import retry_after_seconds
 
@@ -155,7 +155,7 @@ class Pacer:
         """The bucket key: `GET /segments/123` and `GET /segments/456` share one."""
         limit = route.rate_limit
         assert limit is not None
-        scope = budget_scope(route)
+        scope = route.budget  # computed once, at parse (Route.budget)
         if limit.key in ("route", "tenant"):  # one bucket for the route, or for the tenant
             return scope
         path = route.base_url.path + rest.partition("?")[0]

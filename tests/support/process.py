@@ -76,14 +76,19 @@ class ProxyProcess:
 
 
 async def spawn_proxy(
-    workdir: Path, config: dict[str, Any], env: dict[str, str] | None = None
+    workdir: Path, config: dict[str, Any] | None, env: dict[str, str] | None = None
 ) -> ProxyProcess:
-    """Write `config`, start the proxy, and wait until it logs that it listens."""
-    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    """Write `config`, start the proxy, and wait until it logs that it listens. `config`
+    None: no file at all (the AMPERITY_PROXY_* variables in `env` configure it)."""
+    args = ["--log-format", "json"]
+    if config is not None:
+        (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+        args = ["--config", str(workdir / "config.yaml"), *args]
     proc = await asyncio.create_subprocess_exec(
-        *proxy_command("run", "--config", str(workdir / "config.yaml"), "--log-format", "json"),
+        *proxy_command("run", *args),
         env=clean_env(env),
         stderr=asyncio.subprocess.PIPE,
+        cwd=workdir,
     )
     process = ProxyProcess(proc, {})
     try:
