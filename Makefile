@@ -14,7 +14,7 @@ RUNSTAMP ?= $(RUNVENV)/.installed
 VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' proxy/__init__.py)
 CHECK_PYTHON := $(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required") if sys.version_info < (3, 11) else None'
 
-.PHONY: install runtime run ready test lint typecheck pytest rules-test security demo demo-serve fake bench soak lock dist sbom docker-build clean
+.PHONY: install runtime run ready test lint typecheck pytest rules-test security demo demo-serve fake bench bench-compare soak lock dist sbom docker-build clean
 
 install: $(STAMP)
 
@@ -131,6 +131,15 @@ bench: install
 	.venv-runtime/bin/pip install --quiet --require-hashes --no-deps -r requirements.lock
 	.venv-runtime/bin/pip install --quiet --no-deps --force-reinstall .
 	BENCH_PYTHON=.venv-runtime/bin/python $(BIN)/python bench/run.py
+
+# The proxy's code at several revisions, alternating in front of one nginx (is a refactor free?):
+#   make bench-compare REVS="HEAD~5 HEAD"
+bench-compare: install
+	@command -v wrk >/dev/null && command -v nginx >/dev/null || \
+		(apt-get update -qq && apt-get install -y -qq wrk nginx-light >/dev/null)
+	$(PYTHON) -m venv .venv-runtime
+	.venv-runtime/bin/pip install --quiet --require-hashes --no-deps -r requirements.lock
+	BENCH_PYTHON=.venv-runtime/bin/python $(BIN)/python bench/compare.py $(REVS)
 
 # A few minutes of load and churn (slow readers, 100 reloads, fast token rotation) against the
 # proxy as a process; figures go to the "Soak" section of bench/RESULTS.md.

@@ -115,10 +115,18 @@ def wrk(url: str, connections: int, seconds: int = ROUND_SECONDS) -> Wrk:
     return Wrk(rps, p50, p99, total)
 
 
+@dataclass
+class Proxy:
+    process: subprocess.Popen[bytes]
+    port: int
+    admin_port: int
+    ready_seconds: float
+
+
 class Stack:
     """nginx upstream + proxy + reference, all on loopback."""
 
-    def __init__(self, work: Path, workers: int = 1) -> None:
+    def __init__(self, work: Path, workers: int = 1, *, proxy: bool = True) -> None:
         self.work = work
         self.procs: list[subprocess.Popen[bytes]] = []
         tls = make_tls("localhost", "127.0.0.1")
@@ -157,8 +165,10 @@ http {{
         self.nginx = self._spawn(["nginx", "-c", str(work / "nginx.conf"), "-p", str(work)])
         wait_http(f"http://127.0.0.1:{self.http}/api/small", time.monotonic() + 10)
         self.token = make_token("acme")
-        self.proxy_port, self.admin_port = free_port(), free_port()
-        self.ready_seconds = self._start_proxy(workers)
+        if proxy:
+            started = self.start_proxy(workers=workers)
+            self.proxy, self.proxy_port = started.process, started.port
+            self.admin_port, self.ready_seconds = started.admin_port, started.ready_seconds
         self.reference_port = free_port()
         self.reference = self._spawn(
             [
@@ -175,10 +185,13 @@ http {{
         self.procs.append(proc)
         return proc  # type: ignore[no-any-return]
 
-    def _start_proxy(self, workers: int) -> float:
+    def start_proxy(self, *, workers: int = 1, source: Path | None = None) -> Proxy:
+        """A proxy process in front of nginx: the installed one, or the `proxy/` package under
+        `source` (another revision's code, for `bench/compare.py`)."""
+        port, admin_port = free_port(), free_port()
         config = {
-            "listen": {"port": self.proxy_port},
-            "admin": {"port": self.admin_port},
+            "listen": {"port": port},
+            "admin": {"port": admin_port},
             "log": {"format": "json", "level": "INFO"},  # the access log stays on
             "routes": [
                 {
@@ -196,16 +209,19 @@ http {{
                 },
             ],
         }
-        (self.work / "proxy.yaml").write_text(yaml.safe_dump(config))
+        name = f"proxy-{port}"
+        (self.work / f"{name}.yaml").write_text(yaml.safe_dump(config))
         env = {**os.environ, "BENCH_TOKEN": self.token}
-        argv = [SERVER_PYTHON, "-m", "proxy", "run", "--config", str(self.work / "proxy.yaml")]
+        if source is not None:
+            env["PYTHONPATH"] = str(source)
+        argv = [SERVER_PYTHON, "-m", "proxy", "run", "--config", str(self.work / f"{name}.yaml")]
         if workers > 1:
             argv += ["--workers", str(workers)]
         started = time.monotonic()
-        with (self.work / "proxy.log").open("ab") as log:
-            self.proxy = self._spawn(argv, env=env, stderr=log, cwd=self.work)
-        wait_http(f"http://127.0.0.1:{self.admin_port}/readyz", started + 30)
-        return time.monotonic() - started
+        with (self.work / f"{name}.log").open("ab") as log:
+            process = self._spawn(argv, env=env, stderr=log, cwd=self.work)
+        wait_http(f"http://127.0.0.1:{admin_port}/readyz", started + 30)
+        return Proxy(process, port, admin_port, time.monotonic() - started)
 
     def close(self) -> None:
         for proc in reversed(self.procs):

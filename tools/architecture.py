@@ -11,6 +11,7 @@ import ast
 import asyncio
 import sys
 from pathlib import Path
+from typing import Any
 
 import grimp
 
@@ -28,7 +29,11 @@ def module_files() -> list[Path]:
 
 
 def layers(g: grimp.ImportGraph) -> int:
-    """The longest chain of imports between modules (packages' `__init__` re-exports and the
+    return max(ranks(g).values())
+
+
+def ranks(g: grimp.ImportGraph) -> dict[str, int]:
+    """Each module's layer: 1 + the longest chain of imports between modules (packages' `__init__` re-exports and the
     deferred imports that break cycles at run time are not counted twice: an arrow back to a
     module already on the chain is ignored)."""
     packages = {m for m in g.modules if any(o.startswith(m + ".") for o in g.modules)}
@@ -46,7 +51,9 @@ def layers(g: grimp.ImportGraph) -> int:
         depth[module] = 1 + max((walk(m, path | {module}) for m in below), default=0)
         return depth[module]
 
-    return max(walk(m, frozenset()) for m in sorted(modules))
+    for m in sorted(modules):
+        walk(m, frozenset())
+    return depth
 
 
 def arrows(g: grimp.ImportGraph) -> int:
@@ -66,7 +73,7 @@ def functions(limit: int = 5) -> list[tuple[int, str]]:
     return sorted(found, reverse=True)[:limit]
 
 
-async def _trace_one_get() -> list[str]:
+async def _trace_one_get() -> tuple[list[str], list[tuple[str, str]]]:
     from aiohttp import web
     from aiohttp.test_utils import TestClient, TestServer
 
@@ -99,16 +106,23 @@ async def _trace_one_get() -> list[str]:
     url = f"http://127.0.0.1:{proxy_port}/acme/segments"
     await (await client.session.get(url)).read()  # warm: connections, caches
     seen: set[str] = set()
+    calls: list[tuple[str, str]] = []
     package = str(ROOT / PACKAGE)
 
-    def profile(frame: object, event: str, arg: object) -> None:
-        filename = frame.f_code.co_filename  # type: ignore[attr-defined]
-        if (
+    def ours(filename: str) -> bool:
+        return (
             filename.startswith(package)
             and "fake_amperity" not in filename
             and "/testing/" not in filename
-        ):
+        )
+
+    def profile(frame: Any, event: str, arg: object) -> None:
+        filename = frame.f_code.co_filename
+        if ours(filename):
             seen.add(str(Path(filename).relative_to(ROOT)))
+            caller = frame.f_back
+            if event == "call" and caller is not None and ours(caller.f_code.co_filename):
+                calls.append((caller.f_code.co_filename, filename))
 
     sys.setprofile(profile)
     try:
@@ -119,13 +133,27 @@ async def _trace_one_get() -> list[str]:
     await server.cleanup()
     await app.cleanup()
     await runner.cleanup()
-    return sorted(seen)
+    return sorted(seen), calls
 
 
-def request_modules() -> list[str]:
+def module_name(filename: str) -> str:
+    dotted = ".".join(Path(filename).relative_to(ROOT).with_suffix("").parts)
+    return dotted.removesuffix(".__init__")
+
+
+def request_path() -> tuple[list[str], list[tuple[str, str]]]:
     """The package's modules whose code runs while one GET goes through the proxy (traced in
-    process against the bundled fake; the fake and the client are not counted)."""
-    return asyncio.run(_trace_one_get())
+    process against the bundled fake; the fake and the client are not counted), and each call
+    between two of them as (caller module, callee module)."""
+    seen, calls = asyncio.run(_trace_one_get())
+    return seen, [(module_name(a), module_name(b)) for a, b in calls if a != b]
+
+
+def upward(g: grimp.ImportGraph, calls: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The calls into a module of a higher layer than the caller's (a callback, a closure or a
+    deferred import reaching back up), as distinct (caller, callee) pairs."""
+    rank = ranks(g)
+    return sorted({(a, b) for a, b in calls if rank.get(b, 0) > rank.get(a, 0)})
 
 
 def main() -> None:
@@ -137,8 +165,14 @@ def main() -> None:
     print("longest functions:")
     for lines, name in functions():
         print(f"  {lines:4d}  {name}")
-    traced = request_modules()
+    traced, calls = request_path()
     print(f"modules one GET runs code in: {len(traced)} ({', '.join(traced)})")
+    between = [c for c in calls if c[0] != c[1]]
+    up = upward(g, between)
+    print(f"calls between modules during that GET: {len(between)}")
+    print(f"calls back up the layers (distinct caller -> callee): {len(up)}")
+    for a, b in up:
+        print(f"  {a} -> {b}")
 
 
 if __name__ == "__main__":

@@ -17,13 +17,13 @@ from proxy.observe.record import Record
 from proxy.observe.tracing import Tracing
 from proxy.tokens import Credential
 from proxy.upstream.answer import MalformedAnswer
+from proxy.upstream.attempt import attempts
 from proxy.upstream.bodies import BodyClock, BodyLimit, body_refusal
-from proxy.upstream.exchange import Answer, Outgoing, send
+from proxy.upstream.exchange import Answer, Outgoing
 from proxy.upstream.failures import BadResponse, failure
-from proxy.upstream.plan import Plan
 from proxy.upstream.pool import Pool
 from proxy.upstream.relay import head, stream
-from proxy.upstream.retry import Attempt, Exchange, Retry
+from proxy.upstream.retry import Exchange, Retry
 
 # What an exchange can raise: the upstream failed, or the client's body broke a limit.
 _FAILURES = (TimeoutError, ssl.SSLError, OSError, BodyLimit, BadResponse, MalformedAnswer)
@@ -43,7 +43,7 @@ async def forward(
 ) -> web.StreamResponse:
     """Send `outgoing` upstream (with retries) and stream the answer back."""
     plan = exchange.plan
-    attempt = _attempts(pool, plan, outgoing, record, body_clock, tracing)
+    attempt = attempts(pool, plan, outgoing, record, body_clock, tracing)
 
     answer: Answer | None = None
     response: web.StreamResponse | None = None
@@ -68,43 +68,6 @@ async def forward(
     finally:
         if answer is not None:
             answer.release()
-
-
-def _attempts(
-    pool: Pool,
-    plan: Plan,
-    outgoing: Outgoing,
-    record: Record,
-    body_clock: BodyClock,
-    tracing: Tracing | None,
-) -> Attempt:
-    """One send per call; with tracing, each in a client span of its own (a 401 replay or a
-    429/503 retry is the next span, with the reason) that the upstream sees as its parent."""
-
-    async def attempt(cred: Credential) -> Answer:
-        return await send(pool, plan, outgoing, cred, record, body_clock)
-
-    if tracing is None:
-        return attempt
-    url = outgoing.url.partition("?")[0]  # SECURITY: never the query in a trace
-    statuses: list[int] = []
-
-    async def traced(cred: Credential) -> Answer:
-        last = statuses[-1] if statuses else None
-        reason = None if last is None else "unauthorized" if last == 401 else f"status_{last}"
-        span, trace = tracing.client(
-            outgoing.method, url, plan.base_url.host, plan.base_url.port, len(statuses), reason
-        )
-        try:
-            answer = await send(pool, plan, outgoing, cred, record, body_clock, trace)
-        except BaseException as exc:
-            tracing.finish(span, None, type(exc).__name__)
-            raise
-        statuses.append(answer.status)
-        answer.on_release = lambda: tracing.finish(span, answer.status)
-        return answer
-
-    return traced
 
 
 def _failed(

@@ -27,12 +27,12 @@ from proxy.observe.metrics import RouteMetrics
 from proxy.observe.record import Record
 from proxy.tokens import Credential, RouteState, TokenStore, in_words
 from proxy.tokens.health import EXPLANATIONS, unauthorized_cause
+from proxy.upstream.attempt import Attempt
 from proxy.upstream.exchange import Answer
 from proxy.upstream.plan import Plan
 
 log = logging.getLogger("amperity_proxy.proxy")
 
-Attempt = Callable[[Credential], Awaitable[Answer]]  # one send with a credential
 Sleep = Callable[[float], Awaitable[None]]
 
 
