@@ -133,13 +133,13 @@ bench: install
 	BENCH_PYTHON=.venv-runtime/bin/python $(BIN)/python bench/run.py
 
 # The proxy's code at several revisions, alternating in front of one nginx (is a refactor free?):
-#   make bench-compare REVS="HEAD~5 HEAD"
+#   make bench-compare REVS="HEAD~5 HEAD" [ROUNDS=9]   (3 rounds swing +-15% on a noisy machine)
 bench-compare: install
 	@command -v wrk >/dev/null && command -v nginx >/dev/null || \
 		(apt-get update -qq && apt-get install -y -qq wrk nginx-light >/dev/null)
 	$(PYTHON) -m venv .venv-runtime
 	.venv-runtime/bin/pip install --quiet --require-hashes --no-deps -r requirements.lock
-	BENCH_PYTHON=.venv-runtime/bin/python $(BIN)/python bench/compare.py $(REVS)
+	BENCH_PYTHON=.venv-runtime/bin/python $(BIN)/python bench/compare.py $(if $(ROUNDS),--rounds $(ROUNDS)) $(REVS)
 
 # A few minutes of load and churn (slow readers, 100 reloads, fast token rotation) against the
 # proxy as a process; figures go to the "Soak" section of bench/RESULTS.md.
