@@ -20,14 +20,14 @@ import yaml
 
 from proxy.config import ConfigError, parse_config
 from proxy.testing import FakeAmperity, FakeTLS, make_token, start_fake
-from tests.conftest import ProxyFactory, Upstream, acme_route, metric, require, tls_route
+from tests.conftest import Proxy, ProxyFactory, Upstream, acme_route, metric, require, tls_route
 from tests.support.clocks import FakeClock
 from tests.support.envelope import message
 from tests.support.net import closed_port
 from tests.support.process import ProxyProcess, clean_env, proxy_command, spawn_proxy
 from tests.support.redis import INSTALL as REDIS_INSTALL
 from tests.support.redis import RedisServer, redis_binary
-from tests.support.waiting import until
+from tests.support.waiting import until_async
 
 RATE, BURST = 4, 2  # per second; what the upstream may see in any one-second window: 6
 
@@ -223,6 +223,12 @@ async def test_workers_without_redis_divide_the_rate(tmp_path: Path, tls: FakeTL
 # --- Redis down ---------------------------------------------------------------------
 
 
+async def shared_again(proxy: Proxy) -> bool:
+    """What an operator sees: the status page says the route's limit is shared again."""
+    status = await (await proxy.admin.get("/status.json")).json()
+    return bool(status["routes"][0]["rate_limit"] == "shared")
+
+
 async def test_redis_down_mid_run_degrades_pacing_not_requests(
     make_proxy: ProxyFactory, upstream: Upstream, redis_server: RedisServer
 ) -> None:
@@ -248,10 +254,7 @@ async def test_redis_down_mid_run_degrades_pacing_not_requests(
     page = await (await proxy.admin.get("/")).text()
     assert '<dd class="limiter">fallback</dd>' in page
     await redis_server.start()  # same port
-    await until(
-        lambda: proxy.app.handler.pacer.shared is not None and proxy.app.handler.pacer.shared.up,
-        "the probe to find Redis again",
-    )
+    await until_async(lambda: shared_again(proxy), "the probe to find Redis again")
     assert (await proxy.client.get("/acme/segments")).status == 200
     text = await proxy.metrics_text()
     assert metric(text, "amperity_proxy_shared_state_up") == 1
@@ -325,8 +328,7 @@ async def test_a_redis_that_hangs_is_a_redis_that_is_down(
         assert metric(text, "amperity_proxy_shared_state_up") == 0
     finally:
         redis_server.proc.send_signal(signal.SIGCONT)
-    shared = proxy.app.handler.pacer.shared
-    await until(lambda: shared is not None and shared.up, "the probe to find Redis again")
+    await until_async(lambda: shared_again(proxy), "the probe to find Redis again")
     assert len(upstream.requests) == 2
 
 
