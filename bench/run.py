@@ -185,9 +185,12 @@ http {{
         self.procs.append(proc)
         return proc  # type: ignore[no-any-return]
 
-    def start_proxy(self, *, workers: int = 1, source: Path | None = None) -> Proxy:
+    def start_proxy(
+        self, *, workers: int = 1, source: Path | None = None, extra_routes: int = 0
+    ) -> Proxy:
         """A proxy process in front of nginx: the installed one, or the `proxy/` package under
-        `source` (another revision's code, for `bench/compare.py`)."""
+        `source` (another revision's code, for `bench/compare.py`), with `extra_routes` more
+        routes (each its own prefix and tenant) beside the two it always has."""
         port, admin_port = free_port(), free_port()
         config = {
             "listen": {"port": port},
@@ -209,6 +212,15 @@ http {{
                 },
             ],
         }
+        config["routes"] += [  # type: ignore[operator]
+            {
+                "prefix": f"/tenant-{i}",
+                "tenant": f"tenant-{i}",
+                "base_url": f"http://127.0.0.1:{self.http}/api",
+                "token": {"env": "BENCH_TOKEN"},
+            }
+            for i in range(extra_routes)
+        ]
         name = f"proxy-{port}"
         (self.work / f"{name}.yaml").write_text(yaml.safe_dump(config))
         env = {**os.environ, "BENCH_TOKEN": self.token}
@@ -412,6 +424,7 @@ def main() -> None:
         workers_row = bench_workers(Path(tmp))
         if workers_row:
             rows.append(workers_row)
+        rows += bench_routes(Path(tmp))
     shared_row = measure_shared()  # None without a redis-server
     if shared_row is not None:
         rows.append(shared_row)
@@ -435,6 +448,48 @@ def main() -> None:
             text + (HERE / "ANALYSIS.md").read_text() + (soak.read_text() if soak.exists() else "")
         )
     print(json.dumps({"written": not QUICK}))
+
+
+ROUTES = 1000
+
+
+def bench_routes(work: Path) -> list[tuple[str, str, str]]:
+    """A config of 1,000 routes: start to ready (median of ROUNDS starts), RSS, and small GETs
+    on one route against a config of one, alternating."""
+    sub = work / "routes"
+    sub.mkdir()
+    stack = Stack(sub, proxy=False)
+    try:
+        starts = [stack.start_proxy(extra_routes=ROUTES) for _ in range(ROUNDS)]
+        many, one = starts[0], stack.start_proxy()
+        rps: dict[int, list[float]] = {many.port: [], one.port: []}
+        for proxy in (many, one):
+            wrk(f"http://127.0.0.1:{proxy.port}/acme/small", 32, 1)
+        for round_ in range(ROUNDS):
+            for proxy in (many, one) if round_ % 2 == 0 else (one, many):
+                rps[proxy.port].append(wrk(f"http://127.0.0.1:{proxy.port}/acme/small", 32).rps)
+        ready = statistics.median(p.ready_seconds for p in starts)
+        many_rss, one_rss = rss_mib(many.process.pid), rss_mib(one.process.pid)
+        many_rps, one_rps = statistics.median(rps[many.port]), statistics.median(rps[one.port])
+    finally:
+        stack.close()
+    return [
+        (
+            f"{ROUTES:,} routes: start to /readyz 200 (one route: {one.ready_seconds * 1000:.0f} ms)",
+            f"{ready * 1000:.0f} ms",
+            "target < 1000 ms",
+        ),
+        (
+            f"{ROUTES:,} routes: small GETs on one route, 32 connections (vs a one-route config)",
+            f"{many_rps:.0f} / {one_rps:.0f} req/s",
+            f"{many_rps / one_rps:.2f}x (target >= 0.9x)",
+        ),
+        (
+            f"{ROUTES:,} routes: RSS (one route: {one_rss:.1f} MiB)",
+            f"{many_rss:.1f} MiB",
+            f"{(many_rss - one_rss) * 1024 / ROUTES:.0f} KiB per route",
+        ),
+    ]
 
 
 def bench_workers(work: Path) -> tuple[str, str, str] | None:

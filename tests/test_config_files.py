@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from proxy.config import ConfigError, load_config
+from proxy.config.files import LOADERS
 
 ROUTE = "routes: [{prefix: /a, tenant: acme, token: {env: T}}]\n"
 
@@ -31,3 +33,40 @@ def test_true_and_false_are_still_booleans_and_yes_is_not(tmp_path: Path) -> Non
     with pytest.raises(ConfigError) as info:
         load_config(path, env={})
     assert "admin.enable_reload" in str(info.value)
+
+
+TRICKY = """\
+on: on
+off: [yes, no, y, n, true, false, True, FALSE]
+empty: ~
+octal: 0o10
+old_octal: 010
+sixty: 1:30
+big: 1_000
+float: .5e3
+date: 2026-01-01
+anchor: &shared {k: [1, 2], "q": 'single'}
+alias: *shared
+merged: {<<: *shared, k: 3}
+folded: >
+  two
+  lines
+literal: |
+  kept
+    indented
+"quoted ${VAR}": "tab\\tescape \\u00e9"
+"""
+
+
+@pytest.mark.parametrize(
+    "document",
+    [TRICKY, (Path(__file__).parent.parent / "config.example.yaml").read_text(), ROUTE],
+    ids=["tricky", "config.example.yaml", "flow"],
+)
+def test_libyaml_and_the_pure_python_parser_read_a_document_alike(document: str) -> None:
+    """The config is read with libyaml's parser (fast) and, for errors, PyYAML's own: both must
+    build the same document, YAML 1.2 booleans included."""
+    assert len(LOADERS) == 2, "PyYAML without libyaml: install PyYAML's binary wheel"
+    pure, fast = (yaml.load(document, Loader=loader) for loader in LOADERS)  # noqa: S506
+    assert pure == fast
+    assert pure is not None
