@@ -164,7 +164,7 @@ http {{
         )
         self.nginx = self._spawn(["nginx", "-c", str(work / "nginx.conf"), "-p", str(work)])
         wait_http(f"http://127.0.0.1:{self.http}/api/small", time.monotonic() + 10)
-        self.token = make_token("acme")
+        self.token = make_token("acme", ttl=30 * 86400)  # a token as used: not about to expire
         if proxy:
             started = self.start_proxy(workers=workers)
             self.proxy, self.proxy_port = started.process, started.port

@@ -24,13 +24,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from proxy.admin.document import status_document
 from proxy.admin.page import render
 from proxy.config import Config, Route
 from proxy.gate import AdminGate
 from proxy.observe.activity import Activity
+from proxy.observe.metrics import Exposition
 from proxy.refusals import Refusal, envelope, refuse
 from proxy.tokens import TokenStore
 from proxy.upstream.headers import request_id
@@ -82,7 +83,7 @@ class AdminHandlers:
     def __init__(
         self,
         store: TokenStore,
-        registry: CollectorRegistry,
+        exposition: Exposition,
         lifecycle: Lifecycle,
         activity: Activity,
         config: Callable[[], Config],
@@ -93,7 +94,7 @@ class AdminHandlers:
     ) -> None:
         self.store = store
         self.limiter = limiter  # a route's rate-limit mode now: local, shared or fallback
-        self.registry = registry
+        self.exposition = exposition
         self.lifecycle = lifecycle
         self.activity = activity
         self.config = config
@@ -179,7 +180,7 @@ class AdminHandlers:
         )
 
     async def metrics(self, request: web.BaseRequest) -> web.Response:
-        output = generate_latest(self.registry)
+        output = self.exposition.latest()
         return web.Response(body=output, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     def document(self) -> dict[str, Any]:

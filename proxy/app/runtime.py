@@ -33,7 +33,7 @@ from proxy.gate import client_tokens, shared_password
 from proxy.listener import GuardedServer
 from proxy.observe.activity import Activity
 from proxy.observe.collectors import StateCollector, TokenCollector
-from proxy.observe.metrics import ProxyMetrics, SharedMetrics, expose
+from proxy.observe.metrics import Exposition, ProxyMetrics, SharedMetrics, expose
 from proxy.observe.record import Recorder
 from proxy.observe.tracing import Tracing, from_env
 from proxy.request.admission import Admission
@@ -97,16 +97,22 @@ class ProxyApp:
         # token files are re-read within about a second of a change (the poll is the fallback)
         self._watch = FileWatch(self.store.file_paths, self.store.reread_directories)
         self.metrics = ProxyMetrics(registry, __version__)
-        self.exposition = expose(
-            registry,
+        self.exposition = self._exposition()
+        self.activity = Activity()  # the status page's per-route traffic; survives reloads
+        self.handler = self._pipeline(contexts, clock, sleep, rng)
+
+    def _exposition(self) -> Exposition:
+        """What /metrics serves: the request metrics and, computed at scrape time, the tokens
+        and the process's own state."""
+        return expose(
+            self.registry,
+            self.metrics,
             TokenCollector(self.store.snapshot),
             StateCollector(
                 lambda: self.lifecycle.ready(self.store),
                 lambda: (self.lifecycle.reload_successful, self.lifecycle.reload_success_at),
             ),
         )
-        self.activity = Activity()  # the status page's per-route traffic; survives reloads
-        self.handler = self._pipeline(contexts, clock, sleep, rng)
 
     def _pipeline(
         self,

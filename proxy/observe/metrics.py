@@ -7,6 +7,9 @@ never from paths, queries or tokens.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
 
 from prometheus_client import (
     CollectorRegistry,
@@ -17,6 +20,7 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
     disable_created_metrics,
+    generate_latest,
 )
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
@@ -40,6 +44,7 @@ class ProxyMetrics:
     def __init__(self, registry: CollectorRegistry, version: str) -> None:
         self._upstream(registry)
         self._requests(registry, version)
+        self._unbound: dict[tuple[str, str], RouteMetrics] = {}
 
     def _upstream(self, registry: CollectorRegistry) -> None:
         """Per route: what the upstream answered, and what the proxy did about it."""
@@ -134,33 +139,75 @@ class ProxyMetrics:
         )
 
     def for_route(self, route: str, tenant: str, api: str = "amperity") -> RouteMetrics:
-        """Pre-bound children for one route; also pre-initialises its series at 0."""
+        """One route's metrics. Its children are bound when first used or, at the latest, by
+        the next scrape (`bind_pending`): every per-route series is at 0 in the first scrape,
+        and a config of 1,000 routes doesn't wait for 16,000 `labels()` calls to be ready."""
         self.route_info.labels(route, tenant, api).set(1)
-        return RouteMetrics(self, route, tenant)
+        metrics = RouteMetrics(self, route, tenant)
+        self._unbound[(route, tenant)] = metrics  # one per series set: reloads don't pile up
+        return metrics
+
+    def bind_pending(self) -> None:
+        """Bind every route's children not bound yet (before a scrape renders them)."""
+        while self._unbound:
+            self._unbound.popitem()[1].bind()
+
+
+_CHILDREN = (  # RouteMetrics' children, bound together by `bind`
+    "unauthorized",
+    "retries",
+    "errors",
+    "deprecations",
+    "ratelimit_wait",
+    "ratelimit_rejected",
+    "duration",
+)
 
 
 class RouteMetrics:
-    """One route's metric children, bound once so the request path does no label lookups."""
+    """One route's metric children, each bound once (on first use or by `bind`), so the request
+    path does no label lookups."""
 
     def __init__(self, metrics: ProxyMetrics, route: str, tenant: str) -> None:
         self._metrics = metrics
         self._labels = (route, tenant)
-        self.unauthorized = {
-            cause: metrics.unauthorized.labels(route, tenant, cause)
-            for cause in UNAUTHORIZED_CAUSES
-        }
-        self.retries = {
-            reason: metrics.retries.labels(route, tenant, reason) for reason in RETRY_REASONS
-        }
-        self.deprecations = metrics.deprecations.labels(route, tenant)
-        self.ratelimit_wait = metrics.ratelimit_wait.labels(route)
-        self.ratelimit_rejected = metrics.ratelimit_rejected.labels(route)
-        self.duration = metrics.duration.labels(route, tenant)
-        self.errors = {
-            reason: metrics.upstream_errors.labels(route, tenant, reason)
-            for reason in UPSTREAM_ERROR_REASONS
-        }
         self._responses: dict[int, Counter] = {}
+
+    def bind(self) -> None:
+        """Bind (and so pre-initialise at 0) every child of this route."""
+        for name in _CHILDREN:
+            getattr(self, name)
+
+    @cached_property
+    def unauthorized(self) -> dict[str, Counter]:
+        metric = self._metrics.unauthorized
+        return {cause: metric.labels(*self._labels, cause) for cause in UNAUTHORIZED_CAUSES}
+
+    @cached_property
+    def retries(self) -> dict[str, Counter]:
+        metric = self._metrics.retries
+        return {reason: metric.labels(*self._labels, reason) for reason in RETRY_REASONS}
+
+    @cached_property
+    def errors(self) -> dict[str, Counter]:
+        metric = self._metrics.upstream_errors
+        return {reason: metric.labels(*self._labels, reason) for reason in UPSTREAM_ERROR_REASONS}
+
+    @cached_property
+    def deprecations(self) -> Counter:
+        return self._metrics.deprecations.labels(*self._labels)
+
+    @cached_property
+    def ratelimit_wait(self) -> Histogram:
+        return self._metrics.ratelimit_wait.labels(self._labels[0])
+
+    @cached_property
+    def ratelimit_rejected(self) -> Counter:
+        return self._metrics.ratelimit_rejected.labels(self._labels[0])
+
+    @cached_property
+    def duration(self) -> Histogram:
+        return self._metrics.duration.labels(*self._labels)
 
     def retry(self, reason: str) -> None:
         child = self.retries.get(reason)
@@ -177,7 +224,21 @@ class RouteMetrics:
         child.inc()
 
 
-def expose(registry: CollectorRegistry, *collectors: Collector) -> CollectorRegistry:
+@dataclass(frozen=True)
+class Exposition:
+    """What /metrics serves: `registry`, after `before` (binding the routes' pending series)."""
+
+    registry: CollectorRegistry
+    before: Callable[[], None]
+
+    def latest(self) -> bytes:
+        self.before()
+        return generate_latest(self.registry)
+
+
+def expose(
+    registry: CollectorRegistry, metrics: ProxyMetrics, *collectors: Collector
+) -> Exposition:
     """Register the scrape-time collectors; return what /metrics serves: this process's
     registry, or with `run --workers N` (prometheus-client multiprocess mode) the counters of
     every worker, aggregated, plus the collectors."""
@@ -194,7 +255,7 @@ def expose(registry: CollectorRegistry, *collectors: Collector) -> CollectorRegi
         registry.register(collector)
         if exposition is not registry:
             exposition.register(collector)
-    return exposition
+    return Exposition(exposition, metrics.bind_pending)
 
 
 class SharedMetrics:
