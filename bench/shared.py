@@ -20,7 +20,7 @@ import time
 from prometheus_client import CollectorRegistry
 
 from proxy.config import parse_config
-from proxy.observe.metrics import SharedMetrics
+from proxy.observe.shared import SharedMetrics
 from proxy.request.pacing import Pacer
 from proxy.request.shared import SharedBuckets
 

@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.config import Config, ConfigError, parse_config
 from proxy.testing import FakeAmperity, FakeTLS, make_token, start_fake
@@ -205,3 +206,62 @@ async def test_sighup_reloads_while_requests_are_in_flight(tmp_path: Path, tls: 
     by_path = {r.raw_path: subject(r.header("Authorization")) for r in fake.requests}
     assert by_path == {"/api/_fake/hold": "one", "/api/b": "one", "/api/a": "two", "/api/y": "two"}
     assert all(r.status == 200 for r in fake.requests)
+
+
+def routes_in(text: str) -> set[tuple[str, str]]:
+    """(route, tenant) of every per-route request series in a /metrics text."""
+    found = set()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if "route" in sample.labels and "tenant" in sample.labels:
+                found.add((sample.labels["route"], sample.labels["tenant"]))
+    return found
+
+
+async def test_a_route_a_reload_removes_leaves_metrics(
+    make_proxy: ProxyFactory, upstream: Upstream
+) -> None:
+    """Its series (route_info = 1 included) used to stay until a restart, as if it still ran;
+    a route whose tenant changed kept its old tenant's series beside the new."""
+    gone = acme_route(upstream, prefix="/gone")
+    moved = acme_route(upstream, prefix="/moved")
+    proxy = await make_proxy([acme_route(upstream), gone, moved])
+    for prefix in ("/acme", "/gone", "/moved"):
+        assert (await proxy.client.get(f"{prefix}/x")).status == 200
+    assert routes_in(await proxy.metrics_text()) == {
+        ("acme", "acme"),
+        ("gone", "acme"),
+        ("moved", "acme"),
+    }
+    moved_to = acme_route(upstream, prefix="/moved", tenant="other")
+    assert await proxy.app.reload(config_of([acme_route(upstream), moved_to])) == []
+    text = await proxy.metrics_text()
+    assert routes_in(text) == {("acme", "acme"), ("moved", "other")}
+    assert 'route="gone"' not in text
+    # The kept route's counts carry on.
+    assert (
+        metric(
+            text, 'amperity_proxy_upstream_responses_total{code="200",route="acme",tenant="acme"}'
+        )
+        == 1
+    )
+    assert (await proxy.client.get("/acme/y")).status == 200
+    text = await proxy.metrics_text()
+    assert (
+        metric(
+            text, 'amperity_proxy_upstream_responses_total{code="200",route="acme",tenant="acme"}'
+        )
+        == 2
+    )
+
+
+async def test_a_rejected_reload_leaves_no_series_for_the_routes_it_prepared(
+    make_proxy: ProxyFactory, upstream: Upstream
+) -> None:
+    proxy = await make_proxy()
+    broken = acme_route(upstream, prefix="/new", token={"env": "NOT_SET_ANYWHERE"})
+    errors = await proxy.app.reload(config_of([acme_route(upstream), broken]))
+    assert errors != []
+    text = await proxy.metrics_text()
+    assert routes_in(text) == {("acme", "acme")}
+    assert 'route="new"' not in text

@@ -31,7 +31,7 @@ from proxy.admin.page import render
 from proxy.config import Config, Route
 from proxy.gate import AdminGate
 from proxy.observe.activity import Activity
-from proxy.observe.metrics import Exposition
+from proxy.observe.exposition import Exposition
 from proxy.refusals import Refusal, envelope, refuse
 from proxy.tokens import TokenStore
 from proxy.upstream.headers import request_id

@@ -33,8 +33,10 @@ from proxy.gate import client_tokens, shared_password
 from proxy.listener import GuardedServer
 from proxy.observe.activity import Activity
 from proxy.observe.collectors import StateCollector, TokenCollector
-from proxy.observe.metrics import Exposition, ProxyMetrics, SharedMetrics, expose
+from proxy.observe.exposition import Exposition, expose
+from proxy.observe.metrics import ProxyMetrics
 from proxy.observe.record import Recorder
+from proxy.observe.shared import SharedMetrics
 from proxy.observe.tracing import Tracing, from_env
 from proxy.request.admission import Admission
 from proxy.request.pacing import Pacer
@@ -217,29 +219,34 @@ class ProxyApp:
         it refuse (then nothing changed). In-flight requests finish on the routes they started
         with; tokens of unchanged routes are kept; listener changes need a restart."""
         async with self._reload_lock:
-            restart = restart_needed(self.config, config)
-            if restart:
-                log.warning(
-                    "config reload: %s changed; that needs a restart and is kept as it runs",
-                    ", ".join(restart),
-                )
-                config = keep_running(config, self.config)
-            try:
-                # CA bundles and a client-token file are read off the event loop.
-                built = await asyncio.to_thread(self._tls.build, config)
-                contexts = built.by_route
-                token = await asyncio.to_thread(client_tokens, config.listen, self._env)
-            except StartupError as exc:
-                return self.lifecycle.rejected(exc.lines)
-            pending = self.store.prepare(
-                config.routes, lambda route: self._sources(route, contexts)
+            errors = await self._reload(config)
+            # The series of routes no longer served go (a rejected reload may have made some).
+            self.metrics.keep_only({(r.name, r.tenant, r.api) for r in self.config.routes})
+            return errors
+
+    async def _reload(self, config: Config) -> list[str]:
+        """One reload attempt (under the reload lock)."""
+        restart = restart_needed(self.config, config)
+        if restart:
+            log.warning(
+                "config reload: %s changed; that needs a restart and is kept as it runs",
+                ", ".join(restart),
             )
-            admission = admit(config, contexts, token, pending, self.metrics)
-            errors = await self.store.load(pending)
-            if errors:
-                return self.lifecycle.rejected(errors)
-            self._swap(config, pending, admission, built)
-            return []
+            config = keep_running(config, self.config)
+        try:
+            # CA bundles and a client-token file are read off the event loop.
+            built = await asyncio.to_thread(self._tls.build, config)
+            contexts = built.by_route
+            token = await asyncio.to_thread(client_tokens, config.listen, self._env)
+        except StartupError as exc:
+            return self.lifecycle.rejected(exc.lines)
+        pending = self.store.prepare(config.routes, lambda route: self._sources(route, contexts))
+        admission = admit(config, contexts, token, pending, self.metrics)
+        errors = await self.store.load(pending)
+        if errors:
+            return self.lifecycle.rejected(errors)
+        self._swap(config, pending, admission, built)
+        return []
 
     def _swap(
         self,

@@ -7,23 +7,16 @@ never from paths, queries or tokens.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
 from functools import cached_property
 
 from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
-    GCCollector,
     Histogram,
-    PlatformCollector,
-    ProcessCollector,
     disable_created_metrics,
-    generate_latest,
 )
-from prometheus_client.multiprocess import MultiProcessCollector
-from prometheus_client.registry import Collector
+from prometheus_client.metrics import MetricWrapperBase
 
 from proxy.refusals import REJECT_REASONS
 
@@ -38,6 +31,12 @@ WAIT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
+def multiprocess() -> bool:
+    """Whether prometheus-client runs in multiprocess mode (`run --workers N` sets its
+    directory): counters live in per-worker files, aggregated by the process that serves."""
+    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+
 class ProxyMetrics:
     """The request-path metrics, registered in the given registry."""
 
@@ -45,6 +44,21 @@ class ProxyMetrics:
         self._upstream(registry)
         self._requests(registry, version)
         self._unbound: dict[tuple[str, str], RouteMetrics] = {}
+        self._known: set[tuple[str, str, str]] = set()  # route_info's series: route, tenant, api
+        # The per-route metrics by the labels that name a route: (route, tenant), or route.
+        self._per_pair: tuple[MetricWrapperBase, ...] = (
+            self.unauthorized,
+            self.retries,
+            self.upstream_errors,
+            self.deprecations,
+            self.duration,
+            self.responses,
+        )
+        self._per_name: tuple[MetricWrapperBase, ...] = (
+            self.ratelimit_wait,
+            self.ratelimit_rejected,
+            self.client_requests,
+        )
 
     def _upstream(self, registry: CollectorRegistry) -> None:
         """Per route: what the upstream answered, and what the proxy did about it."""
@@ -143,6 +157,7 @@ class ProxyMetrics:
         the next scrape (`bind_pending`): every per-route series is at 0 in the first scrape,
         and a config of 1,000 routes doesn't wait for 16,000 `labels()` calls to be ready."""
         self.route_info.labels(route, tenant, api).set(1)
+        self._known.add((route, tenant, api))
         metrics = RouteMetrics(self, route, tenant)
         self._unbound[(route, tenant)] = metrics  # one per series set: reloads don't pile up
         return metrics
@@ -151,6 +166,25 @@ class ProxyMetrics:
         """Bind every route's children not bound yet (before a scrape renders them)."""
         while self._unbound:
             self._unbound.popitem()[1].bind()
+
+    def keep_only(self, live: set[tuple[str, str, str]]) -> None:
+        """Drop the series of routes not in `live` (route, tenant, api): a reload removed them
+        or changed their tenant or API, or a rejected reload prepared them. /metrics then shows
+        only routes that are served. Under `run --workers N` prometheus-client can't remove a
+        series (multiprocess mode), so there they stay until a restart."""
+        gone, self._known = self._known - live, set(live)
+        if not gone or multiprocess():
+            return
+        pairs, names = {(r, t) for r, t, _ in live}, {r for r, _, _ in live}
+        for route, tenant, api in gone:
+            self.route_info.remove(route, tenant, api)
+            if (route, tenant) not in pairs:
+                self._unbound.pop((route, tenant), None)
+                for metric in self._per_pair:
+                    metric.remove_by_labels({"route": route, "tenant": tenant})
+            if route not in names:
+                for metric in self._per_name:
+                    metric.remove_by_labels({"route": route})
 
 
 _CHILDREN = (  # RouteMetrics' children, bound together by `bind`
@@ -172,6 +206,7 @@ class RouteMetrics:
         self._metrics = metrics
         self._labels = (route, tenant)
         self._responses: dict[int, Counter] = {}
+        self._clients: dict[str, Counter] = {}
 
     def bind(self) -> None:
         """Bind (and so pre-initialise at 0) every child of this route."""
@@ -216,78 +251,17 @@ class RouteMetrics:
             self.retries[reason] = child
         child.inc()
 
+    def client(self, name: str) -> None:
+        """A request admitted for the named client (listen.clients) on this route."""
+        child = self._clients.get(name)
+        if child is None:
+            child = self._metrics.client_requests.labels(name, self._labels[0])
+            self._clients[name] = child
+        child.inc()
+
     def response(self, status: int) -> None:
         child = self._responses.get(status)
         if child is None:
             child = self._metrics.responses.labels(*self._labels, str(status))
             self._responses[status] = child
         child.inc()
-
-
-@dataclass(frozen=True)
-class Exposition:
-    """What /metrics serves: `registry`, after `before` (binding the routes' pending series)."""
-
-    registry: CollectorRegistry
-    before: Callable[[], None]
-
-    def latest(self) -> bytes:
-        self.before()
-        return generate_latest(self.registry)
-
-
-def expose(
-    registry: CollectorRegistry, metrics: ProxyMetrics, *collectors: Collector
-) -> Exposition:
-    """Register the scrape-time collectors; return what /metrics serves: this process's
-    registry, or with `run --workers N` (prometheus-client multiprocess mode) the counters of
-    every worker, aggregated, plus the collectors."""
-    exposition = registry
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        exposition = CollectorRegistry()
-        MultiProcessCollector(exposition)  # type: ignore[no-untyped-call]
-    # process_* (RSS, CPU, open fds, start time) and python_* (GC, version), as operators expect
-    # from prometheus-client; of the process that serves /metrics (worker 0 under --workers).
-    ProcessCollector(registry=exposition)
-    PlatformCollector(registry=exposition)
-    GCCollector(registry=exposition)
-    for collector in collectors:
-        registry.register(collector)
-        if exposition is not registry:
-            exposition.register(collector)
-    return Exposition(exposition, metrics.bind_pending)
-
-
-class SharedMetrics:
-    """The shared rate-limit state (`shared.redis`): reachable or not, how long this process
-    paced locally, the round trip of a decision, and decisions by outcome."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.up = Gauge(
-            "amperity_proxy_shared_state_up",
-            "1 while the shared rate-limit state (Redis) answers in time, 0 while this process "
-            "paces locally at shared.redis.fallback_share of each rate.",
-            registry=registry,
-            multiprocess_mode="livemin",
-        )
-        self.fallback_seconds = Counter(
-            "amperity_proxy_shared_fallback_seconds",
-            "Seconds this process paced locally because Redis was slow or down (counted when "
-            "Redis answers again).",
-            registry=registry,
-        )
-        self.roundtrip = Histogram(
-            "amperity_proxy_shared_roundtrip_seconds",
-            "Round trip of one shared rate-limit decision on Redis.",
-            registry=registry,
-            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1),
-        )
-        self.decisions = Counter(
-            "amperity_proxy_shared_decisions",
-            "Shared rate-limit decisions: immediate, wait (a slot later), refused (beyond "
-            "max_wait: local 429), fallback (Redis unreachable: decided locally).",
-            ["outcome"],
-            registry=registry,
-        )
-        for outcome in ("immediate", "wait", "refused", "fallback"):
-            self.decisions.labels(outcome)

@@ -93,7 +93,7 @@ class Pipeline:
         target = admitted.target
         if admitted.client:
             record.client_name = admitted.client
-            self.metrics.client_requests.labels(admitted.client, target.route.name).inc()
+            target.metrics.client(admitted.client)
         response: web.StreamResponse | None = None
         try:
             if self.tracing is None:

@@ -22,7 +22,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from proxy.config import SharedRedis
-from proxy.observe.metrics import SharedMetrics
+from proxy.observe.shared import SharedMetrics
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
