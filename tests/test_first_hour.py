@@ -20,7 +20,7 @@ from proxy.tokens import TokenStore, in_words, make_sources
 from proxy.upstream.failures import detail
 from tests.conftest import ProxyFactory, Upstream, acme_route, get, raw_request
 from tests.support.envelope import message
-from tests.support.process import run_cli
+from tests.support.process import run_cli, spawn_proxy
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -260,3 +260,21 @@ def test_upstream_failure_details_carry_no_object_reprs() -> None:
 )
 def test_durations_agree_in_number(seconds: float, words: str) -> None:
     assert in_words(seconds) == words
+
+
+async def test_the_start_line_names_ten_routes_and_counts_the_rest(tmp_path: Path) -> None:
+    """It listed every route: with 1,000 routes the first line a newcomer reads was 60 KB."""
+    routes = [
+        {"prefix": f"/r{i}", "tenant": f"t{i}", "token": {"env": "ACME_TOKEN"}} for i in range(12)
+    ]
+    config = {"listen": {"port": 0}, "admin": {"port": 0}, "routes": routes}
+    process = await spawn_proxy(
+        tmp_path, config, {"ACME_TOKEN": make_token("acme", ttl=86400 * 30)}
+    )
+    try:
+        line = process.listening["message"]
+    finally:
+        await process.stop()
+    assert "/r9 -> https://t9.amperity.com/api (t9)" in line
+    assert "/r10 ->" not in line and "/r11 ->" not in line
+    assert line.endswith("and 2 more (check-config lists them all)")

@@ -226,6 +226,17 @@ async def _open(
     return background
 
 
+LISTED_ROUTES = 10  # in the start line; a 1,000-route config would make it a 60 KB line
+
+
+def _routes_in_words(config: Config) -> str:
+    listed = ", ".join(
+        f"{r.prefix} -> {r.base_url} ({r.tenant})" for r in config.routes[:LISTED_ROUTES]
+    )
+    more = len(config.routes) - LISTED_ROUTES
+    return f"{listed} and {more} more (check-config lists them all)" if more > 0 else listed
+
+
 def _started(
     config: Config, proxy_addrs: list[str], admin_addrs: list[str], worker: int | None
 ) -> None:
@@ -234,7 +245,7 @@ def _started(
         __version__,
         ", ".join(proxy_addrs),
         f"admin on {', '.join(admin_addrs)}" if admin_addrs else "admin: served by worker 0",
-        ", ".join(f"{r.prefix} -> {r.base_url} ({r.tenant})" for r in config.routes),
+        _routes_in_words(config),
         extra={
             "fields": {
                 "listen": proxy_addrs,
