@@ -12,8 +12,16 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from proxy.testing import GZIP_JSON, make_token, pattern
-from tests.conftest import ACME_TOKEN, ProxyFactory, Upstream, acme_route, get, raw_request
+from proxy.testing import GZIP_JSON, FakeTLS, make_token, pattern
+from tests.conftest import (
+    ACME_TOKEN,
+    ProxyFactory,
+    ScriptedUpstream,
+    Upstream,
+    acme_route,
+    get,
+    raw_request,
+)
 
 MiB = 1024 * 1024
 
@@ -343,3 +351,36 @@ async def test_keep_alive_connection_serves_several_requests(
         body = json.loads(await response.read())
         assert body["body_length"] == 4 * i
     assert [r.raw_path for r in upstream.requests] == [f"/api/x/{i}" for i in range(5)]
+
+
+async def test_the_proxys_own_answers_name_no_versions(
+    make_proxy: ProxyFactory, upstream: Upstream, tls: FakeTLS
+) -> None:
+    """aiohttp's default `Server: Python/3.x aiohttp/3.y.z` told anyone which advisories to
+    try. The proxy's own answers (both listeners) say only what they are; an upstream's own
+    Server field is relayed as it came."""
+    own = b"HTTP/1.1 200 OK\r\nServer: AmperityEdge/7\r\nContent-Length: 2\r\n\r\nok"
+    bare = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    scripted = ScriptedUpstream([own, bare])
+    port = await scripted.start(tls)
+    try:
+        base = f"https://acme.amperity.com:{port}/api"
+        proxy = await make_proxy([acme_route(upstream, base_url=base)])
+        answers = [
+            await proxy.client.get("/nowhere"),  # the proxy's own 404
+            await proxy.admin.get("/healthz"),
+            await proxy.client.get("/acme/one"),  # relayed, with the upstream's Server
+            await proxy.client.get("/acme/two"),  # relayed, without one
+        ]
+    finally:
+        await scripted.close()
+    servers = [a.headers.getall("Server") for a in answers]
+    assert servers == [
+        ["amperity-auth-proxy"],
+        ["amperity-auth-proxy"],
+        ["AmperityEdge/7"],
+        ["amperity-auth-proxy"],
+    ]
+    for a in answers:
+        text = " ".join(f"{k}: {v}" for k, v in a.headers.items())
+        assert "aiohttp" not in text and "Python/" not in text

@@ -7,6 +7,10 @@
   connection with a partial request gets a 408 envelope, an idle one is closed quietly (like
   HAProxy's `timeout http-request`, which also bounds keep-alive idleness). aiohttp has no such
   deadline, so slow-header clients (slowloris) could otherwise hold connections forever.
+- **the Server field** of the proxy's own answers (both listeners) is `amperity-auth-proxy`,
+  not aiohttp's `Python/3.x aiohttp/3.y.z`: a version in every answer tells a scanner which
+  advisories to try. aiohttp has no setting for it, so its module default is replaced here.
+  An upstream answer relayed with its own `Server` keeps it.
 - **parser errors** answer in the proxy's JSON envelope with the right status (414 request line
   too long, 431 headers too large or too many, 400 otherwise), never echoing request bytes, and
   are logged without a traceback.
@@ -23,7 +27,7 @@ from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Any
 
-from aiohttp import web
+from aiohttp import web, web_response
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
@@ -31,6 +35,9 @@ from proxy.config.limits import Limits
 from proxy.refusals import Refusal, answer, refuse
 
 log = logging.getLogger("amperity_proxy.connections")
+
+SERVER = "amperity-auth-proxy"
+web_response.SERVER_SOFTWARE = SERVER  # type: ignore[attr-defined]  # prepare()'s default
 
 Reject = Callable[[str], None]
 _UNWIND = 0.5  # seconds cancelled handlers get to write their log lines after the drain
