@@ -130,6 +130,30 @@ def tls_route(port: int, ca_file: Path, **overrides: Any) -> dict[str, Any]:
     return route
 
 
+@dataclass
+class ProcessUpstream:
+    """The fake Amperity on a port of its own, for proxies run as processes: they reach it at
+    `localhost:port` and trust only `ca_file` (written to the test's directory)."""
+
+    fake: FakeAmperity
+    port: int
+    ca_file: Path
+
+    def route(self, **overrides: Any) -> dict[str, Any]:
+        return tls_route(self.port, self.ca_file, **overrides)
+
+
+@pytest.fixture
+async def process_upstream(tls: FakeTLS, tmp_path: Path) -> AsyncIterator[ProcessUpstream]:
+    fake = FakeAmperity()
+    runner, port = await start_fake(fake, tls.server)
+    ca_file = tmp_path / "ca.pem"
+    ca_file.write_bytes(tls.ca_pem)
+    yield ProcessUpstream(fake, port, ca_file)
+    fake.release.set()  # a request the fake still holds ends, so the runner can stop
+    await runner.cleanup()
+
+
 class ProxyTestServer(RawTestServer):
     """A test server running one of the proxy's own `GuardedServer`s (limits included): the
     proxy listener's (`app.server()`) or the admin listener's (`create_admin_app(app)`)."""

@@ -7,7 +7,6 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -16,8 +15,8 @@ import yaml
 
 from proxy import __version__
 from proxy.cli.main import main
-from proxy.testing import FakeAmperity, FakeTLS, make_token, start_fake
-from tests.conftest import tls_route
+from proxy.testing import make_token
+from tests.conftest import ProcessUpstream
 from tests.support.process import run_cli as _run
 from tests.support.process import spawn_proxy
 
@@ -117,25 +116,15 @@ def test_bad_listen_flag_is_a_usage_error(capsys: pytest.CaptureFixture[str]) ->
     assert "expected HOST:PORT" in capsys.readouterr().err
 
 
-@pytest.fixture
-async def process_upstream(tls: FakeTLS) -> AsyncIterator[tuple[FakeAmperity, int]]:
-    fake = FakeAmperity()
-    runner, port = await start_fake(fake, tls.server)
-    yield fake, port
-    fake.release.set()
-    await runner.cleanup()
-
-
 async def test_sigterm_drains_in_flight_requests_then_exits_zero(
-    tmp_path: Path, tls: FakeTLS, process_upstream: tuple[FakeAmperity, int]
+    tmp_path: Path, process_upstream: ProcessUpstream
 ) -> None:
-    fake, port = process_upstream
-    (tmp_path / "ca.pem").write_bytes(tls.ca_pem)
+    fake = process_upstream.fake
     config = {
         "listen": {"port": 0},
         "admin": {"port": 0},
         "shutdown_timeout": 20,
-        "routes": [tls_route(port, tmp_path / "ca.pem")],
+        "routes": [process_upstream.route()],
     }
     process = await spawn_proxy(tmp_path, config, {"ACME_TOKEN": make_token("acme")})
     proc = process.proc

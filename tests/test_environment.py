@@ -12,21 +12,20 @@ import aiohttp
 import pytest
 import yaml
 
-from proxy.testing import FakeAmperity, FakeTLS, make_token, start_fake
-from tests.conftest import tls_route
+from proxy.testing import make_token
+from tests.conftest import ProcessUpstream
 from tests.support.net import closed_port
 from tests.support.process import run_cli, spawn_proxy
 
 
-async def test_flags_beat_variables_beat_the_file(tmp_path: Path, tls: FakeTLS) -> None:
-    fake = FakeAmperity()
-    runner, port = await start_fake(fake, tls.server)
-    (tmp_path / "ca.pem").write_bytes(tls.ca_pem)
+async def test_flags_beat_variables_beat_the_file(
+    tmp_path: Path, process_upstream: ProcessUpstream
+) -> None:
     config: dict[str, Any] = {
         "listen": {"port": closed_port()},  # the file's: loses to the variable
         "admin": {"port": 0},
         "log": {"format": "text", "level": "WARNING"},  # loses to the variables
-        "routes": [tls_route(port, tmp_path / "ca.pem")],
+        "routes": [process_upstream.route()],
     }
     from_env, from_flag = closed_port(), closed_port()
     env = {
@@ -50,7 +49,6 @@ async def test_flags_beat_variables_beat_the_file(tmp_path: Path, tls: FakeTLS) 
         assert access["status"] == 200
     finally:
         await process.stop()
-        await runner.cleanup()
     flag = run_cli(
         "run", "--config", str(tmp_path / "config.yaml"), "--workers", "0", env=env
     )  # a bad flag is reported as the flag
@@ -78,19 +76,18 @@ def test_help_names_every_variable() -> None:
         assert variable in out, variable
 
 
-async def test_a_proxy_from_variables_alone(tmp_path: Path, tls: FakeTLS) -> None:
+async def test_a_proxy_from_variables_alone(
+    tmp_path: Path, process_upstream: ProcessUpstream
+) -> None:
     """No config file: tenant, token file, base URL and CA from the environment; `run`,
     `check-config` and `token-info` all work on that."""
-    fake = FakeAmperity()
-    runner, port = await start_fake(fake, tls.server)
-    (tmp_path / "ca.pem").write_bytes(tls.ca_pem)
     token = make_token("acme")
     (tmp_path / "token").write_text(token)
     env = {
         "AMPERITY_PROXY_TENANT": "acme",
         "AMPERITY_PROXY_TOKEN_FILE": str(tmp_path / "token"),
-        "AMPERITY_PROXY_BASE_URL": f"https://localhost:{port}/api",
-        "AMPERITY_PROXY_CA_FILE": str(tmp_path / "ca.pem"),
+        "AMPERITY_PROXY_BASE_URL": f"https://localhost:{process_upstream.port}/api",
+        "AMPERITY_PROXY_CA_FILE": str(process_upstream.ca_file),
         "AMPERITY_PROXY_LISTEN": "127.0.0.1:0",
         "AMPERITY_PROXY_ADMIN_LISTEN": "127.0.0.1:0",
     }
@@ -110,8 +107,7 @@ async def test_a_proxy_from_variables_alone(tmp_path: Path, tls: FakeTLS) -> Non
             assert response.status == 200
     finally:
         await process.stop()
-        await runner.cleanup()
-    [seen] = fake.requests
+    [seen] = process_upstream.fake.requests
     assert seen.header("Authorization") == f"Bearer {token}"
     assert seen.header("Amperity-Tenant") == "acme"
     assert token not in check.stdout + check.stderr + info.stdout

@@ -15,8 +15,8 @@ import aiohttp
 import pytest
 
 from proxy.config import ConfigError, parse_config
-from proxy.testing import FakeAmperity, FakeTLS, make_token, start_fake
-from tests.conftest import tls_route
+from proxy.testing import FakeTLS, make_token
+from tests.conftest import ProcessUpstream
 from tests.support.process import spawn_proxy
 from tests.support.waiting import until_async
 
@@ -39,10 +39,10 @@ async def _served_certificate(port: int, context: ssl.SSLContext) -> bytes:
     return bytes(der)
 
 
-async def test_https_listener_serves_and_follows_a_renewal(tmp_path: Path, tls: FakeTLS) -> None:
-    fake = FakeAmperity()
-    runner, upstream_port = await start_fake(fake, tls.server)
-    (tmp_path / "ca.pem").write_bytes(tls.ca_pem)
+async def test_https_listener_serves_and_follows_a_renewal(
+    tmp_path: Path, tls: FakeTLS, process_upstream: ProcessUpstream
+) -> None:
+    fake = process_upstream.fake
     first = _write_leaf(tls, tmp_path)
     config: dict[str, Any] = {
         "listen": {
@@ -50,7 +50,7 @@ async def test_https_listener_serves_and_follows_a_renewal(tmp_path: Path, tls: 
             "tls": {"cert_file": str(tmp_path / "tls.crt"), "key_file": str(tmp_path / "tls.key")},
         },
         "admin": {"port": 0},
-        "routes": [tls_route(upstream_port, tmp_path / "ca.pem")],
+        "routes": [process_upstream.route()],
     }
     process = await spawn_proxy(tmp_path, config, {"ACME_TOKEN": make_token("acme")})
     port = int(process.proxy.rsplit(":", 1)[1])
@@ -77,7 +77,6 @@ async def test_https_listener_serves_and_follows_a_renewal(tmp_path: Path, tls: 
         assert await _served_certificate(port, tls.client) == second
     finally:
         await process.stop()
-        await runner.cleanup()
 
 
 def test_listen_tls_settings_are_checked() -> None:

@@ -19,8 +19,16 @@ import pytest
 import yaml
 
 from proxy.config import ConfigError, parse_config
-from proxy.testing import FakeAmperity, FakeTLS, make_token, start_fake
-from tests.conftest import Proxy, ProxyFactory, Upstream, acme_route, metric, require, tls_route
+from proxy.testing import make_token
+from tests.conftest import (
+    ProcessUpstream,
+    Proxy,
+    ProxyFactory,
+    Upstream,
+    acme_route,
+    metric,
+    require,
+)
 from tests.support.clocks import FakeClock
 from tests.support.envelope import message
 from tests.support.net import closed_port
@@ -125,11 +133,8 @@ async def _offer(ports: list[int], per_second: float, seconds: float) -> dict[in
 
 
 async def _three_proxies(
-    tmp_path: Path, tls: FakeTLS, extra: dict[str, Any], rate_limit: dict[str, Any]
-) -> tuple[FakeAmperity, list[ProxyProcess], aiohttp.web.AppRunner]:
-    fake = FakeAmperity()
-    runner, port = await start_fake(fake, tls.server)
-    (tmp_path / "ca.pem").write_bytes(tls.ca_pem)
+    tmp_path: Path, upstream: ProcessUpstream, extra: dict[str, Any], rate_limit: dict[str, Any]
+) -> list[ProxyProcess]:
     processes = []
     for i in range(3):
         work = tmp_path / f"p{i}"
@@ -137,14 +142,14 @@ async def _three_proxies(
         config = {
             "listen": {"port": 0},
             "admin": {"port": 0},
-            "routes": [tls_route(port, tmp_path / "ca.pem", rate_limit=rate_limit)],
+            "routes": [upstream.route(rate_limit=rate_limit)],
             **extra,
         }
         process = await spawn_proxy(work, config, {"ACME_TOKEN": make_token("acme")})
         assert process.proc.stderr is not None
         _drains.add(asyncio.create_task(process.proc.stderr.read()))  # a full pipe would block
         processes.append(process)
-    return fake, processes, runner
+    return processes
 
 
 _drains: set[asyncio.Task[bytes]] = set()
@@ -156,20 +161,19 @@ def _port(process: ProxyProcess) -> int:
 
 @pytest.mark.parametrize("store", ["shared", "local"])
 async def test_three_processes_on_one_redis_keep_one_budget(
-    tmp_path: Path, tls: FakeTLS, redis_server: RedisServer, store: str
+    tmp_path: Path, process_upstream: ProcessUpstream, redis_server: RedisServer, store: str
 ) -> None:
     """30 req/s offered through three processes for 3 s: with the shared store the upstream
     sees at most RATE + BURST in any second; with `store: local` each process paces alone and
     the upstream sees about three times that (so this test can fail)."""
     extra = {"shared": {"redis": {"url": redis_server.url}}}
-    fake, processes, runner = await _three_proxies(tmp_path, tls, extra, limited(store=store))
+    processes = await _three_proxies(tmp_path, process_upstream, extra, limited(store=store))
     try:
         statuses = await _offer([_port(p) for p in processes], 30, 3)
     finally:
         for process in processes:
             await process.stop()
-        await runner.cleanup()
-    arrivals = [r.received_at for r in fake.requests]
+    arrivals = [r.received_at for r in process_upstream.fake.requests]
     assert set(statuses) <= {200, 429} and statuses.get(200) == len(arrivals)
     if store == "shared":
         assert busiest_second(arrivals) <= RATE + BURST, sorted(arrivals)
@@ -178,14 +182,13 @@ async def test_three_processes_on_one_redis_keep_one_budget(
         assert busiest_second(arrivals) > RATE + BURST + RATE  # each process alone: ~3x
 
 
-async def test_workers_without_redis_divide_the_rate(tmp_path: Path, tls: FakeTLS) -> None:
-    fake = FakeAmperity()
-    runner, port = await start_fake(fake, tls.server)
-    (tmp_path / "ca.pem").write_bytes(tls.ca_pem)
+async def test_workers_without_redis_divide_the_rate(
+    tmp_path: Path, process_upstream: ProcessUpstream
+) -> None:
     config = {
         "listen": {"port": 0},
         "admin": {"port": 0},
-        "routes": [tls_route(port, tmp_path / "ca.pem", rate_limit=limited(burst=3))],
+        "routes": [process_upstream.route(rate_limit=limited(burst=3))],
     }
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     listen = closed_port()
@@ -214,10 +217,9 @@ async def test_workers_without_redis_divide_the_rate(tmp_path: Path, tls: FakeTL
     finally:
         proc.terminate()
         await asyncio.wait_for(proc.wait(), 30)
-        await runner.cleanup()
     drain.cancel()
     # Each of 3 workers paces at RATE/3 with burst 1: the process as a whole at RATE + 3.
-    assert busiest_second([r.received_at for r in fake.requests]) <= RATE + 3
+    assert busiest_second([r.received_at for r in process_upstream.fake.requests]) <= RATE + 3
 
 
 # --- Redis down ---------------------------------------------------------------------

@@ -12,35 +12,30 @@ from typing import Any
 
 import aiohttp
 
-from proxy.testing import FakeAmperity, FakeTLS, make_token, start_fake
-from tests.conftest import tls_route
+from proxy.testing import make_token
+from tests.conftest import ProcessUpstream
 from tests.support.process import ProxyProcess, spawn_proxy
 
 DELAY, TIMEOUT = 2.0, 3.0
 JSON = {"Content-Type": "application/json"}
 
 
-async def _proxy(
-    tmp_path: Path, tls: FakeTLS, **settings: Any
-) -> tuple[FakeAmperity, ProxyProcess, Any]:
-    fake = FakeAmperity()
-    runner, port = await start_fake(fake, tls.server)
-    (tmp_path / "ca.pem").write_bytes(tls.ca_pem)
+async def _proxy(tmp_path: Path, upstream: ProcessUpstream, **settings: Any) -> ProxyProcess:
     config: dict[str, Any] = {
         "listen": {"port": 0},
         "admin": {"port": 0, **settings.pop("admin", {})},
-        "routes": [tls_route(port, tmp_path / "ca.pem")],
+        "routes": [upstream.route()],
         **settings,
     }
-    process = await spawn_proxy(tmp_path, config, {"ACME_TOKEN": make_token("acme")})
-    return fake, process, runner
+    return await spawn_proxy(tmp_path, config, {"ACME_TOKEN": make_token("acme")})
 
 
 async def test_shutdown_delay_serves_new_requests_then_drains_within_its_bound(
-    tmp_path: Path, tls: FakeTLS
+    tmp_path: Path, process_upstream: ProcessUpstream
 ) -> None:
-    fake, process, runner = await _proxy(
-        tmp_path, tls, shutdown_delay=DELAY, shutdown_timeout=TIMEOUT
+    fake = process_upstream.fake
+    process = await _proxy(
+        tmp_path, process_upstream, shutdown_delay=DELAY, shutdown_timeout=TIMEOUT
     )
     try:
         async with aiohttp.ClientSession() as session:
@@ -58,14 +53,15 @@ async def test_shutdown_delay_serves_new_requests_then_drains_within_its_bound(
         took = time.monotonic() - signalled
     finally:
         await process.stop()
-        await runner.cleanup()
     assert code == 0
     assert took <= DELAY + TIMEOUT + 1  # the promise the manifests' grace period relies on
     assert [r.raw_path for r in fake.requests] == ["/api/segments"]
 
 
-async def test_a_second_sigterm_ends_the_delay(tmp_path: Path, tls: FakeTLS) -> None:
-    _, process, runner = await _proxy(tmp_path, tls, shutdown_delay=600, shutdown_timeout=2)
+async def test_a_second_sigterm_ends_the_delay(
+    tmp_path: Path, process_upstream: ProcessUpstream
+) -> None:
+    process = await _proxy(tmp_path, process_upstream, shutdown_delay=600, shutdown_timeout=2)
     try:
         process.proc.send_signal(signal.SIGTERM)
         await process.log_until(lambda r: "shutdown_delay" in str(r.get("message")))
@@ -73,14 +69,14 @@ async def test_a_second_sigterm_ends_the_delay(tmp_path: Path, tls: FakeTLS) -> 
         assert await asyncio.wait_for(process.proc.wait(), 30) == 0  # not 600 s
     finally:
         await process.stop()
-        await runner.cleanup()
 
 
 async def test_quitquitquit_lets_a_request_in_flight_finish_then_exits_0(
-    tmp_path: Path, tls: FakeTLS
+    tmp_path: Path, process_upstream: ProcessUpstream
 ) -> None:
-    fake, process, runner = await _proxy(
-        tmp_path, tls, admin={"enable_quit": True}, shutdown_delay=600
+    fake = process_upstream.fake
+    process = await _proxy(
+        tmp_path, process_upstream, admin={"enable_quit": True}, shutdown_delay=600
     )
     quit_url = f"http://{process.admin}/quitquitquit"
     try:
@@ -103,11 +99,12 @@ async def test_quitquitquit_lets_a_request_in_flight_finish_then_exits_0(
         assert await asyncio.wait_for(process.proc.wait(), 30) == 0
     finally:
         await process.stop()
-        await runner.cleanup()
 
 
-async def test_quitquitquit_is_off_by_default(tmp_path: Path, tls: FakeTLS) -> None:
-    _, process, runner = await _proxy(tmp_path, tls)
+async def test_quitquitquit_is_off_by_default(
+    tmp_path: Path, process_upstream: ProcessUpstream
+) -> None:
+    process = await _proxy(tmp_path, process_upstream)
     try:
         async with (
             aiohttp.ClientSession() as session,
@@ -122,4 +119,3 @@ async def test_quitquitquit_is_off_by_default(tmp_path: Path, tls: FakeTLS) -> N
         assert process.proc.returncode is None  # still running
     finally:
         await process.stop()
-        await runner.cleanup()

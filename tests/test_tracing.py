@@ -24,8 +24,8 @@ from opentelemetry.trace import SpanKind
 from proxy.config import StartupError
 from proxy.observe import tracing as tracing_module
 from proxy.observe.tracing import Tracing, from_env
-from proxy.testing import FakeAmperity, FakeTLS, make_token, start_fake
-from tests.conftest import ACME_TOKEN, ProxyFactory, Upstream, acme_route, tls_route
+from proxy.testing import make_token
+from tests.conftest import ACME_TOKEN, ProcessUpstream, ProxyFactory, Upstream, acme_route
 from tests.support.process import spawn_proxy
 from tests.support.waiting import until
 
@@ -155,7 +155,9 @@ def test_asking_for_tracing_without_the_extra_says_how_to_install_it(
         from_env({"OTEL_TRACES_EXPORTER": "zipkin"})
 
 
-async def test_otlp_http_export_to_a_local_receiver(tmp_path: Path, tls: FakeTLS) -> None:
+async def test_otlp_http_export_to_a_local_receiver(
+    tmp_path: Path, process_upstream: ProcessUpstream
+) -> None:
     """The proxy as a process, configured only by the standard variables, exports over
     OTLP/HTTP to a receiver on loopback; the receiver decodes what it got."""
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
@@ -177,14 +179,7 @@ async def test_otlp_http_export_to_a_local_receiver(tmp_path: Path, tls: FakeTLS
     site = web.TCPSite(receiver, "127.0.0.1", 0)
     await site.start()
     port = receiver.addresses[0][1]
-    fake = FakeAmperity()
-    runner, upstream_port = await start_fake(fake, tls.server)
-    (tmp_path / "ca.pem").write_bytes(tls.ca_pem)
-    config = {
-        "listen": {"port": 0},
-        "admin": {"port": 0},
-        "routes": [tls_route(upstream_port, tmp_path / "ca.pem")],
-    }
+    config = {"listen": {"port": 0}, "admin": {"port": 0}, "routes": [process_upstream.route()]}
     env = {
         "ACME_TOKEN": make_token("acme"),
         "OTEL_TRACES_EXPORTER": "otlp",
@@ -201,7 +196,6 @@ async def test_otlp_http_export_to_a_local_receiver(tmp_path: Path, tls: FakeTLS
         assert await asyncio.wait_for(process.proc.wait(), 30) == 0
     finally:
         await process.stop()
-        await runner.cleanup()
         await receiver.cleanup()
     spans = [
         (span.name, span.kind, resource.resource)
