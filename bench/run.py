@@ -192,35 +192,30 @@ http {{
         `source` (another revision's code, for `bench/compare.py`), with `extra_routes` more
         routes (each its own prefix and tenant) beside the two it always has."""
         port, admin_port = free_port(), free_port()
+
+        def plain(prefix: str, tenant: str) -> dict[str, object]:
+            base = f"http://127.0.0.1:{self.http}/api"
+            return {
+                "prefix": prefix,
+                "tenant": tenant,
+                "base_url": base,
+                "token": {"env": "BENCH_TOKEN"},
+            }
+
+        tls = {
+            "prefix": "/acme-tls",
+            "tenant": "acme",
+            "base_url": f"https://127.0.0.1:{self.https}/api",
+            "ca_file": str(self.work / "ca.pem"),
+            "token": {"env": "BENCH_TOKEN"},
+        }
+        extra = [plain(f"/tenant-{i}", f"tenant-{i}") for i in range(extra_routes)]
         config = {
             "listen": {"port": port},
             "admin": {"port": admin_port},
             "log": {"format": "json", "level": "INFO"},  # the access log stays on
-            "routes": [
-                {
-                    "prefix": "/acme",
-                    "tenant": "acme",
-                    "base_url": f"http://127.0.0.1:{self.http}/api",
-                    "token": {"env": "BENCH_TOKEN"},
-                },
-                {
-                    "prefix": "/acme-tls",
-                    "tenant": "acme",
-                    "base_url": f"https://127.0.0.1:{self.https}/api",
-                    "ca_file": str(self.work / "ca.pem"),
-                    "token": {"env": "BENCH_TOKEN"},
-                },
-            ],
+            "routes": [plain("/acme", "acme"), tls, *extra],
         }
-        config["routes"] += [  # type: ignore[operator]
-            {
-                "prefix": f"/tenant-{i}",
-                "tenant": f"tenant-{i}",
-                "base_url": f"http://127.0.0.1:{self.http}/api",
-                "token": {"env": "BENCH_TOKEN"},
-            }
-            for i in range(extra_routes)
-        ]
         name = f"proxy-{port}"
         (self.work / f"{name}.yaml").write_text(yaml.safe_dump(config))
         env = {**os.environ, "BENCH_TOKEN": self.token}
@@ -460,8 +455,13 @@ def bench_routes(work: Path) -> list[tuple[str, str, str]]:
     sub.mkdir()
     stack = Stack(sub, proxy=False)
     try:
-        starts = [stack.start_proxy(extra_routes=ROUTES) for _ in range(ROUNDS)]
-        many, one = starts[0], stack.start_proxy()
+        starts: list[Proxy] = []
+        for _ in range(ROUNDS):  # each start alone: the previous one is stopped first
+            if starts:
+                starts[-1].process.terminate()
+                starts[-1].process.wait(30)
+            starts.append(stack.start_proxy(extra_routes=ROUTES))
+        many, one = starts[-1], stack.start_proxy()
         rps: dict[int, list[float]] = {many.port: [], one.port: []}
         for proxy in (many, one):
             wrk(f"http://127.0.0.1:{proxy.port}/acme/small", 32, 1)
