@@ -47,6 +47,7 @@ CATALOGUE: dict[str, Kind] = {
     "body_timeout": Kind(408, "body_timeout"),
     "body_too_large": Kind(413, "body_too_large"),
     "body_deadline": Kind(408, "body_deadline"),
+    "body_length": Kind(400, "bad_request"),  # a body that broke its declared framing
     "upstream_busy": Kind(503, "upstream_busy"),
     "rate_limited": Kind(429, "rate_limited"),
     # who may use the proxy (gate) and what it forwards
@@ -65,11 +66,16 @@ CATALOGUE: dict[str, Kind] = {
     "bad_content_type": Kind(415, "bad_content_type"),
     "foreign_host": Kind(403, "foreign_host"),
     "ambiguous_tenant": Kind(421, "ambiguous_tenant"),
-    # not counted as rejected requests: the route can't serve at all
+    # not counted as rejected requests: the route can't serve at all, or the proxy failed
     "no_token": Kind(503, "no_token"),
+    "internal": Kind(500, "internal"),  # an exception the proxy didn't expect (logged)
+    "handler_timeout": Kind(504, "internal"),
 }
+_NOT_REJECTIONS = frozenset({"no_token", "internal", "handler_timeout"})
 # amperity_proxy_rejected_requests_total's `reason` values, in catalogue order.
-REJECT_REASONS = tuple(dict.fromkeys(k.label for n, k in CATALOGUE.items() if n != "no_token"))
+REJECT_REASONS = tuple(
+    dict.fromkeys(k.label for n, k in CATALOGUE.items() if n not in _NOT_REJECTIONS)
+)
 # Upstream failures: reason (amperity_proxy_upstream_errors_total) -> status.
 UPSTREAM_FAILURES = {"connect": 502, "tls": 502, "timeout": 504, "reset": 502, "bad_response": 502}
 
@@ -89,6 +95,17 @@ def refuse(kind: str, message: str, headers: Mapping[str, str] | None = None) ->
     """The refusal of `kind` (a CATALOGUE key) with this message."""
     entry = CATALOGUE[kind]
     return Refusal(entry.status, entry.label, message, headers)
+
+
+def internal_refusal(status: int) -> Refusal:
+    """The answer to a request the proxy failed itself (500), or timed out on (504)."""
+    if status == 504:
+        return refuse("handler_timeout", "the proxy did not finish this request in time; retry")
+    return refuse(
+        "internal",
+        "the proxy failed on this request (an internal error, logged with this request_id); "
+        "retry, and report it if it repeats",
+    )
 
 
 def answer(refusal: Refusal, request_id: str) -> web.Response:

@@ -13,7 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "proxy"
-MAX_MODULE_LINES = 300
+MAX_MODULE_LINES = 400  # ARCHITECTURE.md: "150-400 lines is normal (h11, httpx), 600 a ceiling"
 MAX_FUNCTION_LINES = 50
 # Any module or function allowed past the limits, with the reason. Keep this the only place.
 EXCEPTIONS: dict[str, str] = {}

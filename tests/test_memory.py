@@ -12,6 +12,7 @@ import pytest
 
 from proxy.cli.memory import malloc_trim, trim_periodically
 from proxy.testing import FakeTLS
+from proxy.upstream.framing import NO_BODY, RequestHead
 from proxy.upstream.wire import HIGH_WATER, READ_SIZE, SLOW_READ_SIZE, Connection
 from tests.support.waiting import until
 
@@ -74,7 +75,7 @@ async def test_a_slow_client_keeps_upstream_reads_small_and_bounded(
         assert len(ssl_protocol._ssl_buffer) == READ_SIZE
         connection.downstream_slow = True  # what the relay says of a client that doesn't read
         connection.begin(head_request=False)
-        connection.write_now(b"GET /big HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        connection.send_whole(RequestHead.of("GET /big HTTP/1.1", [("Host", "localhost")], NO_BODY))
         answer = await connection.head(silence=30)
         assert answer.status == 200
         await until(lambda: connection.buffered > HIGH_WATER, "reading to pause")

@@ -8,6 +8,7 @@ import socket
 import struct
 
 from aiohttp import web
+from aiohttp.http_writer import StreamWriter
 
 from proxy.listener.server import GuardedHandler
 
@@ -63,8 +64,33 @@ def bound_sockets(site: web.BaseSite) -> list[socket.socket]:
 
 
 class CoalescedResponse(web.StreamResponse):
-    """A streamed response whose headers leave with its first body bytes (or its end) in one
+    """A relayed response whose headers leave with its first body bytes (or its end) in one
     socket write, instead of a write of their own: for small API answers that halves the
-    writes. The upstream's read timeout bounds how long headers can wait for body bytes."""
+    writes. The upstream's read timeout bounds how long headers can wait for body bytes.
+
+    Its header section travels as the upstream's bytes: values are held as the Latin-1
+    decoding of what the upstream sent (one character per byte), and are written back as
+    Latin-1, where aiohttp's own writer would encode them as UTF-8 (an upstream's UTF-8 `é`
+    would reach the client as four bytes of mojibake, and a Latin-1 one not at all)."""
 
     _send_headers_immediately = False
+
+    async def _write_headers(self) -> None:
+        request, writer = self._req, self._payload_writer
+        assert request is not None and isinstance(writer, StreamWriter)
+        version = request.version
+        lines = [f"HTTP/{version[0]}.{version[1]} {self._status} {self._reason}"]
+        lines += [f"{name}: {value}" for name, value in self._headers.items()]
+        lines.append("\r\n")
+        text = "\r\n".join(lines)
+        # SECURITY: one line per entry; a CR, LF or NUL anywhere else is a forged line.
+        if text.count("\n") != len(lines) or text.count("\r") != len(lines) or "\0" in text:
+            raise ValueError("a response header holds CR, LF or NUL")
+        try:
+            data = text.encode("latin-1")
+        except UnicodeEncodeError:  # a value of the proxy's own beyond Latin-1
+            data = text.encode("utf-8", "surrogateescape")
+        if writer._on_headers_sent is not None:
+            await writer._on_headers_sent(self._headers)
+        writer._headers_buf = data  # what StreamWriter.write_headers would have set
+        writer._headers_written = False

@@ -11,6 +11,8 @@
   not aiohttp's `Python/3.x aiohttp/3.y.z`: a version in every answer tells a scanner which
   advisories to try. aiohttp has no setting for it, so its module default is replaced here.
   An upstream answer relayed with its own `Server` keeps it.
+- **request bodies are never decompressed** (`auto_decompress=False`): what the client framed
+  is what the upstream path reads, and its Content-Encoding travels with it.
 - **parser errors** answer in the proxy's JSON envelope with the right status (414 request line
   too long, 431 headers too large or too many, 400 otherwise), never echoing request bytes, and
   are logged without a traceback.
@@ -32,7 +34,7 @@ from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
 from proxy.config.limits import Limits
-from proxy.refusals import Refusal, answer, refuse
+from proxy.refusals import Refusal, answer, internal_refusal, refuse
 
 log = logging.getLogger("amperity_proxy.connections")
 
@@ -146,9 +148,10 @@ class GuardedHandler(RequestHandler):
         exc: BaseException | None = None,
         message: str | None = None,
     ) -> web.StreamResponse:
-        """Parser and server errors in the proxy's envelope; request bytes are never echoed."""
+        """Parser and server errors in the proxy's envelope; request bytes are never echoed,
+        and aiohttp's own error page is never what a client gets."""
         if status >= 500 or not isinstance(exc, BadHttpMessage):
-            return super().handle_error(request, status, exc, message)
+            return self._internal(request, status, exc)
         refusal = self._guard.classify(exc)
         self._guard.reject(refusal.reason)
         log.info(
@@ -158,6 +161,27 @@ class GuardedHandler(RequestHandler):
             extra={"fields": {"refused": refusal.reason, "status": refusal.status}},
         )
         response = answer(refusal, uuid.uuid4().hex)
+        response.force_close()
+        return response
+
+    def _internal(
+        self, request: web.BaseRequest, status: int, exc: BaseException | None
+    ) -> web.StreamResponse:
+        """An exception the handler didn't expect (or aiohttp's own handler timeout): the
+        traceback logged once, the envelope if no byte of the answer left yet, else a cut
+        connection (as aiohttp does: a half-sent answer can't be replaced)."""
+        rid = uuid.uuid4().hex
+        log.error(
+            "internal error answering %s %s",
+            request.method,
+            request.rel_url.path,
+            exc_info=exc,
+            extra={"fields": {"request_id": rid, "status": status}},
+        )
+        if request.writer.output_size > 0:
+            self.force_close()
+            raise ConnectionError("the answer had started; the connection is cut")
+        response = answer(internal_refusal(status), rid)
         response.force_close()
         return response
 
@@ -252,6 +276,10 @@ class GuardedServer(web.Server):
             cap_setting=f"{section}.max_connections",
             reject=reject,
             access_log=None,
+            # SECURITY: a request body passes through as the client's bytes, its
+            # Content-Encoding with it. aiohttp's server inflates it by default; the proxy
+            # would then forward more (or other) bytes than the client framed.
+            auto_decompress=False,
             # The header deadline bounds idle keep-alive connections; aiohttp's own
             # keep-alive timer would only add a second, longer one.
             keepalive_timeout=header_timeout + 1,

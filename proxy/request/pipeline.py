@@ -12,6 +12,7 @@ kept in one `Record`, written out once by the `Recorder`.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 
@@ -21,7 +22,7 @@ from proxy.listener import abandon_body, client_gone, peer_uid
 from proxy.observe.metrics import ProxyMetrics
 from proxy.observe.record import Record, Recorder
 from proxy.observe.tracing import Tracing
-from proxy.refusals import Refusal, answer, refuse
+from proxy.refusals import Refusal, answer, internal_refusal, refuse
 from proxy.request.admission import Admission, Admitted
 from proxy.request.pacing import ClientGone, Pacer, RateLimited
 from proxy.request.targets import Target
@@ -41,6 +42,8 @@ from proxy.upstream.headers import request_id
 from proxy.upstream.pool import Pool
 from proxy.upstream.retry import Exchange, Retry
 from proxy.upstream.slots import UpstreamBusy, UpstreamSlots
+
+log = logging.getLogger("amperity_proxy.proxy")
 
 # Refusals after which the connection can't carry another HTTP request.
 _CLOSE_AFTER = frozenset({"connect", "upgrade"})
@@ -104,6 +107,18 @@ class Pipeline:
         except asyncio.CancelledError:
             record.shutdown = True  # only the drain cancels a handler (no handler_cancellation)
             raise
+        except Exception:
+            record.error = "internal"
+            if record.status_sent is not None:  # half an answer is out: aiohttp cuts it
+                raise
+            log.exception(
+                "internal error on route %s",
+                target.route.name,
+                extra={"fields": {"request_id": rid, "route": target.route.name}},
+            )
+            response = answer(internal_refusal(500), rid)
+            response.force_close()
+            return response
         finally:
             duration = loop.time() - started
             target.metrics.duration.observe(duration)

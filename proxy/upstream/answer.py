@@ -1,5 +1,6 @@
-"""What one upstream connection hands back: an answer's status line and headers, and the two
-ways an answer can break (the upstream hung up; it broke HTTP's framing or syntax)."""
+"""What one upstream connection hands back: an answer's status line and headers, the two ways
+an answer can break (the upstream hung up; it broke HTTP's framing or syntax), and the one way
+a request can (its body broke the framing the writer declared)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,12 @@ class UpstreamClosed(ConnectionResetError):
 
 class MalformedAnswer(Exception):
     """The upstream's answer broke HTTP's framing or syntax (httptools refused it)."""
+
+
+class FramingBroken(Exception):
+    """A request body did not match the framing the writer declared for it (more or fewer
+    bytes than its Content-Length, or a body where none was declared). The connection is
+    closed already: nothing after the declared end can ever be read as a request."""
 
 
 class Answer:

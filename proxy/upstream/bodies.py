@@ -30,6 +30,11 @@ _BODY_ERRORS = {
     "body_too_large": refuse(
         "body_too_large", "the request body is larger than the route's max_body_bytes"
     ),
+    "body_length": refuse(
+        "body_length",
+        "the request body did not match its Content-Length; send the length of the bytes "
+        "you send (a compressed body's compressed length)",
+    ),
 }
 
 

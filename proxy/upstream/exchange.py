@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -21,14 +22,17 @@ from proxy.observe.tracing import PROPAGATED
 from proxy.refusals import REFUSAL_PEEK, upstream_message
 from proxy.tokens import Credential
 from proxy.upstream.answer import Answer as WireAnswer
-from proxy.upstream.answer import UpstreamClosed
-from proxy.upstream.bodies import BodyClock, counted
+from proxy.upstream.answer import FramingBroken, UpstreamClosed
+from proxy.upstream.bodies import BodyClock, BodyLimit, counted
+from proxy.upstream.framing import CHUNKED, NO_BODY, RequestHead
 from proxy.upstream.headers import query_has_api_version, upstream_fields
 from proxy.upstream.plan import Plan
 from proxy.upstream.pool import Pool
 from proxy.upstream.wire import Connection
 
 Trace = Sequence[tuple[str, str]]  # an attempt's traceparent/tracestate (tracing on)
+
+log = logging.getLogger("amperity_proxy.proxy")
 
 REFUSALS = (401, 403)  # answers whose body's message is read for the log and status page
 
@@ -116,7 +120,10 @@ class Answer:
 
     async def read(self) -> bytes:
         """The next body bytes (b"" at the end), within the route's read timeout."""
-        return await self._connection.read(self._plan.timeouts.read)
+        chunk = await self._connection.read(self._plan.timeouts.read)
+        if not chunk and self._connection.trailers:
+            _dropped_trailers(self._plan.name)
+        return chunk
 
     def downstream(self, backed_up: bool) -> None:
         """The relay's word on the client: while its socket is backed up, read small."""
@@ -137,6 +144,17 @@ class Answer:
             self._writer.cancel()
             self._connection.close()
         self._pool.release(self._plan, self._connection)
+
+
+_TRAILERS_NOTED: set[str] = set()
+
+
+def _dropped_trailers(route: str) -> None:
+    """RFC 9110 §6.5.1: trailer fields are not headers; the proxy drops them (a client of a
+    chunked answer can't be told which fields came late). Said once per route, at DEBUG."""
+    if route not in _TRAILERS_NOTED and len(_TRAILERS_NOTED) < 4096:
+        _TRAILERS_NOTED.add(route)
+        log.debug("dropped the trailer fields of an answer", extra={"fields": {"route": route}})
 
 
 async def send(
@@ -177,28 +195,28 @@ async def send(
 
 def request_head(
     plan: Plan, outgoing: Outgoing, credential: Credential, trace: Trace = ()
-) -> bytes:
-    """The request line and headers, with framing for the body as it will be sent."""
+) -> RequestHead:
+    """The request line and headers; the writer (`RequestHead.of`) declares the framing for
+    the body as it will be sent: a kept body's own length, the client's Content-Length for a
+    streamed body (listeners never inflate, so those are the bytes that come), else chunked."""
     client = outgoing.client
-    lines = [f"{outgoing.method} {outgoing.target} HTTP/1.1"]
-    if outgoing.body is not None:  # a kept body: its own length, whatever the client said
-        fields = headers_for(plan, outgoing, credential, trace)
-        lines += [f"{k}: {v}" for k, v in fields if k.lower() != "content-length"]
-        if outgoing.body or client.body_exists:
-            lines.append(f"Content-Length: {len(outgoing.body)}")
-    else:
-        lines += [f"{k}: {v}" for k, v in headers_for(plan, outgoing, credential, trace)]
-        if client.body_exists and client.content_length is None:
-            lines.append("Transfer-Encoding: chunked")  # the client's body streams as it comes
-    lines.append("\r\n")
-    return "\r\n".join(lines).encode("latin-1")
+    line = f"{outgoing.method} {outgoing.target} HTTP/1.1"
+    fields = headers_for(plan, outgoing, credential, trace)
+    if outgoing.body is not None:
+        declared = outgoing.body or client.body_exists or client.content_length is not None
+        length = len(outgoing.body) if declared else NO_BODY
+    elif client.body_exists:
+        length = CHUNKED if client.content_length is None else client.content_length
+    else:  # an empty body the client declared (Content-Length: 0) is declared upstream too
+        length = NO_BODY if client.content_length is None else 0
+    return RequestHead.of(line, fields, length)
 
 
 async def _exchange(
     pool: Pool,
     plan: Plan,
     outgoing: Outgoing,
-    head: bytes,
+    head: RequestHead,
     connection: Connection,
     record: Record,
     body_clock: BodyClock,
@@ -211,7 +229,7 @@ async def _exchange(
     if outgoing.body is not None or not outgoing.client.body_exists:
         body = outgoing.body or b""
         record.bytes_in = len(body)
-        connection.write_now(head + body)
+        connection.send_whole(head, body)
         return Answer(await connection.head(timeout), connection, pool, plan, None)
     writer = asyncio.ensure_future(_write(connection, head, outgoing, plan, record, body_clock))
     try:
@@ -228,20 +246,24 @@ async def _exchange(
 
 async def _write(
     connection: Connection,
-    head: bytes,
+    head: RequestHead,
     outgoing: Outgoing,
     plan: Plan,
     record: Record,
     body_clock: BodyClock,
 ) -> None:
-    """The request head, then the client's body as it comes (chunked when the client's was)."""
-    client = outgoing.client
-    await connection.write(head)
-    chunked = client.content_length is None
-    async for chunk in counted(client.content, record, plan.max_body_bytes, body_clock):
-        await connection.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
-    if chunked:
-        await connection.write(b"0\r\n\r\n")
+    """The request head, then the client's body as it comes, framed by the connection as the
+    head declared. A body that breaks that framing is the client's fault (`body_length`)."""
+    try:
+        await connection.send_head(head)
+        async for chunk in counted(
+            outgoing.client.content, record, plan.max_body_bytes, body_clock
+        ):
+            await connection.send_body(chunk)
+        await connection.end_body()
+    except FramingBroken:
+        record.body_error = "body_length"
+        raise BodyLimit from None
 
 
 async def _peek_refusal(answer: Answer, record: Record) -> bytes | None:

@@ -8,17 +8,23 @@ llhttp enforces all of these (and refuses bare LF, obs-fold and junk after a mes
 connection is reused only after a complete, well-framed answer that kept the connection alive
 and left no byte unread; never after an error, a cut body, `Connection: close`, or an unread
 body (`reusable`).
+
+The request side is written here too, and only here, framed by `upstream.framing`: the head
+declares the framing itself, and the connection is reusable only after the whole request went
+out as declared (SECURITY: nobody above it is trusted to count).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 
 import httptools
 from multidict import CIMultiDict
 
-from proxy.upstream.answer import Answer, MalformedAnswer, UpstreamClosed
+from proxy.upstream.answer import Answer, FramingBroken, MalformedAnswer, UpstreamClosed
+from proxy.upstream.framing import Framer, RequestHead
 from proxy.upstream.tls import trim_tls_read_buffer
 
 HIGH_WATER = 64 * 1024  # answer bytes waiting for the relay beyond which reading pauses
@@ -51,6 +57,8 @@ class Connection(asyncio.BufferedProtocol):
         self._paused = False
         self._can_write = asyncio.Event()
         self._can_write.set()
+        self._framer = Framer()  # the framing of the request being written
+        self.trailers = False  # the last answer had trailer fields (dropped, never headers)
         self._reset()
 
     # --- one exchange ------------------------------------------------------------------
@@ -72,23 +80,51 @@ class Connection(asyncio.BufferedProtocol):
     def begin(self, head_request: bool) -> asyncio.Future[Answer]:
         """Expect an answer to a request about to be written (`head_request`: to HEAD)."""
         self._reset()
+        self.trailers = False
         self._skip_body = head_request
         self._head = self._loop.create_future()
         # An exchange abandoned early (its body failed first) never awaits it: mark it seen.
         self._head.add_done_callback(_seen)
         return self._head
 
-    async def write(self, data: bytes) -> None:
-        """Write request bytes, waiting while the upstream isn't reading."""
-        self.write_now(data)
-        if not self._can_write.is_set():
-            await self._can_write.wait()
+    # --- the request, framed as its head declared (upstream.framing) ------------------
 
-    def write_now(self, data: bytes) -> None:
-        """Write request bytes without waiting (a head, a small body)."""
+    def send_whole(self, head: RequestHead, body: bytes = b"") -> None:
+        """The whole request in one write: a body held in memory, or none."""
+        self._framer.whole(head, body)
+        self._transport().write(head.data + body if body else head.data)
+
+    async def send_head(self, head: RequestHead) -> None:
+        """The head of a request whose body follows through `send_body` and `end_body`."""
+        self._framer.start(head)
+        await self._write((head.data,))
+
+    async def send_body(self, chunk: bytes) -> None:
+        """Body bytes, framed as the head declared (an empty chunk is nothing to send)."""
+        if chunk:
+            await self._write(self._checked(self._framer.frame, chunk))
+
+    async def end_body(self) -> None:
+        """The body's end: the last chunk once, or a check that every declared byte went."""
+        await self._write(self._checked(self._framer.end))
+
+    def _checked(self, step: Callable[..., tuple[bytes, ...]], *args: bytes) -> tuple[bytes, ...]:
+        try:
+            return step(*args)
+        except FramingBroken:
+            self.close()  # SECURITY: never another request on a connection framed wrong
+            raise
+
+    def _transport(self) -> asyncio.Transport:
         if self.transport is None or self.transport.is_closing():
             raise UpstreamClosed("the upstream connection is closed")
-        self.transport.write(data)
+        return self.transport
+
+    async def _write(self, parts: tuple[bytes, ...]) -> None:
+        if parts:
+            self._transport().writelines(parts)
+        if not self._can_write.is_set():  # the upstream isn't reading: wait for it
+            await self._can_write.wait()
 
     async def head(self, silence: float) -> Answer:
         """The answer's status and headers, within `silence` seconds (a timer of the
@@ -129,9 +165,11 @@ class Connection(asyncio.BufferedProtocol):
 
     @property
     def reusable(self) -> bool:
-        """A complete, well-framed answer on a live, keep-alive connection, fully read."""
+        """A complete, well-framed answer on a live, keep-alive connection, fully read, to a
+        request that went out whole."""
         return (
             self._complete
+            and self._framer.done
             and self._keep_alive
             and self._error is None
             and not self._chunks
@@ -225,6 +263,10 @@ class Connection(asyncio.BufferedProtocol):
             self._reason += status.decode("latin-1")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._headers_done() and not self._interim:
+            # Trailer fields (RFC 9110 §6.5.1: never merged into the header section): dropped.
+            self.trailers = True
+            return
         if not self._complete:
             self._head_bytes += len(name) + len(value) + 4
             self._headers.add(name.decode("latin-1"), value.decode("latin-1"))
