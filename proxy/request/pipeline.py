@@ -91,6 +91,9 @@ class Pipeline:
         admitted = self.admission.admit(request)
         if isinstance(admitted, Refusal):
             refused = self._refused_at_the_door(request, admitted, rid, record)
+            if request.body_exists:  # never read: close (and say so), don't drain
+                refused.force_close()
+                abandon_body(request)
             self.recorder.access(request, rid, None, None, refused, record, loop.time() - started)
             return refused
         target = admitted.target
@@ -120,6 +123,11 @@ class Pipeline:
             response.force_close()
             return response
         finally:
+            if request.body_exists and not request.content.at_eof():
+                # SECURITY: the rest of its body is never read, so never parsed as a request.
+                if response is not None and not response.prepared:
+                    response.force_close()  # `Connection: close`, so the client knows
+                abandon_body(request)
             duration = loop.time() - started
             target.metrics.duration.observe(duration)
             self.recorder.access(
@@ -160,8 +168,6 @@ class Pipeline:
         response = answer(refusal, rid)
         if refusal.reason in _CLOSE_AFTER:
             response.force_close()  # the client may already be sending tunnel bytes
-        elif expects_continue(request) and request.body_exists:
-            abandon_body(request)  # the body was never asked for: close, don't drain
         return response
 
     async def _serve(

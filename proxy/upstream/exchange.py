@@ -125,6 +125,11 @@ class Answer:
             _dropped_trailers(self._plan.name)
         return chunk
 
+    @property
+    def request_sent(self) -> bool:
+        """The whole request went up (an early answer can come while its body streams)."""
+        return self._writer is None or self._writer.done()
+
     def downstream(self, backed_up: bool) -> None:
         """The relay's word on the client: while its socket is backed up, read small."""
         self._connection.downstream_slow = backed_up

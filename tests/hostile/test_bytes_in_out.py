@@ -16,7 +16,7 @@ import h11
 import pytest
 
 from proxy.testing import FakeTLS, make_token
-from tests.conftest import ProxyFactory, Upstream
+from tests.conftest import ProxyFactory, ScriptedUpstream, Upstream
 from tests.hostile.conftest import LEDGER
 from tests.support.h11_upstream import H11Upstream, Received, read_response
 
@@ -266,3 +266,32 @@ async def test_an_unexpected_exception_answers_the_envelope_not_aiohttps_page(
     body = await response.json()
     assert body["status"] == 500 and body["request_id"] == "rid-500"
     assert "trouble" not in json.dumps(body)
+
+
+async def test_a_body_left_unread_closes_the_client_connection(
+    make_proxy: ProxyFactory, upstream: Upstream, tls: FakeTLS
+) -> None:
+    """The upstream answers before the body is all there (an early 413): the proxy answers,
+    then closes the client connection instead of reading on, so no leftover byte of that body
+    can ever be parsed as a request."""
+    scripted = ScriptedUpstream(
+        [b"HTTP/1.1 413 Too Large\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}"]
+    )
+    port = await scripted.start(tls)
+    proxy = await make_proxy(_routes(port), env=ENV)
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    try:
+        writer.write(
+            b"POST /ingest/data/x HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000\r\n\r\n"
+        )
+        writer.write(b"z" * 1000)
+        view = await asyncio.wait_for(read_response(reader, b"POST"), 10)
+        assert view.status == 413
+        # What would be the next request, if the proxy read on: it must never be answered.
+        writer.write(b"GET /reports/segments HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        rest = await asyncio.wait_for(reader.read(), 5)  # aiohttp alone lingers 10 s
+        assert rest == b""
+    finally:
+        writer.close()
+        await scripted.close()
+    LEDGER.tried("framing (request)")

@@ -50,6 +50,7 @@ class H11Upstream:
     bytes a connection held that were not a complete request when it ended."""
 
     respond: Respond = ok
+    hang_up: Callable[[Received], bool] = lambda _: False  # close after this answer
     received: list[Received] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     leftover: list[bytes] = field(default_factory=list)
@@ -118,6 +119,8 @@ class H11Upstream:
                 self.received.append(got)
                 self.arrived.set()
                 await self._answer(conn, writer, got)
+                if self.hang_up(got):
+                    return
                 if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
                     return
                 conn.start_next_cycle()
