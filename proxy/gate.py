@@ -20,6 +20,7 @@ from aiohttp import web
 
 from proxy.config import SharedRedis, StartupError
 from proxy.config.listen import Listen
+from proxy.redaction import SECRETS
 from proxy.refusals import Refusal, refuse
 from proxy.tokens import TokenError, read_source
 
@@ -235,13 +236,32 @@ def client_tokens(listen: Listen, env: Mapping[str, str]) -> dict[str, str]:
     }
     if listen.client_token is not None:
         sources[""] = (listen.client_token, "listen.client_token")
-    tokens = {}
+    tokens: dict[str, str] = {}
     for name, (source, path) in sources.items():
         try:
             tokens[name] = read_source(source, env).strip()
         except TokenError as exc:
             raise StartupError([f"{path}: {exc}"]) from None
+        SECRETS.remember(f"client:{name}", tokens[name])
+    _distinct(tokens)
     return tokens
+
+
+def _distinct(tokens: Mapping[str, str]) -> None:
+    """SECURITY: two clients with one token would be one client: whichever name is checked
+    last wins, and that token reaches the other's routes. Never names the token."""
+    holders: dict[str, list[str]] = {}
+    for name, token in tokens.items():
+        holders.setdefault(token, []).append(name)
+    shared = [names for names in holders.values() if len(names) > 1]
+    if shared:
+        raise StartupError(
+            [
+                f"listen.clients: {' and '.join(names)} have the same token; give each client "
+                "a token of its own (a token names its client)"
+                for names in shared
+            ]
+        )
 
 
 def shared_password(shared: SharedRedis, env: Mapping[str, str]) -> str | None:
@@ -249,6 +269,8 @@ def shared_password(shared: SharedRedis, env: Mapping[str, str]) -> str | None:
     if shared.password is None:
         return None
     try:
-        return read_source(shared.password, env).strip()
+        password = read_source(shared.password, env).strip()
     except TokenError as exc:
         raise StartupError([f"shared.redis.password: {exc}"]) from None
+    SECRETS.remember("redis", password)
+    return password

@@ -12,13 +12,12 @@ to MESSAGE_MAX characters, for the log, `doctor` and the status page.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from aiohttp import web
 
-from proxy.redaction import redact
+from proxy.redaction import outside
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +128,6 @@ def envelope(
 REFUSAL_PEEK = 4096  # bytes of a 401/403 body read for the upstream's own message
 MESSAGE_MAX = 200  # characters of that message kept (log, doctor, status page)
 _MESSAGE_KEYS = ("message", "error_description", "detail", "error")
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]+")
 
 
 def upstream_message(body: bytes) -> str | None:
@@ -143,6 +141,5 @@ def upstream_message(body: bytes) -> str | None:
     for key in _MESSAGE_KEYS:
         value = document.get(key)
         if isinstance(value, str) and value.strip():
-            text = redact(_CONTROL_RE.sub(" ", value)).strip()
-            return text if len(text) <= MESSAGE_MAX else text[: MESSAGE_MAX - 1] + "…"
+            return outside(value, MESSAGE_MAX)  # SECURITY: it may quote the token
     return None

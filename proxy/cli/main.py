@@ -29,6 +29,7 @@ from proxy.config import (
 from proxy.config.environment import SOURCE as ENV_SOURCE
 from proxy.config.environment import config_from_env, route_variables, variable_for
 from proxy.config.listen import listen_problems, parse_listen
+from proxy.gate import client_tokens
 from proxy.observe.logs import flush_logs, setup_logging
 from proxy.tokens.health import EXPIRING
 
@@ -251,6 +252,7 @@ def _check(args: argparse.Namespace) -> int:
     setup_logging("text", "WARNING")  # a token that looks like a broken JWT, say
     print()
     try:
+        client_tokens(config.listen, os.environ)  # readable, and one token per client
         return asyncio.run(token_info(config, 0.0, False, sys.stdout))
     except StartupError as exc:
         _fatal(exc)

@@ -137,7 +137,7 @@ def parse_base_url(template: str, tenant: str, path: str, errs: Errors) -> BaseU
         parts = urlsplit(text)
         port = parts.port
     except ValueError as exc:
-        errs.add(path, f"not a valid URL ({exc}): {errs.show(text)}")
+        errs.add(path, f"not a valid URL ({exc}): {errs.show_url(text)}")
         return None
     problems = []
     if parts.scheme not in ("https", "http"):
@@ -152,12 +152,12 @@ def parse_base_url(template: str, tenant: str, path: str, errs: Errors) -> BaseU
     if not _BASE_PATH_RE.fullmatch(url_path) or any(s in (".", "..") for s in url_path.split("/")):
         problems.append("path may hold only plain segments (letters, digits, ._~-)")
     if problems:
-        errs.add(path, f"{'; '.join(problems)}: {errs.show(text)}")
+        errs.add(path, f"{'; '.join(problems)}: {errs.show_url(text)}")
         return None
     scheme = parts.scheme
     if scheme == "http":
         errs.warnings.append(
-            f"{path}: plain http upstream {errs.show(text)}; use only for local testing"
+            f"{path}: plain http upstream {errs.show_url(text)}; use only for local testing"
         )
     assert parts.hostname is not None
     host = parts.hostname.lower().rstrip(".")

@@ -32,6 +32,17 @@ _SUBSTRING_MIN = 8  # shorter registered values are too common to replace inside
 MAX_CONFIG_NODES = 100_000
 
 
+# `scheme://` + `user[:password]@`: the user info goes; `?...` / `#...`: they go too.
+_USERINFO_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@")
+_QUERY_RE = re.compile(r"[?#].*$", re.DOTALL)
+
+
+def without_secrets(url: str) -> str:
+    """A URL as it may appear in a message: `<user info>` and `<query>` stand for what went."""
+    shown = _USERINFO_RE.sub(r"\1<user info>@", url)
+    return _QUERY_RE.sub(lambda m: m.group(0)[0] + "<hidden>", shown)
+
+
 class TooLarge(Exception):
     """The config expands to more than MAX_CONFIG_NODES values."""
 
@@ -77,15 +88,26 @@ class Errors:
             if not self._hidden.get(text, "").startswith("value from"):
                 self._hidden.pop(text, None)
 
+    def show_url(self, url: str) -> str:
+        """How an error message may quote a URL: as `show` would, and even when shown, without
+        user info (a password, often), query or fragment."""
+        hidden = self._hidden_as(url)
+        return hidden if hidden is not None else repr(without_secrets(url))
+
     def show(self, value: object) -> str:
         """How an error message may quote a config value: its repr, or what it was."""
         text = value.isoformat() if isinstance(value, datetime.date) else str(value)
+        hidden = self._hidden_as(text)
+        return hidden if hidden is not None else repr(value)
+
+    def _hidden_as(self, text: str) -> str | None:
+        """What stands for `text` when it may not be shown; None when it may."""
         origin = self._hidden.get(text) or next(
             (o for v, o in self._hidden.items() if len(v) >= _SUBSTRING_MIN and v in text), None
         )
         jwt = looks_like_jwt(text)
         if origin is None and not jwt and len(text) <= MAX_SHOWN:
-            return repr(value)
+            return None
         what = [origin or "a value", f"{len(text)} chars"]
         if jwt:
             what.append("looks like a JWT")

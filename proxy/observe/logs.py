@@ -19,7 +19,7 @@ import weakref
 from collections.abc import Callable
 from typing import IO, Any
 
-from proxy.redaction import redact
+from proxy.redaction import SECRETS, redact
 
 _STDLIB_KEYS = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
     "message",
@@ -76,7 +76,7 @@ class JsonFormatter(logging.Formatter):
         for key, value in _fields(record).items():
             out.setdefault(key, _redacted(value))
         if record.exc_info:
-            out["exception"] = redact(self.formatException(record.exc_info))
+            out["exception"] = SECRETS.scrub(redact(self.formatException(record.exc_info)))
         return json.dumps(out, default=str)
 
 
@@ -94,8 +94,8 @@ class TextFormatter(logging.Formatter):
         if fields:
             parts.append(" ".join(f"{k}={v}" for k, v in fields.items() if v is not None))
         line = " ".join(parts)
-        if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
+        if record.exc_info:  # exception text can quote what came from outside
+            line += "\n" + SECRETS.scrub(redact(self.formatException(record.exc_info)))
         return redact(line)
 
 

@@ -12,6 +12,7 @@ import signal
 from collections.abc import Mapping
 
 from proxy.config.sources import TokenSource
+from proxy.redaction import REDACTED, outside
 from proxy.tokens.credential import MAX_TOKEN_BYTES, Credential, TokenError
 from proxy.tokens.sources import Fetched
 
@@ -91,8 +92,8 @@ class ExecSource:
             text = err.decode(errors="replace")
             printed = out.decode(errors="replace").strip()
             if printed:  # SECURITY: a chatty helper may echo its token to stderr too
-                text = text.replace(printed, "<redacted>")
-            text = text.strip()[:_MAX_STDERR]
+                text = text.replace(printed, REDACTED)
+            text = outside(text, _MAX_STDERR)
             log.log(
                 level, "token command stderr: %s", text, extra={"fields": {"route": self._route}}
             )

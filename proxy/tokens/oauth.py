@@ -13,6 +13,7 @@ from urllib.parse import urlencode
 import aiohttp
 
 from proxy.config.sources import TokenSource
+from proxy.redaction import SECRETS
 from proxy.tokens.credential import MAX_TOKEN_BYTES, Credential, TokenError
 from proxy.tokens.sources import Fetched, read_source
 
@@ -54,6 +55,7 @@ class ClientCredentialsSource:
         secret = (
             await asyncio.to_thread(read_source, self.config.client_secret, self._env)
         ).strip()
+        SECRETS.remember(f"client_secret:{self.config.client_id}:{self.token_url}", secret)
         session = self._session()
         if session is None:
             raise TokenError("mint_failed", "the proxy is not running")

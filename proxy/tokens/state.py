@@ -15,6 +15,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from proxy.config import Route
+from proxy.redaction import SECRETS
 from proxy.tokens.credential import Credential, TokenError, in_words
 from proxy.tokens.health import API_KEYS, EXPIRY_WARNINGS, REMEDY
 from proxy.tokens.sources import Source
@@ -185,6 +186,8 @@ def status_of(rs: RouteState) -> RouteStatus:
 def installed(rs: RouteState, state: SourceState, credential: Credential, digest: str) -> None:
     """A newly fetched token becomes the source's: logged as loaded, rotated or refreshed."""
     previous = state.credential
+    # SECURITY: from now on, no text from outside carries it (nor the two before it).
+    SECRETS.remember(f"token:{rs.route}:{state.source.config.describe()}", credential.token)
     state.credential = credential
     state.digest = digest
     state.last_loaded = credential.loaded_at

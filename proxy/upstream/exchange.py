@@ -19,6 +19,7 @@ from aiohttp import web
 
 from proxy.observe.record import Record
 from proxy.observe.tracing import PROPAGATED
+from proxy.redaction import SECRETS
 from proxy.refusals import REFUSAL_PEEK, upstream_message
 from proxy.tokens import Credential
 from proxy.upstream.answer import Answer as WireAnswer
@@ -111,6 +112,8 @@ class Answer:
         self.reason = head.reason
         self.headers = head.headers
         self.peeked: bytes | None = None
+        # The peeked bytes were scrubbed to this many (-1: and more body follows); None: as sent
+        self.resized: int | None = None
         self._connection = connection
         self._pool = pool
         self._plan = plan
@@ -279,12 +282,18 @@ async def _peek_refusal(answer: Answer, record: Record) -> bytes | None:
         return None
     parts: list[bytes] = []
     size = 0
+    complete = False  # the whole body was read
     while size < REFUSAL_PEEK:
         chunk = await answer.read()
         if not chunk:
+            complete = True
             break
         parts.append(chunk)
         size += len(chunk)
     peeked = b"".join(parts)
     record.upstream_message = upstream_message(peeked[:REFUSAL_PEEK])
-    return peeked
+    # SECURITY: an upstream that echoes a credential doesn't hand it to the client.
+    scrubbed = SECRETS.scrub(peeked.decode("latin-1")).encode("latin-1")
+    if scrubbed != peeked:
+        answer.resized = len(scrubbed) if complete else -1
+    return scrubbed

@@ -26,6 +26,7 @@ import ssl
 from aiohttp import web
 
 from proxy.observe.record import Record
+from proxy.redaction import outside
 from proxy.refusals import UPSTREAM_FAILURES, envelope
 from proxy.tokens import Credential
 from proxy.upstream.answer import MalformedAnswer
@@ -75,11 +76,6 @@ def _message(reason: str, plan: Plan) -> str:
     return f"the Amperity API at {where} closed the connection before a complete answer; retry"
 
 
-def scrub(text: str, secret: str) -> str:
-    """SECURITY: remove a secret from text that is about to be logged."""
-    return text.replace(secret, "<redacted>") if secret else text
-
-
 def detail(exc: BaseException) -> str:
     """What the log may say about an upstream failure (the log formatter also redacts any
     URL's query string that slips through). Library errors can quote an object as
@@ -97,5 +93,5 @@ def failure(
     reason, status = classify(exc)
     record.error = reason
     # Exception text can quote what the upstream sent (a bad status line): keep it short.
-    record.detail = scrub(detail(exc), credential.token)[:_MAX_DETAIL]
+    record.detail = outside(detail(exc), _MAX_DETAIL)
     return envelope(status, _message(reason, plan), request_id)

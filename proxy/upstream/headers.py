@@ -21,6 +21,8 @@ from urllib.parse import unquote, urljoin, urlsplit
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from proxy.redaction import SECRETS
+
 HOP_BY_HOP = frozenset(
     {
         "connection",
@@ -158,16 +160,22 @@ def upstream_fields(
 
 
 def response_headers(upstream: Iterable[tuple[str, str]]) -> CIMultiDict[str]:
-    """The upstream's response headers minus hop-by-hop and CORS ones; repeats survive.
+    """The upstream's response headers minus hop-by-hop and CORS ones, and any that holds a
+    live secret; repeats survive.
 
     SECURITY: the proxy never answers with CORS headers, so no web page can read a response.
     """
     items = list(upstream)
     listed = _connection_listed(CIMultiDict(items))
+    # SECURITY: a value that holds a live secret (an upstream echoing the token) is dropped.
+    # One scan of all values together; the per-value check only when that finds one.
+    echoed = SECRETS.holds("\n".join(value for _, value in items))
     out: CIMultiDict[str] = CIMultiDict()
     for key, value in items:
         name = normalize(key)
         if name not in HOP_BY_HOP and name not in listed and not name.startswith("access-control-"):
+            if echoed and SECRETS.holds(value):
+                continue
             out.add(key, value)
     return out
 

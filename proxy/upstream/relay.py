@@ -50,6 +50,10 @@ def head(
             base_path=base.path,
             public_base=public_base,
         )
+    if answer.resized is not None:  # a refusal's body lost an echoed secret
+        response.headers.popall("Content-Length", None)
+        if answer.resized >= 0:
+            response.headers["Content-Length"] = str(answer.resized)
     response.headers["X-Request-ID"] = outgoing.request_id
     return response
 
