@@ -183,7 +183,9 @@ def test_unset_variable_without_default_is_an_error() -> None:
         ),
         (
             {"routes": [route(base_url="https://x.example/api?x=1")]},
-            ["routes[0].base_url: query and fragment are not allowed: 'https://x.example/api?<hidden>'"],
+            [
+                "routes[0].base_url: query and fragment are not allowed: 'https://x.example/api?<hidden>'"
+            ],
         ),
         (
             {"routes": [route(base_url="https://{region}.example/api")]},
