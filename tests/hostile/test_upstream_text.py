@@ -158,6 +158,7 @@ def test_two_clients_with_one_token_fail_check_config_naming_both(tmp_path: Path
 def test_two_clients_with_one_token_stop_the_start(tmp_path: Path) -> None:
     env = {"INGEST_T": SAME, "REPORTS_T": SAME, "T": "opaque-route-token-abcdef"}
     result = run_cli("run", "--config", str(_write(tmp_path, CLIENTS)), env=env)
+    LEDGER.tried("upstream text")
     assert result.returncode == 1, result.stdout + result.stderr
     assert "ingest and reports have the same token" in result.stderr
     assert SAME not in result.stdout + result.stderr
