@@ -69,13 +69,16 @@ class CoalescedResponse(web.StreamResponse):
     writes. The upstream's read timeout bounds how long headers can wait for body bytes.
 
     Its header section travels as the upstream's bytes: values are held as the Latin-1
-    decoding of what the upstream sent (one character per byte), and are written back as
-    Latin-1, where aiohttp's own writer would encode them as UTF-8 (an upstream's UTF-8 `é`
-    would reach the client as four bytes of mojibake, and a Latin-1 one not at all)."""
+    decoding of what the upstream sent (one character per byte), and, when one holds a byte
+    >= 0x80 (`as_bytes`), are written back as Latin-1, where aiohttp's own writer would encode
+    them as UTF-8 (an upstream's UTF-8 `é` would reach the client as four bytes of mojibake)."""
 
     _send_headers_immediately = False
+    as_bytes = False  # set when a header value holds a byte >= 0x80 (else aiohttp's writer)
 
     async def _write_headers(self) -> None:
+        if not self.as_bytes:  # all ASCII: aiohttp's own (compiled) serializer is the same
+            return await super()._write_headers()
         request, writer = self._req, self._payload_writer
         assert request is not None and isinstance(writer, StreamWriter)
         version = request.version

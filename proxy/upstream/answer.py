@@ -24,7 +24,10 @@ class FramingBroken(Exception):
 class Answer:
     """A response in progress: status and headers, then the body as it arrives."""
 
-    def __init__(self, status: int, reason: str, headers: CIMultiDict[str]) -> None:
+    def __init__(
+        self, status: int, reason: str, headers: CIMultiDict[str], obs_text: bool = False
+    ) -> None:
         self.status = status
         self.reason = reason
         self.headers = CIMultiDictProxy(headers)
+        self.obs_text = obs_text  # a header byte >= 0x80: relayed as bytes, not re-encoded

@@ -111,6 +111,7 @@ class Answer:
         self.status = head.status
         self.reason = head.reason
         self.headers = head.headers
+        self.obs_text = head.obs_text
         self.peeked: bytes | None = None
         # The peeked bytes were scrubbed to this many (-1: and more body follows); None: as sent
         self.resized: int | None = None

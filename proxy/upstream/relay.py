@@ -36,6 +36,7 @@ def head(
     if answer.status == 429:
         record.retry_after = answer.headers.get("Retry-After")
     response = CoalescedResponse(status=answer.status, reason=answer.reason)
+    response.as_bytes = answer.obs_text
     if not answer.request_sent:  # an early answer: the rest of the body is never read
         response.force_close()
     response.headers.extend(response_headers(answer.headers.items()))

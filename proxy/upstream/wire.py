@@ -69,6 +69,7 @@ class Connection(asyncio.BufferedProtocol):
         self._raw_head = 0  # bytes received while the headers had not ended
         self._reason = ""
         self._headers: CIMultiDict[str] = CIMultiDict()
+        self._obs_text = False  # a header value with a byte >= 0x80
         self._head: asyncio.Future[Answer] | None = None
         self._complete = False
         self._keep_alive = False
@@ -261,6 +262,8 @@ class Connection(asyncio.BufferedProtocol):
     def on_status(self, status: bytes) -> None:
         if not self._complete:
             self._reason += status.decode("latin-1")
+            if not status.isascii():
+                self._obs_text = True
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._headers_done() and not self._interim:
@@ -269,6 +272,8 @@ class Connection(asyncio.BufferedProtocol):
             return
         if not self._complete:
             self._head_bytes += len(name) + len(value) + 4
+            if not value.isascii():
+                self._obs_text = True
             self._headers.add(name.decode("latin-1"), value.decode("latin-1"))
 
     def on_headers_complete(self) -> None:
@@ -284,7 +289,7 @@ class Connection(asyncio.BufferedProtocol):
         self._keep_alive = self._parser.should_keep_alive()
         assert self._head is not None
         if not self._head.done():
-            self._head.set_result(Answer(status, self._reason, self._headers))
+            self._head.set_result(Answer(status, self._reason, self._headers, self._obs_text))
         if self._skip_body:  # HEAD: whatever the headers say, no body follows
             self._complete = True
             self._wakeup()
@@ -307,6 +312,7 @@ class Connection(asyncio.BufferedProtocol):
             self._interim = False
             self._reason = ""
             self._headers = CIMultiDict()
+            self._obs_text = False
             return
         self._complete = True
         self._wakeup()

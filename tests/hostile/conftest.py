@@ -4,13 +4,12 @@ sockets, and a ledger for `make security`'s scorecard."""
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import json
 import os
 import secrets
 import socket
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ import pytest
 import yaml
 
 from proxy.testing import FakeAmperity, FakeTLS, RecordedRequest, make_token, start_fake
+from tests.support.loop import LoopThread
 from tests.support.process import proxy_command
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -68,27 +68,22 @@ class ThreadedFake:
     """The fake Amperity upstream on its own event loop thread, so tests can use blocking sockets."""
 
     def __init__(self, tls: FakeTLS) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.fake: FakeAmperity = self._call(self._make())
-        self.runner, self.port = self._call(start_fake(self.fake, tls.server, host="127.0.0.1"))
+        self.thread = LoopThread()
+        self.fake: FakeAmperity = self.thread.call(self._make())
+        self.runner, self.port = self.thread.call(
+            start_fake(self.fake, tls.server, host="127.0.0.1")
+        )
 
     async def _make(self) -> FakeAmperity:
         return FakeAmperity()
-
-    def _call(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)
 
     @property
     def requests(self) -> list[RecordedRequest]:
         return list(self.fake.requests)
 
     def close(self) -> None:
-        self._call(self.runner.cleanup())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
+        self.thread.call(self.runner.cleanup())
+        self.thread.stop()
 
 
 @pytest.fixture(scope="session")
@@ -200,34 +195,35 @@ def proxy_process(
             },
         ],
     }
-    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AMPERITY_")}
-    env |= {"CANARY_ACME": canaries.acme, "CANARY_SB": canaries.sandbox}
+    env = {"CANARY_ACME": canaries.acme, "CANARY_SB": canaries.sandbox}
     if parser == "python":
         env["AIOHTTP_NO_EXTENSIONS"] = "1"
+    with served(workdir, config, env, "--log-level", "DEBUG") as (proc, log, record):
+        port = int(record["listen"][0].rsplit(":", 1)[1])
+        admin = int(record["admin"][0].rsplit(":", 1)[1])
+        yield ProxyProcess(parser, port, admin, upstream_thread.port, log, proc)
+
+
+@contextlib.contextmanager
+def served(
+    workdir: Path, config: dict[str, Any], env: dict[str, str], *flags: str
+) -> Iterator[tuple[subprocess.Popen[bytes], Path, dict[str, Any]]]:
+    """`proxy run` on `config` (written to `workdir`) with a JSON log to a file, until the
+    block ends: the process, its log, and its start line (which says where it listens)."""
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("AMPERITY_")} | env
     log = workdir / "proxy.log"
+    command = [*proxy_command(), "run", "--config", str(workdir / "config.yaml")]
     with log.open("wb") as stderr:
         proc = subprocess.Popen(
-            [
-                *proxy_command(),
-                "run",
-                "--config",
-                str(workdir / "config.yaml"),
-                "--log-format",
-                "json",
-                "--log-level",
-                "DEBUG",
-            ],
-            env=env,
+            [*command, "--log-format", "json", *flags],
+            env=environment,
             stderr=stderr,
             stdout=subprocess.DEVNULL,
             cwd=ROOT,
         )
     try:
-        record = _wait_listening(log, proc)
-        port = int(record["listen"][0].rsplit(":", 1)[1])
-        admin = int(record["admin"][0].rsplit(":", 1)[1])
-        yield ProxyProcess(parser, port, admin, upstream_thread.port, log, proc)
+        yield proc, log, _wait_listening(log, proc)
     finally:
         proc.terminate()
         proc.wait(30)

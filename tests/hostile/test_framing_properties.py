@@ -19,27 +19,22 @@ same examples every run; `HYPOTHESIS_SEED` or `--hypothesis-seed` explores other
 
 from __future__ import annotations
 
-import asyncio
 import gzip
 import json
 import os
 import socket
-import subprocess
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import h11
 import pytest
-import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from proxy.testing import FakeTLS, make_token
-from tests.hostile.conftest import LEDGER, ROOT, _wait_listening
-from tests.support.h11_upstream import H11Upstream, Received
-from tests.support.process import proxy_command
+from tests.hostile.conftest import LEDGER, served
+from tests.support.h11_upstream import Assembler, ClientView, H11Upstream, Received, expect
+from tests.support.loop import LoopThread
 
 EXAMPLES = int(os.environ.get("AMPERITY_FRAMING_EXAMPLES", "200"))
 SETTINGS = settings(
@@ -59,10 +54,8 @@ class Judge:
         self.script: bytes = SENTINEL
         self.hang_up = False
         self.upstream = H11Upstream(self._respond, self._hang_up)
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.port = self._call(self.upstream.start(tls.server))
+        self.thread = LoopThread()
+        self.port = self.thread.call(self.upstream.start(tls.server))
 
     def _respond(self, got: Received) -> bytes:
         if got.target.endswith(b"/sentinel"):
@@ -72,17 +65,12 @@ class Judge:
     def _hang_up(self, got: Received) -> bool:
         return self.hang_up and not got.target.endswith(b"/sentinel")
 
-    def _call(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)
-
     def mark(self) -> int:
         return len(self.upstream.received)
 
     def close(self) -> None:
-        self._call(self.upstream.close())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
+        self.thread.call(self.upstream.close())
+        self.thread.stop()
 
 
 @dataclass
@@ -104,25 +92,11 @@ def proxied(tmp_path_factory: pytest.TempPathFactory, tls: FakeTLS) -> Iterator[
         "defaults": {"ca_file": str(workdir / "ca.pem")},
         "routes": [{"prefix": "/a", **route}, {"prefix": "/b", "name": "b", **route}],
     }
-    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AMPERITY_")}
-    env["FRAMING_TOKEN"] = make_token("acme", ttl=30 * 86400)
-    log = workdir / "proxy.log"
-    with log.open("wb") as stderr:
-        command = [*proxy_command(), "run", "--config", str(workdir / "config.yaml")]
-        proc = subprocess.Popen(
-            [*command, "--log-format", "json"],
-            env=env,
-            stderr=stderr,
-            stdout=subprocess.DEVNULL,
-            cwd=ROOT,
-        )
+    env = {"FRAMING_TOKEN": make_token("acme", ttl=30 * 86400)}
     try:
-        record = _wait_listening(log, proc)
-        yield Proxied(int(record["listen"][0].rsplit(":", 1)[1]), judge)
+        with served(workdir, config, env) as (_, _, record):
+            yield Proxied(int(record["listen"][0].rsplit(":", 1)[1]), judge)
     finally:
-        proc.terminate()
-        proc.wait(30)
         judge.close()
 
 
@@ -140,33 +114,21 @@ class Client:
         self.sock.sendall(data)
 
     def expect(self, method: bytes) -> None:
-        """Tell h11 a request went (the raw bytes were sent by hand)."""
-        if self.conn.our_state is h11.DONE:
-            self.conn.start_next_cycle()
-        self.conn.send(h11.Request(method=method, target=b"/", headers=[(b"Host", b"x")]))
-        self.conn.send(h11.EndOfMessage())
+        expect(self.conn, method)
 
-    def response(self) -> tuple[h11.Response, bytes, list[tuple[bytes, bytes]]]:
-        """The next response: head, body bytes, trailers. Raises RemoteProtocolError (or
-        ends with a closed connection) when the bytes are not one well-framed message."""
-        head: h11.Response | None = None
-        body = bytearray()
-        while True:
-            event = self.conn.next_event()
-            if event is h11.NEED_DATA:
-                self.conn.receive_data(self.sock.recv(65536))
-                continue
-            if isinstance(event, h11.InformationalResponse):
-                continue
-            if isinstance(event, h11.Response):
-                head = event
-            elif isinstance(event, h11.Data):
-                body += event.data
-            elif isinstance(event, h11.EndOfMessage):
-                assert head is not None
-                return head, bytes(body), list(event.headers.raw_items())
-            elif isinstance(event, h11.ConnectionClosed):
-                raise h11.RemoteProtocolError("closed before a complete response")
+    def response(self) -> ClientView:
+        """The next response, read by h11 (see `Assembler`)."""
+        assembler = Assembler(self.conn)
+        while (view := assembler.step()) is None:
+            self.conn.receive_data(self.sock.recv(65536))
+        return view
+
+    def sentinel(self) -> None:
+        """The next ordinary request on this connection gets its own answer, whole."""
+        self.expect(b"GET")
+        self.send(b"GET /b/sentinel HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        view = self.response()
+        assert (view.status, view.body) == (200, b"sentinel")
 
     @property
     def reusable(self) -> bool:
@@ -275,13 +237,9 @@ def _through(proxied: Proxied, batch: list[Request]) -> None:
         client.send(b"".join(r.wire() for r in batch))
         for request in batch:
             client.expect(request.method.encode())
-            head, _, _ = client.response()
-            assert head.status_code == 200, head
-        # The next ordinary request on the same connection: it must arrive as itself.
-        client.expect(b"GET")
-        client.send(b"GET /b/sentinel HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-        head, body, _ = client.response()
-        assert (head.status_code, body) == (200, b"sentinel")
+            view = client.response()
+            assert view.status == 200, view
+        client.sentinel()  # the next ordinary request on the same connection arrives as itself
     finally:
         client.close()
     LEDGER.tried("framing (request)", len(batch) + 1)
@@ -372,10 +330,10 @@ def scripts(draw: st.DrawFn) -> Script:
     )
 
 
-def _is_envelope(head: h11.Response, body: bytes) -> bool:
-    if head.status_code not in (502, 504):
+def _is_envelope(view: ClientView) -> bool:
+    if view.status not in (502, 504):
         return False
-    return bool(json.loads(body)["status"] == head.status_code)
+    return bool(json.loads(view.body)["status"] == view.status)
 
 
 @SETTINGS
@@ -392,25 +350,22 @@ def test_each_answer_reaches_the_client_as_one_well_framed_message(
         client.expect(method)
         client.send(method + b" /a/answer HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         try:
-            head, body, trailers = client.response()
+            view = client.response()
         except (h11.RemoteProtocolError, ConnectionError):
             # A cut connection: only for an answer the upstream cut short itself.
             assert script.framing == "truncated" and not script.bodiless
             return
         LEDGER.tried("framing (response)")
-        if script.framing == "truncated" and not script.bodiless and _is_envelope(head, body):
+        if script.framing == "truncated" and not script.bodiless and _is_envelope(view):
             return  # cut before any byte went to the client: the proxy's 502
-        assert head.status_code == script.status
-        assert body == (b"" if script.bodiless else script.body)
-        assert trailers == []
-        names_sent = {k.lower() for k, _ in head.headers}
+        assert view.status == script.status
+        assert view.body == (b"" if script.bodiless else script.body)
+        assert view.trailers == []
+        names_sent = {k.lower() for k, _ in view.headers}
         assert b"x-late" not in names_sent and b"set-cookie" not in names_sent
         for name, value in script.headers:
-            assert (name.lower(), value) in [(k.lower(), v) for k, v in head.headers]
+            assert (name.lower(), value) in [(k.lower(), v) for k, v in view.headers]
         if client.reusable:  # never two messages merged: the next answer is its own
-            client.expect(b"GET")
-            client.send(b"GET /b/sentinel HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-            head, body, _ = client.response()
-            assert (head.status_code, body) == (200, b"sentinel")
+            client.sentinel()
     finally:
         client.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import quote
 
@@ -101,7 +102,7 @@ async def test_controls_in_an_upstream_message_never_reach_people(
         assert bad not in json.loads(status).__repr__() and bad not in status
 
 
-def _write(tmp_path: Path, raw: dict[str, object]) -> Path:
+def _write(tmp_path: Path, raw: Mapping[str, object]) -> Path:
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path

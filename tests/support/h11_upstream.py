@@ -163,36 +163,54 @@ class ClientView:
         return None
 
 
+def expect(conn: h11.Connection, method: bytes) -> None:
+    """Tell a client connection that a request went (its raw bytes are sent by hand)."""
+    if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+        conn.start_next_cycle()
+    conn.send(h11.Request(method=method, target=b"/", headers=[(b"Host", b"x")]))
+    conn.send(h11.EndOfMessage())
+
+
+class Assembler:
+    """Collects one response from a client connection's events. `step` returns the response
+    once it is complete, or None when h11 needs more bytes; it raises RemoteProtocolError
+    when the bytes are not one well-framed message (or the connection ended first)."""
+
+    def __init__(self, conn: h11.Connection) -> None:
+        self.conn = conn
+        self._response: h11.Response | None = None
+        self._body = bytearray()
+
+    def step(self) -> ClientView | None:
+        conn = self.conn
+        while (event := conn.next_event()) is not h11.NEED_DATA:
+            if isinstance(event, h11.Response):
+                self._response = event
+            elif isinstance(event, h11.Data):
+                self._body += event.data
+            elif isinstance(event, h11.EndOfMessage):
+                assert self._response is not None
+                return ClientView(
+                    self._response.status_code,
+                    list(self._response.headers.raw_items()),
+                    bytes(self._body),
+                    list(event.headers.raw_items()),
+                    bytes(conn.trailing_data[0]),
+                )
+            elif isinstance(event, h11.ConnectionClosed):
+                raise h11.RemoteProtocolError("closed before a complete response")
+        return None
+
+
 async def read_response(
     reader: asyncio.StreamReader, method: bytes = b"GET", conn: h11.Connection | None = None
 ) -> ClientView:
-    """One response, parsed by an h11 client connection (which raises RemoteProtocolError on
-    any framing it can't accept). `conn` carries state across responses on one connection."""
+    """One response, parsed by an h11 client connection. `conn` carries state across
+    responses on one connection (then the caller has said what was sent, with `expect`)."""
     if conn is None:
         conn = h11.Connection(h11.CLIENT)
-        conn.send(h11.Request(method=method, target=b"/", headers=[(b"Host", b"x")]))
-        conn.send(h11.EndOfMessage())
-    response: h11.Response | None = None
-    body = bytearray()
-    while True:
-        event = conn.next_event()
-        if event is h11.NEED_DATA:
-            conn.receive_data(await reader.read(65536))
-            continue
-        if isinstance(event, h11.InformationalResponse):
-            continue
-        if isinstance(event, h11.Response):
-            response = event
-        elif isinstance(event, h11.Data):
-            body += event.data
-        elif isinstance(event, h11.EndOfMessage):
-            assert response is not None
-            return ClientView(
-                response.status_code,
-                list(response.headers.raw_items()),
-                bytes(body),
-                list(event.headers.raw_items()),
-                bytes(conn.trailing_data[0]),
-            )
-        elif isinstance(event, h11.ConnectionClosed):
-            raise h11.RemoteProtocolError("closed before a complete response")
+        expect(conn, method)
+    assembler = Assembler(conn)
+    while (view := assembler.step()) is None:
+        conn.receive_data(await reader.read(65536))
+    return view
