@@ -68,7 +68,8 @@ def report(contenders: list[Contender], rounds: int) -> str:
     first = contenders[0]
     base = statistics.median(first.rps[32])
     lines = [
-        f"{rounds} alternating rounds per measure, medians; small GETs through the proxy to nginx",
+        f"{rounds} alternating rounds per measure, medians (the rounds' range in brackets); "
+        "small GETs through the proxy to nginx",
         "",
         "| revision | req/s, 1 connection | p50 at 1 connection | req/s, 32 connections "
         "| vs first | CPU s per 10,000 requests |",
@@ -78,8 +79,9 @@ def report(contenders: list[Contender], rounds: int) -> str:
         rps32 = statistics.median(c.rps[32])
         lines.append(
             f"| {c.revision} {c.subject[:60]} | {statistics.median(c.rps[1]):.0f} "
-            f"| {statistics.median(c.p50[1]):.3f} ms | {rps32:.0f} | {rps32 / base:.2f}x "
-            f"| {statistics.median(c.cpu):.2f} |"
+            f"| {statistics.median(c.p50[1]):.3f} ms "
+            f"| {rps32:.0f} [{min(c.rps[32]):.0f}-{max(c.rps[32]):.0f}] | {rps32 / base:.2f}x "
+            f"| {statistics.median(c.cpu):.2f} [{min(c.cpu):.2f}-{max(c.cpu):.2f}] |"
         )
     return "\n".join(lines)
 

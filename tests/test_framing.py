@@ -14,6 +14,9 @@ import pytest
 
 from proxy.testing import FakeTLS
 from proxy.upstream import pool as pool_module
+from proxy.upstream.answer import FramingBroken
+from proxy.upstream.framing import CHUNKED, NO_BODY, RequestHead
+from proxy.upstream.wire import Connection
 from tests.conftest import ProxyFactory, ScriptedUpstream, Upstream, acme_route
 from tests.hostile.conftest import LEDGER
 from tests.support.waiting import until
@@ -186,3 +189,88 @@ async def test_an_idle_connection_past_the_pools_expiry_is_never_lent(
         assert len(scripted.connections) == 2  # a fresh connection, not the expired one
     finally:
         await scripted.close()
+
+
+# --- the request side: the writer declares the framing and holds the body to it -----------
+
+
+async def _writer_connection() -> tuple[Connection, asyncio.Server, list[bytes]]:
+    """A `Connection` to a loopback server that records every byte it receives."""
+    got: list[bytes] = []
+
+    async def sink(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(65536):
+            got.append(data)
+        writer.close()
+
+    server = await asyncio.start_server(sink, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    loop = asyncio.get_running_loop()
+    _, connection = await loop.create_connection(lambda: Connection(loop), "127.0.0.1", port)
+    return connection, server, got
+
+
+def test_the_head_drops_every_framing_field_it_is_handed_and_declares_its_own() -> None:
+    fields = [
+        ("Content-Length", "999"),
+        ("content_length", "1"),
+        ("TRANSFER-ENCODING", "chunked"),
+        ("Transfer_Encoding", "identity"),
+        ("X-Content-Length", "kept"),
+    ]
+    assert RequestHead.of("POST /x HTTP/1.1", fields, 3).data == (
+        b"POST /x HTTP/1.1\r\nX-Content-Length: kept\r\nContent-Length: 3\r\n\r\n"
+    )
+    assert (
+        b"Transfer-Encoding: chunked\r\n\r\n"
+        in RequestHead.of("POST /x HTTP/1.1", [], CHUNKED).data
+    )
+    assert b"ength" not in RequestHead.of("GET /x HTTP/1.1", fields[:2], NO_BODY).data
+    with pytest.raises(ValueError, match="CR, LF or NUL"):
+        RequestHead.of("GET /x HTTP/1.1", [("X-A", "b\r\nAuthorization: Bearer x")], NO_BODY)
+
+
+@pytest.mark.parametrize(
+    ("length", "chunks"),
+    [(5, [b"abc", b"def"]), (5, [b"abc"]), (NO_BODY, [b"x"])],
+    ids=["one-byte-more", "fewer-at-the-end", "a-body-where-none-was-declared"],
+)
+async def test_a_body_that_breaks_its_declared_length_aborts_and_closes(
+    length: int, chunks: list[bytes]
+) -> None:
+    connection, server, got = await _writer_connection()
+    try:
+        connection.begin(head_request=False)
+        await connection.send_head(RequestHead.of("PUT /x HTTP/1.1", [("Host", "h")], length))
+        with pytest.raises(FramingBroken):
+            for chunk in chunks:
+                await connection.send_body(chunk)
+            await connection.end_body()
+        assert connection.transport is not None and connection.transport.is_closing()
+        assert not connection.reusable
+        await until(lambda: b"".join(got).startswith(b"PUT"), "the head to arrive")
+        sent = b"".join(got).partition(b"\r\n\r\n")[2]
+        assert len(sent) <= max(length, 0)  # never a byte past the declared end
+    finally:
+        connection.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_chunked_body_is_reframed_and_ended_once() -> None:
+    connection, server, got = await _writer_connection()
+    try:
+        connection.begin(head_request=False)
+        await connection.send_head(RequestHead.of("POST /x HTTP/1.1", [("Host", "h")], CHUNKED))
+        for chunk in (b"ab", b"", b"cde"):  # an empty chunk would end the body: never sent
+            await connection.send_body(chunk)
+        await connection.end_body()
+        await connection.end_body()  # the last chunk goes once
+        connection.close()
+        await until(lambda: b"".join(got).endswith(b"0\r\n\r\n"), "the body's end")
+        body = b"".join(got).partition(b"\r\n\r\n")[2]
+        assert body == b"2\r\nab\r\n3\r\ncde\r\n0\r\n\r\n"
+    finally:
+        connection.close()
+        server.close()
+        await server.wait_closed()

@@ -15,7 +15,6 @@ request carrying another route's credential). So nobody above the writer is trus
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from proxy.upstream.answer import FramingBroken
 
@@ -27,24 +26,29 @@ _CRLF = b"\r\n"
 _NOTHING: tuple[bytes, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
 class RequestHead:
     """A request line and header section with the framing the writer declared: `length`
     bytes of body (>= 0), NO_BODY or CHUNKED. Made only by `of`."""
 
-    data: bytes
-    length: int
+    __slots__ = ("data", "length")
+
+    def __init__(self, data: bytes, length: int) -> None:
+        self.data = data
+        self.length = length
 
     @classmethod
     def of(cls, request_line: str, fields: Iterable[tuple[str, str]], length: int) -> RequestHead:
-        """SECURITY: the framing field is the writer's own. Values travel as the bytes they were
-        parsed from (aiohttp decodes header bytes as UTF-8 with surrogateescape; RFC 9110 §5.5
-        allows obs-text), and a CR, LF or NUL in any of them refuses the request."""
+        """SECURITY: any Content-Length or Transfer-Encoding among `fields` (whatever its case,
+        or spelt with `_`) is dropped: the framing field is the writer's own. Values travel as
+        the bytes they were parsed from (aiohttp decodes header bytes as UTF-8 with
+        surrogateescape; RFC 9110 §5.5 allows obs-text), and a CR, LF or NUL in any of them
+        refuses the request."""
         lines = [request_line]
-        for name, value in fields:
-            if name[:1] in "cCtT" and name.lower().replace("_", "-") in _FRAMING:
-                continue
-            lines.append(f"{name}: {value}")
+        lines += [
+            f"{name}: {value}"
+            for name, value in fields
+            if name[:1] not in "cCtT" or name.lower().replace("_", "-") not in _FRAMING
+        ]
         if length >= 0:
             lines.append(f"Content-Length: {length}")
         elif length == CHUNKED:

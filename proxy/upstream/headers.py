@@ -45,7 +45,10 @@ CREDENTIAL = frozenset({"authorization", "amperity-tenant", "x-amperity-tenant"}
 # Set by the proxy itself. `Expect` is answered by the proxy's own server (100-continue), so
 # forwarding it would make the upstream exchange wait for a second 100.
 # `X-Proxy-Token` is the client's credential for the proxy itself: never forwarded.
-_REPLACED = frozenset({"host", "x-request-id", "expect", "api-version", "x-proxy-token"})
+# `Content-Length` is the writer's (upstream.framing), declared from what it sends.
+_REPLACED = frozenset(
+    {"host", "x-request-id", "expect", "api-version", "x-proxy-token", "content-length"}
+)
 
 # SECURITY: headers that ask a server (or a framework in front of it) to act on another method,
 # path or client than the request line and the connection say: method overrides, rewrite
