@@ -15,6 +15,8 @@ import aiohttp
 import pytest
 
 from proxy.config import ConfigError, parse_config
+from proxy.config.listen import ListenTLS
+from proxy.listener import ServerCertificate
 from proxy.testing import FakeTLS, make_token
 from tests.conftest import ProcessUpstream
 from tests.support.process import spawn_proxy
@@ -88,3 +90,34 @@ def test_listen_tls_settings_are_checked() -> None:
     with pytest.raises(ConfigError) as info:
         parse_config({"listen": unix, "routes": [route]}, env={})
     assert "listen.tls: a Unix socket is local to the machine" in str(info.value)
+
+
+async def test_a_half_written_renewal_never_stops_the_listener(
+    tmp_path: Path, tls: FakeTLS, caplog: pytest.LogCaptureFixture
+) -> None:
+    """cert-manager writes the certificate, then the key: in between, and for ever if the key
+    never comes, handshakes get the working certificate (OpenSSL drops a live context's key
+    when a load fails its key check, so a renewal is loaded into a new context and swapped in
+    only whole). The log says why, once per distinct problem."""
+    first = _write_leaf(tls, tmp_path)
+    certificate = ServerCertificate(ListenTLS(str(tmp_path / "tls.crt"), str(tmp_path / "tls.key")))
+    server = await asyncio.start_server(
+        lambda r, w: w.close(), "127.0.0.1", 0, ssl=certificate.context
+    )
+    port = int(server.sockets[0].getsockname()[1])
+    try:
+        leaf = tls.ca.issue_cert("localhost")
+        (tmp_path / "tls.crt").write_bytes(leaf.cert_chain_pems[0].bytes())  # the key is late
+        assert certificate.refresh() is False
+        assert await _served_certificate(port, tls.client) == first
+        os.utime(tmp_path / "tls.crt")  # touched again, still without its key
+        assert certificate.refresh() is False
+        said = [r.getMessage() for r in caplog.records if "keeping the current" in r.getMessage()]
+        assert len(said) == 1 and "tls.crt" in said[0]
+        (tmp_path / "tls.key").write_bytes(leaf.private_key_pem.bytes())
+        assert certificate.refresh() is True
+        new = ssl.PEM_cert_to_DER_cert(leaf.cert_chain_pems[0].bytes().decode())
+        assert await _served_certificate(port, tls.client) == new
+    finally:
+        server.close()
+        await server.wait_closed()
