@@ -32,9 +32,10 @@ class SharedMetrics:
         self.decisions = Counter(
             "amperity_proxy_shared_decisions",
             "Shared rate-limit decisions: immediate, wait (a slot later), refused (beyond "
-            "max_wait: local 429), fallback (Redis unreachable: decided locally).",
+            "max_wait: local 429), fallback (Redis unreachable: decided locally), bad_reply (a "
+            "reply the script can't give: decided locally).",
             ["outcome"],
             registry=registry,
         )
-        for outcome in ("immediate", "wait", "refused", "fallback"):
+        for outcome in ("immediate", "wait", "refused", "fallback", "bad_reply"):
             self.decisions.labels(outcome)

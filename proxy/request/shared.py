@@ -8,6 +8,9 @@ it. The request then waits locally. A reservation beyond `max_wait` is not taken
 request gets the local 429 as with a local bucket. An upstream 429 pushes the bucket's TAT
 forward, so every replica pauses, not only the one that saw it.
 
+Redis is a peer, not a part of the proxy: a reply the script can't give (another type, a wait
+beyond `max_wait`) is decided locally like a Redis that is down (`bad_reply`, said once).
+
 When Redis is slow (a call beyond `shared.redis.timeout`) or down, this process switches to
 local buckets at `fallback_share` of the rate, logs the switch once, probes Redis in the
 background with back-off and switches back when it answers. Readiness is not affected:
@@ -61,6 +64,13 @@ _PROBE_BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0)  # seconds between probes while Redi
 _US = 1_000_000
 
 
+def _described(reply: object) -> str:
+    """What a reply was, never what it said (a hostile store's text stays out of the log)."""
+    if isinstance(reply, int) and not isinstance(reply, bool):
+        return "an integer out of range"
+    return f"a {type(reply).__name__}"
+
+
 class SharedDown(Exception):
     """Redis did not answer in time, or failed: decide locally."""
 
@@ -92,6 +102,7 @@ class SharedBuckets:
         self._outcomes = {o: metrics.decisions.labels(o) for o in ("immediate", "wait", "refused")}
         self._probe: asyncio.Task[None] | None = None
         self._down_since = 0.0
+        self._lied = False  # a reply the script can't give was logged
         metrics.up.set(1)
 
     def key(self, parts: tuple[str, ...]) -> str:
@@ -102,12 +113,35 @@ class SharedBuckets:
     ) -> tuple[bool, float]:
         """(reserved, seconds to wait). Raises SharedDown when Redis can't decide in time."""
         interval = _US / rate
-        args = [round(interval), round(interval * (burst - 1)), round(max_wait * _US)]
-        reply = int(await self._call(self._reserve, key, args))
+        limit = round(max_wait * _US)
+        args = [round(interval), round(interval * (burst - 1)), limit]
+        reply = self._checked(await self._call(self._reserve, key, args), limit)
         reserved, wait = reply >= 0, (reply if reply >= 0 else -1 - reply) / _US
         outcome = "refused" if not reserved else "wait" if wait > 0 else "immediate"
         self._outcomes[outcome].inc()
         return reserved, wait
+
+    def _checked(self, reply: object, limit: int) -> int:
+        """SECURITY: Redis is a peer, not a part of the proxy. The script answers an integer:
+        a wait in 0..limit µs (reserved), or -1 - wait with a wait beyond limit (refused).
+        Anything else is a Redis that is down for this decision: paced locally, counted as
+        `bad_reply`, said once. A request never waits past max_wait whatever Redis says."""
+        if (
+            isinstance(reply, int)
+            and not isinstance(reply, bool)
+            and (0 <= reply <= limit or -1 - reply > limit)
+        ):
+            return reply
+        self.metrics.decisions.labels("bad_reply").inc()
+        if not self._lied:
+            self._lied = True
+            log.warning(
+                "shared state gave a reply its script can't give (%s); this decision, and any "
+                "other such one, is paced locally at %g of the rate",
+                _described(reply),
+                self.settings.fallback_share,
+            )
+        raise SharedDown
 
     async def pause(self, key: str, seconds: float, rate: float, burst: int) -> None:
         """Hold the bucket for every process: no slot before `seconds` from now."""
