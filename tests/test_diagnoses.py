@@ -69,7 +69,7 @@ async def test_a_route_is_failing_only_while_most_recent_answers_are_refusals(
 ) -> None:
     proxy = await make_proxy(env={"ACME_TOKEN": make_token("acme", ttl=30 * 86400)})
     for _ in range(11):
-        assert (await proxy.client.get("/acme/_fake/status/403")).status == 403
+        assert (await proxy.client.get("/acme/_fake/status/401")).status == 401
     for _ in range(9):
         assert (await proxy.client.get("/acme/segments")).status == 200
     [route] = (await (await proxy.admin.get("/status.json")).json())["routes"]

@@ -69,6 +69,7 @@ def _route(
         "refusals": {
             "recent": sum(act.recent),
             "of": len(act.recent),
+            "forbidden": act.forbidden,
             "last": (
                 {
                     "at": act.last_refusal[0],

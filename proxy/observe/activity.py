@@ -25,20 +25,24 @@ class RouteActivity:
     unauthorized: Counter[str] = field(default_factory=Counter)
     last_unauthorized: float | None = None
     last_error: tuple[float, str] | None = None  # (when, reason)
-    recent: deque[bool] = field(default_factory=lambda: deque(maxlen=RECENT))  # 401/403?
+    recent: deque[bool] = field(default_factory=lambda: deque(maxlen=RECENT))  # the token's fault?
     last_refusal: tuple[float, int, str | None] | None = None  # (when, status, its message)
+    forbidden: int = 0  # upstream 403s since start: shown, never judged
 
-    def answered(self, status: int, message: str | None, now: float) -> None:
-        """One upstream answer; a 401/403 is remembered with the upstream's own message."""
-        refused = status in (401, 403)
-        self.recent.append(refused)
-        if refused:
+    def answered(self, status: int, message: str | None, now: float, blames_token: bool) -> None:
+        """One upstream answer; a 401/403 is remembered with the upstream's own message.
+        `blames_token`: a 401 whose cause is the token's (`tokens.health.TOKEN_CAUSES`)."""
+        self.recent.append(blames_token)
+        if status in (401, 403):
             self.last_refusal = (now, status, message)
+            self.forbidden += status == 403
 
     @property
     def refused(self) -> bool:
         """More than half of the last RECENT upstream answers (or of all, while fewer) were
-        401/403: the route fails, whatever its token looks like from here."""
+        401s that blame the token: the route fails, whatever its token looks like from here.
+        403s (what the key's role may not do) and a request's own faults never count: any
+        client could otherwise make a healthy route look revoked."""
         return sum(self.recent) * 2 > len(self.recent)
 
     def slot(self, second: int) -> int:

@@ -21,7 +21,7 @@ from proxy.listener import draining, peer_uid
 from proxy.observe.activity import Activity
 from proxy.observe.logs import Repeats, direct_json
 from proxy.observe.metrics import RouteMetrics
-from proxy.tokens.health import API_KEYS
+from proxy.tokens.health import API_KEYS, TOKEN_CAUSES
 
 access_log = logging.getLogger("amperity_proxy.access")
 log = logging.getLogger("amperity_proxy.proxy")
@@ -46,6 +46,7 @@ class Record:
     deprecation: str | None = None  # the upstream's Deprecation/Sunset headers
     retry_after: str | None = None  # the upstream's Retry-After on a 429 (pauses shared buckets)
     upstream_message: str | None = None  # a 401/403's own message (refusals.upstream_message)
+    unauthorized_cause: str | None = None  # a 401's cause (tokens.health.unauthorized_cause)
     refused: str | None = None  # the refusal's metric label, when the proxy answered itself
 
 
@@ -68,7 +69,10 @@ class Recorder:
         activity = self.activity.route(route.name)
         activity.record(now, record.error is not None or status >= 500)
         if status:
-            activity.answered(status, record.upstream_message, now)
+            # A route's health moves only on the token's evidence: a 401 whose cause blames
+            # the token. A 403 (the key's role) or a request's own fault is shown, not judged.
+            blames = status == 401 and record.unauthorized_cause in TOKEN_CAUSES
+            activity.answered(status, record.upstream_message, now, blames)
         fields: dict[str, object] = {"request_id": rid, "route": route.name, "tenant": route.tenant}
         if status == 403:  # a 401 is explained by Recovery; a 403 by Amperity's own words
             self._forbidden(route, record, fields)

@@ -61,6 +61,11 @@ def tenant_mismatch(credential: Credential, tenant: str, message: str | None) ->
     return credential.tenant is not None and credential.tenant != tenant
 
 
+# The 401 causes that blame the token: only these move a route's health (status page,
+# /readyz detail). A cause that blames the request would be counted and shown, never judged.
+TOKEN_CAUSES = frozenset({"expired", "rejected", "unknown", "tenant_mismatch"})
+
+
 def unauthorized_cause(
     credential: Credential, now: float, tenant: str | None = None, message: str | None = None
 ) -> str:

@@ -69,9 +69,7 @@ class Retry:
         429/503 per the route's policy; the last answer is the one relayed."""
         answer = await attempt(credential)
         if answer.status == 401:
-            replacement = await self.recovery.unauthorized(
-                exchange, credential, record.upstream_message
-            )
+            replacement = await self.recovery.unauthorized(exchange, credential, record)
             if replacement is not None:
                 answer.release()
                 record.retried = True
@@ -136,12 +134,13 @@ class Recovery:
         self.repeats = Repeats(log, clock=clock)
 
     async def unauthorized(
-        self, exchange: Exchange, credential: Credential, message: str | None
+        self, exchange: Exchange, credential: Credential, record: Record
     ) -> Credential | None:
         """Handle an upstream 401; return the credential to retry with, or None. The
         replacement comes only from `exchange.tokens`, the generation that admitted it."""
-        plan, now = exchange.plan, self.clock()
+        plan, now, message = exchange.plan, self.clock(), record.upstream_message
         cause = unauthorized_cause(credential, now, plan.tenant, message)
+        record.unauthorized_cause = cause
         exchange.metrics.unauthorized[cause].inc()
         if self.activity is not None:
             self.activity.unauthorized(plan.name, cause, now)
