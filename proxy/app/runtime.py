@@ -188,14 +188,24 @@ class ProxyApp:
         """Requests waiting for their rate-limit slot (tests wait on it)."""
         return self.handler.pacer.queued()
 
-    def server(self) -> web.Server:
-        """A low-level server for every request, with the connection limits. Not an
-        Application: the proxy must see CONNECT and `OPTIONS *`, which aiohttp's router would
-        answer itself with a plain 404."""
+    def server(self, tls: ssl.SSLContext | None = None) -> GuardedServer:
+        """A low-level server for every request, with the connection limits; `tls`: the
+        listener's certificate (listen.tls), whose handshake the server runs and counts. Not
+        an Application: the proxy must see CONNECT and `OPTIONS *`, which aiohttp's router
+        would answer itself with a plain 404. A peer outside `listen.allow_clients` is
+        closed at accept (the gate of the generation serving then), never counted."""
         limits = self.config.limits
-        return self.guarded(
-            self.handler.handle, limits.max_connections, limits.header_timeout, "limits"
+        server = GuardedServer.of(
+            self.handler.handle,
+            limits,
+            limits.max_connections,
+            limits.header_timeout,
+            "limits",
+            self.reject,
+            admit_peer=lambda address: self.handler.admission.gate.client(address) is None,
         )
+        server.tls = tls
+        return server
 
     def guarded(
         self,

@@ -115,7 +115,6 @@ async def _start_site(
     what: str,
     reuse_port: bool = False,
     unix: UnixSocketFile | None = None,
-    certificate: ServerCertificate | None = None,
 ) -> list[str]:
     if unix is not None:  # listen.unix: the socket file this process creates and removes
         await web.SockSite(runner, unix.bind()).start()
@@ -125,8 +124,7 @@ async def _start_site(
         listen.host,
         listen.port,
         reuse_address=True,
-        reuse_port=reuse_port or None,
-        ssl_context=certificate.context if certificate is not None else None,
+        reuse_port=reuse_port or None,  # TLS (listen.tls) is the server's own: see app.server
     )
     try:
         await site.start()
@@ -176,7 +174,9 @@ async def serve(
     admin = create_admin_app(app)
     await app.startup()
     runner = web.ServerRunner(
-        app.server(), handle_signals=False, shutdown_timeout=config.shutdown_timeout
+        app.server(certificate.context if certificate is not None else None),
+        handle_signals=False,
+        shutdown_timeout=config.shutdown_timeout,
     )
     # The admin endpoints answer in milliseconds: its drain is short, inside the overall bound.
     admin_runner = web.ServerRunner(admin, handle_signals=False, shutdown_timeout=0.2)
@@ -208,9 +208,7 @@ async def _open(
 ) -> list[asyncio.Task[None]]:
     """Start listening; return the background tasks that run until the drain has ended."""
     # Workers share the proxy port (SO_REUSEPORT); only worker 0 serves the admin port.
-    proxy_addrs = await _start_site(
-        runner, config.listen, "proxy", worker is not None, unix, certificate
-    )
+    proxy_addrs = await _start_site(runner, config.listen, "proxy", worker is not None, unix)
     admin_addrs: list[str] = []
     if worker in (None, 0):
         admin_addrs = await _start_site(admin_runner, config.admin, "admin")

@@ -21,6 +21,9 @@ class Limits:
     header_timeout: float = 30.0  # seconds to receive complete request headers -> 408
     body_timeout: float = 60.0  # longest silence while receiving a request body -> 408
     max_connections: int = 4096  # concurrent client connections; beyond -> 503
+    # One non-loopback address's connections (TLS handshakes included); None: max_connections
+    # // 4. Loopback and Unix-socket peers (every tool of a sidecar) count toward the cap only.
+    max_connections_per_address: int | None = None
     upstream_connections: int = 100  # upstream connections in use at once, in all
     # One route's, or one client address's, share of them (proxy.upstream.slots): slow readers and
     # trickling uploads of one can't lock the others out.
@@ -32,12 +35,20 @@ class Limits:
     body_deadline: float = 600.0  # seconds for a whole request body, however it trickles -> 408
     allow_pure_python_parser: bool = False  # start even without aiohttp's C (llhttp) parser
 
+    @property
+    def per_address(self) -> int:
+        """`max_connections_per_address`, or its default."""
+        if self.max_connections_per_address is not None:
+            return self.max_connections_per_address
+        return max(1, self.max_connections // 4)
+
 
 _LIMIT_INTS = (
     "max_request_line",
     "max_header_size",
     "max_headers",
     "max_connections",
+    "max_connections_per_address",
     "upstream_connections",
     "upstream_connections_per_route",
     "upstream_connections_per_client",

@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import ssl
 import uuid
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
@@ -34,6 +35,7 @@ from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
 from proxy.config.limits import Limits
+from proxy.listener import accept
 from proxy.refusals import Refusal, answer, internal_refusal, refuse
 
 log = logging.getLogger("amperity_proxy.connections")
@@ -69,14 +71,41 @@ class GuardedHandler(RequestHandler):
         self._idle_since = 0.0  # when the connection last became idle (loop time)
         self._partial = False  # bytes of a request arrived since the deadline was armed
         self.gone = asyncio.Event()  # set when the client disconnects (queued requests give up)
+        self._counted = False  # held in the server's Occupancy (from accept until given back)
+        self._address: str | None = None
+        self._accepted = 0.0  # loop time of accept: the header deadline runs from there
+
+    def counted(self, address: str | None) -> None:
+        """Admitted at accept (`GuardedServer.admit`): counted until the connection ends."""
+        self._counted, self._address = True, address
+        self._accepted = asyncio.get_running_loop().time()
+
+    def never_made(self) -> None:
+        """A TLS handshake that failed or timed out: give back what accept counted."""
+        self._give_back()
+
+    def _give_back(self) -> None:
+        if self._counted:
+            self._counted = False
+            self._guard.occupancy.give_back(self._address)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        if self._guard.admit_connection(self, transport):
-            self._arm()
+        if not self._counted:  # plain TCP: admitted here, at accept
+            address = accept.peer(transport)
+            refusal = self._guard.refusal(self, address)
+            if refusal is not None:
+                assert isinstance(transport, asyncio.WriteTransport)
+                transport.write(_raw_envelope(refusal))
+                self.force_close()
+                return
+        # TLS: the handshake came out of the same header_timeout.
+        elapsed = asyncio.get_running_loop().time() - self._accepted
+        self._arm(max(self._guard.header_timeout - elapsed, 0.001))
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._disarm()
+        self._give_back()
         self.gone.set()
         super().connection_lost(exc)
 
@@ -120,6 +149,8 @@ class GuardedHandler(RequestHandler):
         if delay is None:
             self._idle_since = loop.time()
             delay = self._guard.header_timeout
+        elif not self._idle_since:  # the first deadline: from accept
+            self._idle_since = self._accepted or loop.time()
         self._deadline = loop.call_later(delay, self._expired)
 
     def _disarm(self) -> None:
@@ -200,6 +231,8 @@ class GuardedServer(web.Server):
         max_headers: int,
         reject: Reject,
         cap_setting: str = "limits.max_connections",
+        per_address: int | None = None,
+        admit_peer: accept.AdmitPeer | None = None,
         **kwargs: Any,
     ) -> None:
         async def guarded(request: web.BaseRequest) -> web.StreamResponse:
@@ -224,6 +257,9 @@ class GuardedServer(web.Server):
             **kwargs,
         )
         self.max_connections = max_connections
+        self.occupancy = accept.Occupancy(max_connections, per_address or max_connections)
+        self.admit_peer = admit_peer  # None: every peer may connect (the admin listener)
+        self.tls: ssl.SSLContext | None = None  # set for listen.tls: the handshake is ours
         self.header_timeout = header_timeout
         self.reject = reject
         self._refusals(cap_setting, max_connections, max_request_line, max_header_size, max_headers)
@@ -253,6 +289,15 @@ class GuardedServer(web.Server):
             f"more than {headers} request headers (limits.max_headers raises it)",
         )
         self._malformed = refuse("bad_request", "malformed HTTP request")
+        self._foreign = refuse(
+            "forbidden_client",
+            f"this client address may not use this proxy ({section}.allow_clients)",
+        )
+        self._per_address = refuse(
+            "too_many_connections",
+            f"too many connections from this address ({section}.max_connections_per_address); "
+            "retry",
+        )
 
     @classmethod
     def of(
@@ -263,9 +308,11 @@ class GuardedServer(web.Server):
         header_timeout: float,
         section: str,
         reject: Reject,
+        admit_peer: accept.AdmitPeer | None = None,
     ) -> GuardedServer:
         """A listener's server: `limits`' size limits, with the listener's own cap and header
-        deadline (`section`: `limits` or `admin`, for the messages)."""
+        deadline (`section`: `limits` or `admin`, for the messages); `admit_peer` judges an
+        address at accept (the proxy listener's `allow_clients`)."""
         return cls(
             handler,
             max_connections=max_connections,
@@ -274,6 +321,8 @@ class GuardedServer(web.Server):
             max_header_size=limits.max_header_size,
             max_headers=limits.max_headers,
             cap_setting=f"{section}.max_connections",
+            per_address=limits.per_address if section == "limits" else None,
+            admit_peer=admit_peer,
             reject=reject,
             access_log=None,
             # SECURITY: a request body passes through as the client's bytes, its
@@ -285,8 +334,11 @@ class GuardedServer(web.Server):
             keepalive_timeout=header_timeout + 1,
         )
 
-    def __call__(self) -> RequestHandler:
-        return GuardedHandler(self, loop=self._loop, **self._kwargs)
+    def __call__(self) -> asyncio.BaseProtocol:  # type: ignore[override]
+        handler = GuardedHandler(self, loop=self._loop, **self._kwargs)
+        if self.tls is not None:
+            return accept.TLSAccept(self, handler, self.tls)
+        return handler
 
     async def shutdown(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 (aiohttp's signature)
         """Drain within `timeout` seconds in all. aiohttp's own shutdown waits the timeout for
@@ -303,14 +355,20 @@ class GuardedServer(web.Server):
             connection.force_close()
         self._connections.clear()
 
-    def admit_connection(self, handler: GuardedHandler, transport: asyncio.BaseTransport) -> bool:
-        if len(self._connections) <= self.max_connections:  # this one is already counted
-            return True
-        self.reject("too_many_connections")
-        assert isinstance(transport, asyncio.WriteTransport)
-        transport.write(_raw_envelope(self._too_many))
-        handler.force_close()
-        return False
+    def refusal(self, handler: GuardedHandler, address: str | None) -> Refusal | None:
+        """Admit a connection at accept: its peer, then the caps. None: counted, go on."""
+        if self.admit_peer is not None and not self.admit_peer(address):
+            self.reject("forbidden_client")
+            return self._foreign  # never counted: a refused peer can't fill the cap
+        if not self.occupancy.take(address):
+            self.reject("too_many_connections")
+            full = self.occupancy.held >= self.occupancy.cap
+            return self._too_many if full else self._per_address
+        handler.counted(address)
+        return None
+
+    def admit(self, handler: GuardedHandler, address: str | None) -> bool:
+        return self.refusal(handler, address) is None
 
     def classify(self, exc: BadHttpMessage) -> Refusal:
         """The refusal for a parser error."""

@@ -1,0 +1,122 @@
+"""Who a listener accepts, counted from the moment of accept: the TLS handshake is part of the
+connection, not a prelude nobody counts.
+
+asyncio's own TLS server runs the handshake before the protocol hears of the connection: a
+silent peer holds a socket and asyncio's 256 KiB read buffer for up to 60 s, uncounted (3,000
+of them took a proxy from 52 to 954 MiB). Here the listener accepts plain TCP, and
+`TLSAccept` decides first (the peer's address against `allow_clients`, the connection cap, the
+per-address cap), then runs the handshake itself with a small read buffer (`SmallTLS`) and
+`header_timeout` as its deadline: handshake and request headers together get that long. Only
+then does the HTTP connection (`GuardedHandler`) begin.
+
+`Occupancy` is the count: connections from accept to close, by address. Loopback and
+Unix-socket peers count toward the cap only (every tool of a sidecar is 127.0.0.1); any other
+address also toward `limits.max_connections_per_address`, so one remote host can't take
+every slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import ssl
+from asyncio import sslproto
+from collections import Counter
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from proxy.listener.server import GuardedHandler, GuardedServer
+
+TLS_READ = 16 * 1024  # one TLS record: the listener's ciphertext read size (asyncio: 256 KiB)
+
+AdmitPeer = Callable[[str | None], bool]  # may this address use the listener at all?
+
+
+def peer(transport: asyncio.BaseTransport) -> str | None:
+    peer = transport.get_extra_info("peername")
+    if isinstance(peer, tuple) and peer:
+        return str(peer[0])
+    return None  # a Unix socket (file permissions decide) or unknown
+
+
+def _local(address: str | None) -> bool:
+    if address is None:
+        return True
+    try:
+        ip = ipaddress.ip_address(address.partition("%")[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
+
+
+class Occupancy:
+    """Connections held now, in all and per non-loopback address."""
+
+    def __init__(self, cap: int, per_address: int) -> None:
+        self.cap = cap
+        self.per_address = per_address
+        self.held = 0
+        self._by_address: Counter[str] = Counter()
+
+    def take(self, address: str | None) -> bool:
+        """Count a new connection; False (nothing counted) when a cap is reached."""
+        if self.held >= self.cap:
+            return False
+        if address is not None and not _local(address):
+            if self._by_address[address] >= self.per_address:
+                return False
+            self._by_address[address] += 1
+        self.held += 1
+        return True
+
+    def give_back(self, address: str | None) -> None:
+        self.held -= 1
+        if address is not None and address in self._by_address:
+            self._by_address[address] -= 1
+            if self._by_address[address] <= 0:
+                del self._by_address[address]
+
+
+class SmallTLS(sslproto.SSLProtocol):
+    """asyncio's TLS protocol reading one record at a time: what a half-open or idle
+    connection holds is a few KiB of buffer, not 256 KiB."""
+
+    max_size = TLS_READ
+
+
+class TLSAccept(asyncio.Protocol):
+    """The first protocol of a TLS listener's connection: it admits the peer and hands the
+    socket to `SmallTLS`, whose application protocol is the HTTP connection."""
+
+    def __init__(self, server: GuardedServer, handler: GuardedHandler, context: ssl.SSLContext):
+        self._server = server
+        self._handler = handler
+        self._context = context
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        address = peer(transport)
+        if not self._server.admit(self._handler, address):
+            transport.abort()  # no handshake for a peer that may not connect, or past a cap
+            return
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        tls = SmallTLS(
+            loop,
+            self._handler,
+            self._context,
+            waiter,
+            server_side=True,
+            # typeshed says int; asyncio takes any number of seconds
+            ssl_handshake_timeout=self._server.header_timeout,  # type: ignore[arg-type]
+        )
+        transport.set_protocol(tls)
+        tls.connection_made(transport)
+        waiter.add_done_callback(self._handshaken)
+
+    def _handshaken(self, waiter: asyncio.Future[None]) -> None:
+        if waiter.cancelled() or waiter.exception() is not None:
+            self._handler.never_made()  # timed out or failed: what it held is given back
