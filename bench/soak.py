@@ -1,6 +1,6 @@
 """`make soak`: the proxy under load and churn for a few minutes; figures, not assertions.
 
-Three phases against the bundled fake Amperity (TLS, in this process) and the proxy as a real
+Four phases against the bundled fake Amperity (TLS, in this process) and the proxy as a real
 process with the shipped defaults, everything on loopback:
 
 1. slow readers: 200 clients on 127.0.0.1 download 10 MB at about 10 KB/s for 20 s while a
@@ -9,7 +9,10 @@ process with the shipped defaults, everything on loopback:
 2. reload churn: 100 SIGHUP reloads 0.8 s apart (each changes a route's api_version) under
    ~250 requests/s; failed requests, RSS and file descriptors before and after;
 3. token rotation: a Kubernetes-style `..data` swap every 2 s, the old token revoked 1 s after
-   each swap, under ~250 requests/s (GETs, replayable, and POSTs, not); the 401 share of each.
+   each swap, under ~250 requests/s (GETs, replayable, and POSTs, not); the 401 share of each;
+4. the TLS listener: RSS per half-open and per idle completed connection (1,000 each), then
+   2,000 silent connections against `max_connections: 200` while a normal client makes
+   requests: what the proxy holds, its RSS, and the client's latency.
 
 Results go to stdout and to the "Soak" section of bench/RESULTS.md (via bench/SOAK.md).
 
@@ -22,6 +25,8 @@ import asyncio
 import json
 import os
 import signal
+import socket
+import ssl
 import sys
 import tempfile
 import time
@@ -271,6 +276,105 @@ async def phase_rotation(work: Path, base: dict[str, Any], fake: FakeAmperity) -
     return lines
 
 
+async def _silent_tls(port: int, count: int) -> list[socket.socket]:
+    """`count` TCP connections to a TLS port that never send a ClientHello."""
+    loop = asyncio.get_running_loop()
+    held = []
+    for _ in range(count):
+        sock = socket.socket()
+        sock.setblocking(False)
+        try:
+            await loop.sock_connect(sock, ("127.0.0.1", port))
+        except OSError:
+            sock.close()
+            continue
+        held.append(sock)
+    return held
+
+
+async def _idle_tls(port: int, count: int, context: ssl.SSLContext) -> list[asyncio.StreamWriter]:
+    """`count` completed TLS connections that then send nothing."""
+    writers = []
+    for _ in range(count):
+        _, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=context, server_hostname="localhost"
+        )
+        writers.append(writer)
+    return writers
+
+
+async def _settled_rss(pid: int) -> float:
+    await asyncio.sleep(1.0)  # let the proxy take what it accepted
+    return rss_mib(pid)
+
+
+async def phase_tls(work: Path, base: dict[str, Any], tls: Any) -> list[str]:
+    """Per-connection memory of the TLS listener (half-open and idle), then 2,000 silent
+    connections against a small cap while a normal client makes requests."""
+    leaf = tls.ca.issue_cert("localhost")
+    (work / "tls.key").write_bytes(leaf.private_key_pem.bytes())
+    (work / "tls.crt").write_bytes(leaf.cert_chain_pems[0].bytes())
+    listen = {
+        "port": 0,
+        "tls": {"cert_file": str(work / "tls.crt"), "key_file": str(work / "tls.key")},
+    }
+    client = ssl.create_default_context(cafile=str(work / "ca.pem"))
+    rows = []
+    config = {**base, "listen": listen, "limits": {"max_connections": 4096, "header_timeout": 20}}
+    proxy = Proxy(work, config)
+    await proxy.start()
+    before = await _settled_rss(proxy.pid)
+    silent = await _silent_tls(proxy.port, 1000)
+    half_open = await _settled_rss(proxy.pid)
+    for sock in silent:
+        sock.close()
+    await asyncio.sleep(1)
+    start = rss_mib(proxy.pid)
+    idle = await _idle_tls(proxy.port, 1000, client)
+    completed = await _settled_rss(proxy.pid)
+    for writer in idle:
+        writer.close()
+    await proxy.stop()
+    rows.append(
+        f"| TLS listener: 1,000 half-open connections (no ClientHello) / 1,000 idle completed "
+        f"ones, RSS per connection | {(half_open - before) * 1024 / max(1, len(silent)):.0f} KiB / "
+        f"{(completed - start) * 1024 / max(1, len(idle)):.0f} KiB (targets 32 / 64 KiB) |"
+    )
+    config = {**base, "listen": listen, "limits": {"max_connections": 200, "header_timeout": 2}}
+    proxy = Proxy(work, config)
+    await proxy.start()
+    before = await _settled_rss(proxy.pid)
+    silent = await _silent_tls(proxy.port, 2000)
+    latencies: list[float] = []
+    failures = peak = held = 0.0
+    async with aiohttp.ClientSession() as session:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 5
+        while loop.time() < end:
+            t0 = loop.time()
+            try:
+                async with session.get(f"https://localhost:{proxy.port}/acme/x", ssl=client) as r:
+                    await r.read()
+                    failures += r.status != 200
+            except aiohttp.ClientError:
+                failures += 1
+            latencies.append(loop.time() - t0)
+            peak, held = max(peak, rss_mib(proxy.pid)), max(held, fds(proxy.pid))
+            await asyncio.sleep(0.1)
+    for sock in silent:
+        sock.close()
+    after = await _settled_rss(proxy.pid)
+    await proxy.stop()
+    rows += [
+        f"| TLS listener, max_connections 200, header_timeout 2: 2,000 silent connections | "
+        f"at most {held:.0f} file descriptors held; RSS {before:.1f} / {peak:.1f} / {after:.1f} "
+        "MiB before / at peak / after |",
+        f"| a normal TLS client meanwhile: {len(latencies)} requests | p50 "
+        f"{pct(latencies, 0.5):.1f} ms, p99 {pct(latencies, 0.99):.1f} ms, {failures:.0f} failed |",
+    ]
+    return rows
+
+
 async def main() -> None:
     tls = make_tls("localhost")
     fake = FakeAmperity()
@@ -298,6 +402,7 @@ async def main() -> None:
         rows += await phase_slow_readers(work, base)
         rows += await phase_reloads(work, base)
         rows += await phase_rotation(work, base, fake)
+        rows += await phase_tls(work, base, tls)
         took = time.monotonic() - started
     await runner.cleanup()
     text = (

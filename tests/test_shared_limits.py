@@ -35,7 +35,6 @@ from tests.support.net import closed_port
 from tests.support.process import ProxyProcess, clean_env, proxy_command, spawn_proxy
 from tests.support.redis import INSTALL as REDIS_INSTALL
 from tests.support.redis import RedisServer, redis_binary
-from tests.support.resp import ScriptedRedis
 from tests.support.waiting import until_async
 
 RATE, BURST = 4, 2  # per second; what the upstream may see in any one-second window: 6
@@ -364,39 +363,3 @@ def test_a_bad_redis_url_from_a_variable_is_not_echoed() -> None:
     text = str(info.value)
     assert "s3cret-internal-host-7f3a" not in text
     assert "shared.redis.url: expected redis://host:port/db" in text and "REDIS_URL" in text
-
-
-LIES = {
-    "a simple string": b"+later\r\n",
-    "a bulk string": b"$4\r\n1000\r\n",
-    "an array": b"*1\r\n:0\r\n",
-    "wait an hour": b":3600000000\r\n",
-    "refused within max_wait": b":-5\r\n",
-}
-
-
-@pytest.mark.parametrize("lie", list(LIES))
-async def test_a_reply_the_script_cannot_give_is_a_redis_that_is_down(
-    make_proxy: ProxyFactory, upstream: Upstream, caplog: pytest.LogCaptureFixture, lie: str
-) -> None:
-    """Redis is a peer, not a part of the proxy: a reply of the wrong type, or a wait beyond
-    `max_wait`, paces locally (never a 500, never a sleep past max_wait), counted and logged
-    once."""
-    liar = ScriptedRedis(LIES[lie])
-    await liar.start()
-    try:
-        limit = {"requests_per_second": 100, "burst": 100, "max_wait": 2}
-        proxy = await make_proxy(
-            [acme_route(upstream, rate_limit=limit)],
-            extra={"shared": {"redis": {"url": liar.url, "timeout": 1}}},
-        )
-        for _ in range(2):
-            response = await asyncio.wait_for(proxy.client.get("/acme/segments"), 4)
-            assert response.status == 200
-        text = await proxy.metrics_text()
-    finally:
-        await liar.close()
-    assert liar.calls >= 1
-    assert metric(text, 'amperity_proxy_shared_decisions_total{outcome="bad_reply"}') >= 1
-    said = [r for r in caplog.records if "a reply its script can't give" in r.getMessage()]
-    assert len(said) == 1

@@ -88,35 +88,70 @@ class SmallTLS(sslproto.SSLProtocol):
 
 
 class TLSAccept(asyncio.Protocol):
-    """The first protocol of a TLS listener's connection: it admits the peer and hands the
-    socket to `SmallTLS`, whose application protocol is the HTTP connection."""
+    """The first protocol of a TLS listener's connection. It admits the peer at accept, then
+    holds nothing but the socket until the ClientHello's first bytes arrive (a silent peer
+    costs a socket, not a TLS object), then hands the socket to `SmallTLS`, whose application
+    protocol is the HTTP connection. Handshake and headers share `header_timeout`."""
 
-    def __init__(self, server: GuardedServer, handler: GuardedHandler, context: ssl.SSLContext):
+    def __init__(self, server: GuardedServer, context: ssl.SSLContext) -> None:
         self._server = server
-        self._handler = handler
         self._context = context
+        self._transport: asyncio.Transport | None = None
+        self._address: str | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._accepted = 0.0
+        self._held = False  # counted in the server's Occupancy, not yet handed over
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
-        address = peer(transport)
-        if not self._server.admit(self._handler, address):
+        self._address = peer(transport)
+        if self._server.take(self._address) is not None:
             transport.abort()  # no handshake for a peer that may not connect, or past a cap
             return
         loop = asyncio.get_running_loop()
+        self._transport, self._held, self._accepted = transport, True, loop.time()
+        self._timer = loop.call_later(self._server.header_timeout, self._expired)
+
+    def data_received(self, data: bytes) -> None:
+        transport = self._transport
+        if transport is None or not self._held:
+            return
+        self._held = False
+        if self._timer is not None:
+            self._timer.cancel()
+        loop = asyncio.get_running_loop()
+        handler = self._server.connection(self._address, self._accepted)
         waiter = loop.create_future()
+        left = self._server.header_timeout - (loop.time() - self._accepted)
         tls = SmallTLS(
             loop,
-            self._handler,
+            handler,
             self._context,
             waiter,
             server_side=True,
             # typeshed says int; asyncio takes any number of seconds
-            ssl_handshake_timeout=self._server.header_timeout,  # type: ignore[arg-type]
+            ssl_handshake_timeout=max(left, 0.001),  # type: ignore[arg-type]
         )
         transport.set_protocol(tls)
         tls.connection_made(transport)
-        waiter.add_done_callback(self._handshaken)
+        waiter.add_done_callback(lambda done: _handshaken(done, handler))
+        buffer = tls.get_buffer(len(data))  # what arrived with the first read: the ClientHello
+        buffer[: len(data)] = data
+        tls.buffer_updated(len(data))
 
-    def _handshaken(self, waiter: asyncio.Future[None]) -> None:
-        if waiter.cancelled() or waiter.exception() is not None:
-            self._handler.never_made()  # timed out or failed: what it held is given back
+    def _expired(self) -> None:
+        """No ClientHello within header_timeout: closed, given back."""
+        if self._transport is not None:
+            self._transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._held:
+            self._held = False
+            self._server.occupancy.give_back(self._address)
+
+
+def _handshaken(waiter: asyncio.Future[None], handler: GuardedHandler) -> None:
+    if waiter.cancelled() or waiter.exception() is not None:
+        handler.never_made()  # timed out or failed: what it held is given back

@@ -75,10 +75,9 @@ class GuardedHandler(RequestHandler):
         self._address: str | None = None
         self._accepted = 0.0  # loop time of accept: the header deadline runs from there
 
-    def counted(self, address: str | None) -> None:
-        """Admitted at accept (`GuardedServer.admit`): counted until the connection ends."""
-        self._counted, self._address = True, address
-        self._accepted = asyncio.get_running_loop().time()
+    def counted(self, address: str | None, accepted: float) -> None:
+        """Admitted at accept (`GuardedServer.take`): counted until the connection ends."""
+        self._counted, self._address, self._accepted = True, address, accepted
 
     def never_made(self) -> None:
         """A TLS handshake that failed or timed out: give back what accept counted."""
@@ -93,12 +92,13 @@ class GuardedHandler(RequestHandler):
         super().connection_made(transport)
         if not self._counted:  # plain TCP: admitted here, at accept
             address = accept.peer(transport)
-            refusal = self._guard.refusal(self, address)
+            refusal = self._guard.take(address)
             if refusal is not None:
                 assert isinstance(transport, asyncio.WriteTransport)
                 transport.write(_raw_envelope(refusal))
                 self.force_close()
                 return
+            self.counted(address, asyncio.get_running_loop().time())
         # TLS: the handshake came out of the same header_timeout.
         elapsed = asyncio.get_running_loop().time() - self._accepted
         self._arm(max(self._guard.header_timeout - elapsed, 0.001))
@@ -335,10 +335,9 @@ class GuardedServer(web.Server):
         )
 
     def __call__(self) -> asyncio.BaseProtocol:  # type: ignore[override]
-        handler = GuardedHandler(self, loop=self._loop, **self._kwargs)
         if self.tls is not None:
-            return accept.TLSAccept(self, handler, self.tls)
-        return handler
+            return accept.TLSAccept(self, self.tls)
+        return GuardedHandler(self, loop=self._loop, **self._kwargs)
 
     async def shutdown(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 (aiohttp's signature)
         """Drain within `timeout` seconds in all. aiohttp's own shutdown waits the timeout for
@@ -355,7 +354,7 @@ class GuardedServer(web.Server):
             connection.force_close()
         self._connections.clear()
 
-    def refusal(self, handler: GuardedHandler, address: str | None) -> Refusal | None:
+    def take(self, address: str | None) -> Refusal | None:
         """Admit a connection at accept: its peer, then the caps. None: counted, go on."""
         if self.admit_peer is not None and not self.admit_peer(address):
             self.reject("forbidden_client")
@@ -364,11 +363,13 @@ class GuardedServer(web.Server):
             self.reject("too_many_connections")
             full = self.occupancy.held >= self.occupancy.cap
             return self._too_many if full else self._per_address
-        handler.counted(address)
         return None
 
-    def admit(self, handler: GuardedHandler, address: str | None) -> bool:
-        return self.refusal(handler, address) is None
+    def connection(self, address: str | None, accepted: float) -> GuardedHandler:
+        """The HTTP connection for a TLS peer admitted at `accepted` (loop time)."""
+        handler = GuardedHandler(self, loop=self._loop, **self._kwargs)
+        handler.counted(address, accepted)
+        return handler
 
     def classify(self, exc: BadHttpMessage) -> Refusal:
         """The refusal for a parser error."""
