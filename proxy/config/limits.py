@@ -25,12 +25,10 @@ class Limits:
     # // 4. Loopback and Unix-socket peers (every tool of a sidecar) count toward the cap only.
     max_connections_per_address: int | None = None
     upstream_connections: int = 100  # upstream connections in use at once, in all
-    # One route's, or one client address's, share of them (proxy.upstream.slots): slow readers and
-    # trickling uploads of one can't lock the others out.
-    upstream_connections_per_route: int = 80
-    # 32: a slow TLS stream holds about 2 MiB (make soak), so one address's share stays well
-    # inside the shipped manifests' 160 MiB limit.
-    upstream_connections_per_client: int = 32
+    # Absolute caps on one route's, or one client's, connections on top of the fair-share rule
+    # (proxy.upstream.slots: none holds more than the pool less its reserve); None: the rule.
+    upstream_connections_per_route: int | None = None
+    upstream_connections_per_client: int | None = None
     upstream_queue_wait: float = 1.0  # seconds a request waits for a slot -> 503 upstream_busy
     body_deadline: float = 600.0  # seconds for a whole request body, however it trickles -> 408
     allow_pure_python_parser: bool = False  # start even without aiohttp's C (llhttp) parser
@@ -53,6 +51,13 @@ _LIMIT_INTS = (
     "upstream_connections_per_route",
     "upstream_connections_per_client",
 )
+_NULLABLE = frozenset(
+    {
+        "max_connections_per_address",
+        "upstream_connections_per_route",
+        "upstream_connections_per_client",
+    }
+)
 _LIMIT_SECONDS = ("header_timeout", "body_timeout", "upstream_queue_wait", "body_deadline")
 
 
@@ -66,6 +71,8 @@ def parse_limits(raw: object, errs: Errors) -> Limits:
         return Limits()
     values: dict[str, Any] = {}
     for key in _LIMIT_INTS:
+        if key in _NULLABLE and key in m and m[key] is None:
+            continue  # null: the default rule
         if key in m:
             value = number(m[key], join("limits", key), errs, integer=True)
             if value is not None and value < 1:
@@ -84,14 +91,12 @@ def parse_limits(raw: object, errs: Errors) -> Limits:
             errs.add("limits.allow_pure_python_parser", "expected true or false")
     total = values.get("upstream_connections", Limits.upstream_connections)
     for key in ("upstream_connections_per_route", "upstream_connections_per_client"):
-        share = values.get(key, getattr(Limits, key))
-        if share > total:
-            if key in values:
-                errs.add(
-                    join("limits", key),
-                    f"{share} is more than limits.upstream_connections ({total}); a share can't "
-                    "exceed the whole: lower it or raise upstream_connections",
-                )
-            else:  # a small pool with the default shares: the shares shrink with it
-                values[key] = total
+        share = values.get(key)
+        if share is not None and share > total:
+            errs.add(
+                join("limits", key),
+                f"{share} is more than limits.upstream_connections ({total}); a cap can't "
+                "exceed the whole: lower it, raise upstream_connections, or drop it (null: no "
+                "route or client holds more than the pool less its reserve)",
+            )
     return Limits(**values)

@@ -49,8 +49,11 @@ log = logging.getLogger("amperity_proxy.proxy")
 _CLOSE_AFTER = frozenset({"connect", "upgrade"})
 
 
-def client_key(request: web.BaseRequest) -> str:
-    """Whose share an exchange counts against: the client address (or the Unix peer's uid)."""
+def client_key(request: web.BaseRequest, name: str | None = None) -> str:
+    """Whose fair share an exchange counts against: its named client (`listen.clients`), else
+    the client address (or the Unix peer's uid)."""
+    if name:
+        return f"client:{name}"
     if request.remote:
         return request.remote
     uid = peer_uid(request)
@@ -260,7 +263,7 @@ class Pipeline:
             outgoing = Outgoing.of(request, plan, admitted.rest, admitted.query, rid, kept)
             exchange = Exchange(plan, target.tokens, target.metrics, rid, kept is not None)
             assert self.pool is not None
-            async with self.slots.hold(plan.name, client_key(request)):  # to the last byte
+            async with self.slots.hold(plan.name, client_key(request, admitted.client)):
                 response = await forward(
                     self.pool,
                     self.retry,

@@ -1,24 +1,29 @@
 """Upstream capacity: who may hold how many of the upstream connections at once.
 
 An exchange holds a slot from the moment it is sent until the last byte reached the client, so
-slow readers and trickling uploads hold upstream connections for as long as they are slow. The
-limits keep that from starving everyone else:
+slow readers and trickling uploads hold upstream connections for as long as they are slow.
+Fair shares, by construction, of `limits.upstream_connections` (the pool, P):
 
-- `limits.upstream_connections` in all (aiohttp's pool is sized to match, so no request ever
-  waits inside it, where a full pool looked like a connect timeout);
-- `limits.upstream_connections_per_route`, so one route's slow clients can't take another
-  route's capacity, even when routes share an upstream host (AWS tenants on app.amperity.com);
-- `limits.upstream_connections_per_client` per client address (or Unix peer), so one client's
-  slow streams can't lock the others out.
+- the reserve, R = max(1, ceil(P / 10)), is kept for a request whose route or whose client
+  holds no connection yet: a busy tool never locks out another route, another client, or
+  another tool on its own route behind the same 127.0.0.1;
+- so no route and no client holds more than P - R, and a lone tool gets everything but the
+  reserve;
+- while others wait, a freed connection goes to the waiter whose route or client holds
+  fewest (the earliest among equals);
+- `limits.upstream_connections_per_route` / `_per_client`, when set, are absolute caps on
+  top (default: none, the rule above).
 
-A request that finds no slot waits up to `limits.upstream_queue_wait` (first come, first
-served among those that fit), then gets a prompt, truthful 503 (`reason: upstream_busy`).
+A client is its named client (`listen.clients`) or its address (or Unix peer). A request that
+finds no slot waits up to `limits.upstream_queue_wait`, then gets a prompt, truthful 503
+(`reason: upstream_busy`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -49,9 +54,13 @@ class _Waiter:
 class UpstreamSlots:
     """Counts slots in use in all, per route and per client; hands freed ones to waiters."""
 
-    def __init__(self, total: int, per_route: int, per_client: int, queue_wait: float) -> None:
+    def __init__(
+        self, total: int, per_route: int | None, per_client: int | None, queue_wait: float
+    ) -> None:
         self.total = total
-        self.per_route = per_route
+        self.reserve = max(1, math.ceil(total / 10))
+        self.share = total - self.reserve  # what one route or client may hold
+        self.per_route = per_route  # absolute caps, when configured
         self.per_client = per_client
         self.queue_wait = queue_wait
         self.in_use = 0
@@ -72,10 +81,14 @@ class UpstreamSlots:
         """Which limit stops one more slot for (route, client), or None when it fits."""
         if self.in_use >= self.total:
             return ("upstream_connections", self.total)
-        if self._by_route[route] >= self.per_route:
+        held_route, held_client = self._by_route[route], self._by_client[client]
+        if self.per_route is not None and held_route >= self.per_route:
             return ("upstream_connections_per_route", self.per_route)
-        if self._by_client[client] >= self.per_client:
+        if self.per_client is not None and held_client >= self.per_client:
             return ("upstream_connections_per_client", self.per_client)
+        if held_route and held_client and self.in_use >= self.share:
+            # Only the reserve is left: it is for a route or a client that holds none.
+            return ("upstream_connections", self.total)
         return None
 
     def _take(self, route: str, client: str) -> None:
@@ -91,12 +104,18 @@ class UpstreamSlots:
         self._by_client[client] -= 1
         if not self._by_client[client]:
             del self._by_client[client]
-        # Hand the freed capacity to the earliest waiters that fit now.
-        for waiter in list(self._waiters):  # a granted waiter leaves the list at once
-            if self._full(waiter.route, waiter.client) is None:
-                self._take(waiter.route, waiter.client)
-                waiter.granted.set_result(None)
-                self._waiters.remove(waiter)
+        # Hand the freed capacity to the waiters that fit now, fewest held first.
+        while self._waiters:
+            fitting = [w for w in self._waiters if self._full(w.route, w.client) is None]
+            if not fitting:
+                return
+            waiter = min(fitting, key=self._held)  # min is stable: the earliest among equals
+            self._take(waiter.route, waiter.client)
+            waiter.granted.set_result(None)
+            self._waiters.remove(waiter)
+
+    def _held(self, waiter: _Waiter) -> int:
+        return min(self._by_route[waiter.route], self._by_client[waiter.client])
 
     @contextlib.asynccontextmanager
     async def hold(self, route: str, client: str) -> AsyncIterator[None]:
