@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import platform
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
+from aiohttp import web
 
 from proxy.cli.memory import malloc_trim, trim_periodically
+from proxy.config.limits import Limits
+from proxy.listener import GuardedServer
+from proxy.listener.accept import TLS_READ, TLS_STREAMING, SmallTLS
 from proxy.testing import FakeTLS
 from proxy.upstream.framing import NO_BODY, RequestHead
 from proxy.upstream.wire import HIGH_WATER, READ_SIZE, SLOW_READ_SIZE, Connection
@@ -88,3 +92,48 @@ async def test_a_slow_client_keeps_upstream_reads_small_and_bounded(
             taken += len(chunk)
     finally:
         connection.close()
+
+
+async def test_the_tls_listener_reads_small_while_idle_and_large_while_a_body_streams(
+    tls: FakeTLS,
+) -> None:
+    """An idle TLS connection on the listener holds a 16 KiB read buffer (asyncio's own is
+    256 KiB); a fast upload reads 256 KiB at a time (uploads keep the stdlib's speed), and the
+    buffer is small again once the body has gone through."""
+    seen: list[int] = []
+    server = GuardedServer.of(_sink(seen), Limits(), 16, 10, "limits", lambda _: None)
+    server.tls = tls.server
+    loop = asyncio.get_running_loop()
+    listening = await loop.create_server(server, "127.0.0.1", 0)
+    port = listening.sockets[0].getsockname()[1]
+    try:
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=tls.client, server_hostname="localhost"
+        )
+        await until(lambda: len(server.connections) == 1, "the connection to be made")
+        [handler] = server.connections
+        protocol = getattr(handler.transport, "_ssl_protocol", None)
+        assert isinstance(protocol, SmallTLS), "asyncio's TLS layer changed: see SmallTLS"
+        assert len(protocol._ssl_buffer) == TLS_READ  # idle: small
+        body = b"u" * (16 * 1024 * 1024)
+        writer.write(b"PUT /x HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n\r\n" % len(body))
+        writer.write(body)
+        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200 ")
+        assert max(seen) == TLS_STREAMING  # the body streamed: large reads
+        assert len(protocol._ssl_buffer) == TLS_READ  # and small again
+        writer.close()
+    finally:
+        listening.close()
+
+
+def _sink(seen: list[int]) -> Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]:
+    """A handler that reads the whole body, noting the listener's read buffer size."""
+
+    async def handle(request: web.BaseRequest) -> web.StreamResponse:
+        transport = request.transport
+        protocol = getattr(transport, "_ssl_protocol", None)
+        while await request.content.readany():
+            seen.append(len(getattr(protocol, "_ssl_buffer", b"")))
+        return web.Response(text="{}")
+
+    return handle

@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from proxy.listener.server import GuardedHandler, GuardedServer
 
-TLS_READ = 16 * 1024  # one TLS record: the listener's ciphertext read size (asyncio: 256 KiB)
+TLS_READ = 16 * 1024  # one TLS record: the listener's ciphertext read size while idle
+TLS_STREAMING = 256 * 1024  # asyncio's own, while a body streams faster than one record a read
 
 AdmitPeer = Callable[[str | None], bool]  # may this address use the listener at all?
 
@@ -81,10 +82,44 @@ class Occupancy:
 
 
 class SmallTLS(sslproto.SSLProtocol):
-    """asyncio's TLS protocol reading one record at a time: what a half-open or idle
-    connection holds is a few KiB of buffer, not 256 KiB."""
+    """asyncio's TLS protocol reading one record at a time while a connection is idle or
+    slow (what it holds is 16 KiB of buffer, not asyncio's 256 KiB), and asyncio's 256 KiB at
+    a time while a body streams faster than that (a read that fills the buffer means the
+    socket had more): uploads through the listener at the stdlib's speed. Back to small when a
+    read finds less than one record waiting."""
 
     max_size = TLS_READ
+
+    def buffer_updated(self, nbytes: int) -> None:
+        size = len(self._buffer())
+        super().buffer_updated(nbytes)  # copies the bytes out of the buffer first
+        if nbytes == size and size < TLS_STREAMING:
+            self._read_size(TLS_STREAMING)  # get_buffer grows it for the next read
+        elif nbytes < TLS_READ and size > TLS_READ:
+            self.shrink()
+
+    def shrink(self) -> None:
+        """Back to one record at a time (a read found little waiting; a request ended)."""
+        if len(self._buffer()) > TLS_READ:
+            self._read_size(TLS_READ)
+            small = bytearray(TLS_READ)
+            self._ssl_buffer, self._ssl_buffer_view = small, memoryview(small)
+
+    # asyncio's attributes (typeshed knows `max_size` as a class constant, the buffer not at
+    # all); `tests/test_memory.py` fails when a Python release renames them.
+    def _buffer(self) -> bytearray:
+        buffer: bytearray = self.__dict__["_ssl_buffer"]
+        return buffer
+
+    def _read_size(self, size: int) -> None:
+        self.__dict__["max_size"] = size
+
+
+def idle(transport: asyncio.BaseTransport | None) -> None:
+    """A listener connection between requests: its TLS read buffer back to small."""
+    protocol = getattr(transport, "_ssl_protocol", None)
+    if isinstance(protocol, SmallTLS):
+        protocol.shrink()
 
 
 class TLSAccept(asyncio.Protocol):

@@ -133,6 +133,7 @@ class GuardedHandler(RequestHandler):
         self._busy = True
 
     def request_finished(self) -> None:
+        accept.idle(self.transport)  # a body that streamed grew the TLS read buffer
         self._busy = False
         self._partial = False
         self._idle_since = asyncio.get_running_loop().time()
