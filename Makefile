@@ -14,7 +14,7 @@ RUNSTAMP ?= $(RUNVENV)/.installed
 VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' proxy/__init__.py)
 CHECK_PYTHON := $(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required") if sys.version_info < (3, 11) else None'
 
-.PHONY: install runtime run ready test lint typecheck pytest rules-test security demo demo-serve fake bench bench-compare soak lock dist sbom docker-build clean
+.PHONY: install runtime run ready test lint typecheck pytest rules-test security demo demo-serve fake bench bench-compare bench-tls-upload soak lock dist sbom docker-build clean
 
 install: $(STAMP)
 
@@ -140,6 +140,14 @@ bench-compare: install
 	$(PYTHON) -m venv .venv-runtime
 	.venv-runtime/bin/pip install --quiet --require-hashes --no-deps -r requirements.lock
 	BENCH_PYTHON=.venv-runtime/bin/python $(BIN)/python bench/compare.py $(if $(ROUNDS),--rounds $(ROUNDS)) $(REVS)
+
+# Upload throughput through the TLS listener (listen.tls) at several revisions, side by side:
+#   make bench-tls-upload REVS="HEAD~1 HEAD" [ROUNDS=3]   (curl from Debian's packages)
+bench-tls-upload: install
+	@command -v curl >/dev/null || (apt-get update -qq && apt-get install -y -qq curl >/dev/null)
+	$(PYTHON) -m venv .venv-runtime
+	.venv-runtime/bin/pip install --quiet --require-hashes --no-deps -r requirements.lock
+	BENCH_PYTHON=.venv-runtime/bin/python $(BIN)/python bench/tls_upload.py $(if $(ROUNDS),--rounds $(ROUNDS)) $(REVS)
 
 # A few minutes of load and churn (slow readers, 100 reloads, fast token rotation) against the
 # proxy as a process; figures go to the "Soak" section of bench/RESULTS.md.
