@@ -12,8 +12,10 @@ to MESSAGE_MAX characters, for the log, `doctor` and the status page.
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
+from http import HTTPStatus
 
 from aiohttp import web
 
@@ -143,3 +145,16 @@ def upstream_message(body: bytes) -> str | None:
         if isinstance(value, str) and value.strip():
             return outside(value, MESSAGE_MAX)  # SECURITY: it may quote the token
     return None
+
+
+def raw_envelope(refusal: Refusal) -> bytes:
+    """A complete HTTP/1.1 response for when there is no request object to answer with."""
+    status = refusal.status
+    body = json.dumps(
+        {"status": status, "message": refusal.message, "request_id": uuid.uuid4().hex}
+    )
+    return (
+        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\nCache-Control: no-store\r\n\r\n"
+        f"{body}"
+    ).encode()

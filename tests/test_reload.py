@@ -25,6 +25,7 @@ from tests.conftest import (
     subject,
     tls_route,
 )
+from tests.hostile.test_starvation import _trickle
 from tests.support.process import spawn_proxy
 
 T1 = make_token("acme", subject="one")
@@ -265,3 +266,42 @@ async def test_a_rejected_reload_leaves_no_series_for_the_routes_it_prepared(
     text = await proxy.metrics_text()
     assert routes_in(text) == {("acme", "acme")}
     assert 'route="new"' not in text
+
+
+async def test_a_reload_applies_the_upstream_connections_and_their_shares(
+    make_proxy: ProxyFactory, upstream: Upstream
+) -> None:
+    """upstream_connections 100 -> 2 on reload: the running proxy behaves by 2 (route a's
+    share is then 1), without a restart; the counts of what is held survive the swap."""
+    routes = [
+        acme_route(upstream, prefix=p, timeouts={"connect": 3, "read": 30}) for p in ("/a", "/b")
+    ]
+    proxy = await make_proxy(routes, extra={"limits": {"upstream_queue_wait": 0.5}})
+    limits = {"upstream_connections": 2, "upstream_queue_wait": 0.5}
+    assert await proxy.app.reload(config_of(routes, limits=limits)) == []
+    stop = asyncio.Event()
+    uploads = [asyncio.create_task(_trickle(proxy.port, "/a/upload", stop)) for _ in range(2)]
+    try:
+        done, _ = await asyncio.wait(uploads, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+        assert [u.result()[:13] for u in done] == [b"HTTP/1.1 503 "]
+        assert (await proxy.client.get("/b/segments")).status == 200  # the reserve: route b
+    finally:
+        stop.set()
+        await asyncio.gather(*uploads, return_exceptions=True)
+
+
+async def test_a_reload_applies_the_connection_cap_and_header_timeout(
+    make_proxy: ProxyFactory, upstream: Upstream
+) -> None:
+    proxy = await make_proxy()
+    limits = {"max_connections": 2, "header_timeout": 1}
+    assert await proxy.app.reload(config_of([acme_route(upstream)], limits=limits)) == []
+    held = [await asyncio.open_connection("127.0.0.1", proxy.port) for _ in range(3)]
+    try:
+        third = await asyncio.wait_for(held[2][0].read(), 5)  # over the new cap: refused
+        assert b" 503 " in third.split(b"\r\n", 1)[0] and b"max_connections: 2" in third
+        # The new header deadline (1 s, not 30): the silent ones are closed.
+        assert await asyncio.wait_for(held[0][0].read(), 5) == b""
+    finally:
+        for _, writer in held:
+            writer.close()

@@ -87,6 +87,7 @@ class ProxyApp:
         self._poller: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._reload_lock = asyncio.Lock()
+        self._listeners: list[GuardedServer] = []  # the proxy listener's servers (reloads)
         self._tls = TlsContexts(upstream_ssl)
         self._tls.keep(built := self._tls.build(config))
         self.ssl_contexts = contexts = built.by_route  # route name -> its upstream's context
@@ -205,6 +206,7 @@ class ProxyApp:
             admit_peer=lambda address: self.handler.admission.gate.client(address) is None,
         )
         server.tls = tls
+        self._listeners.append(server)  # a reload's limits apply to it too
         return server
 
     def guarded(
@@ -272,6 +274,10 @@ class ProxyApp:
         self.store.commit(pending)
         self._watch.changed()  # the token files to watch may be others now
         self.handler.admission = admission
+        limits = config.limits
+        self.handler.slots.configure(limits)
+        for server in self._listeners:
+            server.configure(limits, limits.max_connections, limits.header_timeout)
         self.ssl_contexts = built.by_route
         self._tls.keep(built)  # unchanged bundles keep their context
         self.config = config

@@ -199,6 +199,8 @@ def restart_needed(old: Config, new: Config) -> list[str]:
         changes.append("log settings")
     if old.shared != new.shared:
         changes.append("shared (the Redis connection)")
+    if old.limits.allow_pure_python_parser != new.limits.allow_pure_python_parser:
+        changes.append("limits.allow_pure_python_parser (checked at start)")
     return changes
 
 
@@ -223,4 +225,7 @@ def keep_running(new: Config, running: Config) -> Config:
         shutdown_timeout=running.shutdown_timeout,
         log=running.log,
         shared=running.shared,
+        limits=dataclasses.replace(
+            new.limits, allow_pure_python_parser=running.limits.allow_pure_python_parser
+        ),
     )

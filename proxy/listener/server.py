@@ -22,12 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import ssl
 import uuid
 from collections.abc import Awaitable, Callable
-from http import HTTPStatus
 from typing import Any
 
 from aiohttp import web, web_response
@@ -36,7 +34,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from proxy.config.limits import Limits
 from proxy.listener import accept
-from proxy.refusals import Refusal, answer, internal_refusal, refuse
+from proxy.refusals import Refusal, answer, internal_refusal, raw_envelope, refuse
 
 log = logging.getLogger("amperity_proxy.connections")
 
@@ -45,19 +43,6 @@ web_response.SERVER_SOFTWARE = SERVER  # type: ignore[attr-defined]  # prepare()
 
 Reject = Callable[[str], None]
 _UNWIND = 0.5  # seconds cancelled handlers get to write their log lines after the drain
-
-
-def _raw_envelope(refusal: Refusal) -> bytes:
-    """A complete HTTP/1.1 response for when there is no request object to answer with."""
-    status = refusal.status
-    body = json.dumps(
-        {"status": status, "message": refusal.message, "request_id": uuid.uuid4().hex}
-    )
-    return (
-        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\nConnection: close\r\nCache-Control: no-store\r\n\r\n"
-        f"{body}"
-    ).encode()
 
 
 class GuardedHandler(RequestHandler):
@@ -95,7 +80,7 @@ class GuardedHandler(RequestHandler):
             refusal = self._guard.take(address)
             if refusal is not None:
                 assert isinstance(transport, asyncio.WriteTransport)
-                transport.write(_raw_envelope(refusal))
+                transport.write(raw_envelope(refusal))
                 self.force_close()
                 return
             self.counted(address, asyncio.get_running_loop().time())
@@ -170,7 +155,7 @@ class GuardedHandler(RequestHandler):
             return
         if self._partial:  # headers started but never completed: tell the client why
             self._guard.reject("header_timeout")
-            transport.write(_raw_envelope(self._guard.header_timeout_refusal))
+            transport.write(raw_envelope(self._guard.header_timeout_refusal))
         self.force_close()
 
     def handle_error(
@@ -258,6 +243,7 @@ class GuardedServer(web.Server):
             **kwargs,
         )
         self.max_connections = max_connections
+        self._cap_setting = cap_setting
         self.occupancy = accept.Occupancy(max_connections, per_address or max_connections)
         self.admit_peer = admit_peer  # None: every peer may connect (the admin listener)
         self.tls: ssl.SSLContext | None = None  # set for listen.tls: the handshake is ours
@@ -265,6 +251,24 @@ class GuardedServer(web.Server):
         self.reject = reject
         self._refusals(cap_setting, max_connections, max_request_line, max_header_size, max_headers)
         self.draining = False  # set by shutdown()
+
+    def configure(self, limits: Limits, max_connections: int, header_timeout: float) -> None:
+        """A reload's limits: the caps and the header deadline at once (connections already
+        open are counted as they were), the parser's sizes for new connections."""
+        self.max_connections = max_connections
+        self.occupancy.cap = max_connections
+        self.occupancy.per_address = limits.per_address
+        self.header_timeout = header_timeout
+        line, field = limits.max_request_line, limits.max_header_size
+        self.line_limit = line + (1 if line == field else 0)
+        self.field_limit = field
+        self._kwargs.update(
+            max_line_size=self.line_limit,
+            max_field_size=field,
+            max_headers=limits.max_headers,
+            keepalive_timeout=header_timeout + 1,
+        )
+        self._refusals(self._cap_setting, max_connections, line, field, limits.max_headers)
 
     def _refusals(self, cap_setting: str, cap: int, line: int, field: int, headers: int) -> None:
         """Each refusal names the setting that would raise its limit (built once, here)."""

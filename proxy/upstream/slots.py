@@ -57,16 +57,33 @@ class UpstreamSlots:
     def __init__(
         self, total: int, per_route: int | None, per_client: int | None, queue_wait: float
     ) -> None:
+        self.in_use = 0
+        self._by_route: Counter[str] = Counter()
+        self._by_client: Counter[str] = Counter()
+        self._waiters: list[_Waiter] = []
+        self._limit(total, per_route, per_client, queue_wait)
+
+    def _limit(
+        self, total: int, per_route: int | None, per_client: int | None, queue_wait: float
+    ) -> None:
         self.total = total
         self.reserve = max(1, math.ceil(total / 10))
         self.share = total - self.reserve  # what one route or client may hold
         self.per_route = per_route  # absolute caps, when configured
         self.per_client = per_client
         self.queue_wait = queue_wait
-        self.in_use = 0
-        self._by_route: Counter[str] = Counter()
-        self._by_client: Counter[str] = Counter()
-        self._waiters: list[_Waiter] = []
+
+    def configure(self, limits: Limits) -> None:
+        """A reload's limits, applied at once: the counts of what is held survive (a reload
+        never briefly doubles a cap); slots held beyond a smaller pool are given back as their
+        exchanges end, and a larger pool serves waiters now."""
+        self._limit(
+            limits.upstream_connections,
+            limits.upstream_connections_per_route,
+            limits.upstream_connections_per_client,
+            limits.upstream_queue_wait,
+        )
+        self._grant()
 
     @classmethod
     def of(cls, limits: Limits) -> UpstreamSlots:
@@ -104,7 +121,10 @@ class UpstreamSlots:
         self._by_client[client] -= 1
         if not self._by_client[client]:
             del self._by_client[client]
-        # Hand the freed capacity to the waiters that fit now, fewest held first.
+        self._grant()
+
+    def _grant(self) -> None:
+        """Hand free capacity to the waiters that fit now, fewest held first."""
         while self._waiters:
             fitting = [w for w in self._waiters if self._full(w.route, w.client) is None]
             if not fitting:
