@@ -305,3 +305,19 @@ async def test_a_reload_applies_the_connection_cap_and_header_timeout(
     finally:
         for _, writer in held:
             writer.close()
+
+
+async def test_a_reload_of_a_restart_only_setting_says_so_until_a_restart(
+    make_proxy: ProxyFactory, upstream: Upstream
+) -> None:
+    proxy = await make_proxy(extra={"admin": {"enable_reload": True}})
+    changed = config_of([acme_route(upstream)], shutdown_timeout=3, admin={"enable_reload": True})
+    proxy.app.config_loader = lambda: changed
+    response = await proxy.admin.post("/-/reload", headers={"Content-Type": "application/json"})
+    body = await response.json()
+    assert response.status == 200 and body["restart_needed"] == ["shutdown_timeout"]
+    assert "apply only after a restart: shutdown_timeout" in body["message"]
+    assert metric(await proxy.metrics_text(), "amperity_proxy_config_restart_pending") == 1
+    status = await (await proxy.admin.get("/status.json")).json()
+    assert status["reload"]["restart_needed"] == ["shutdown_timeout"]
+    assert (await proxy.client.get("/acme/segments")).status == 200  # still serving

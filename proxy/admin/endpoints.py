@@ -53,6 +53,7 @@ class Lifecycle:
         self.reload_successful = True
         self.reload_success_at = self.started_at
         self.reload_errors: list[str] = []
+        self.restart_pending: list[str] = []  # settings a reload changed that need a restart
 
     def ready(self, store: TokenStore) -> bool:
         """Not draining, and every route has a token. An expired token does not make the pod
@@ -197,6 +198,7 @@ class AdminHandlers:
                 "successful": life.reload_successful,
                 "at": life.reload_success_at,
                 "errors": life.reload_errors,
+                "restart_needed": life.restart_pending,
             },
         )
 
@@ -227,4 +229,10 @@ class AdminHandlers:
         errors = await self._reload("POST /-/reload")
         if errors:
             return web.json_response({"status": 400, "errors": errors}, status=400)
+        pending = self.lifecycle.restart_pending
+        if pending:
+            message = "config reloaded; these settings apply only after a restart: " + ", ".join(
+                pending
+            )
+            return web.json_response({"status": 200, "message": message, "restart_needed": pending})
         return web.json_response({"status": 200, "message": "config reloaded"})

@@ -113,7 +113,11 @@ class ProxyApp:
             TokenCollector(self.store.snapshot),
             StateCollector(
                 lambda: self.lifecycle.ready(self.store),
-                lambda: (self.lifecycle.reload_successful, self.lifecycle.reload_success_at),
+                lambda: (
+                    self.lifecycle.reload_successful,
+                    self.lifecycle.reload_success_at,
+                    bool(self.lifecycle.restart_pending),
+                ),
             ),
         )
 
@@ -245,6 +249,9 @@ class ProxyApp:
                 ", ".join(restart),
             )
             config = keep_running(config, self.config)
+            # Until a restart: the file says one thing, the process does another.
+            waiting = self.lifecycle.restart_pending
+            waiting.extend(change for change in restart if change not in waiting)
         try:
             # CA bundles and a client-token file are read off the event loop.
             built = await asyncio.to_thread(self._tls.build, config)

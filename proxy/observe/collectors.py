@@ -112,7 +112,7 @@ class StateCollector(Collector):
     def __init__(
         self,
         ready: Callable[[], bool],
-        reload_state: Callable[[], tuple[bool, float]],
+        reload_state: Callable[[], tuple[bool, float, bool]],
     ) -> None:
         self._ready = ready
         self._reload_state = reload_state
@@ -123,7 +123,13 @@ class StateCollector(Collector):
             "1 when /readyz answers 200 (not draining, every route has a token).",
             value=1 if self._ready() else 0,
         )
-        successful, timestamp = self._reload_state()
+        successful, timestamp, pending = self._reload_state()
+        yield GaugeMetricFamily(
+            "amperity_proxy_config_restart_pending",
+            "1 when a reload changed a setting that applies only after a restart (kept as it "
+            "runs until then; the reload's answer, the log and /status.json name it).",
+            value=1 if pending else 0,
+        )
         yield GaugeMetricFamily(
             "amperity_proxy_config_last_reload_successful",
             "1 when the last config (re)load succeeded.",
