@@ -6,8 +6,6 @@ from __future__ import annotations
 import ssl
 from dataclasses import dataclass
 
-import aiohttp
-
 from proxy.config import BaseURL, Route, Timeouts
 from proxy.config.traffic import RetryPolicy
 from proxy.upstream.bodies import BodyClock
@@ -25,8 +23,7 @@ class Plan:
     host_header: str
     api_version: str | None  # sent when the client sent none
     ssl_context: ssl.SSLContext
-    timeouts: Timeouts  # as configured, for messages
-    timeout: aiohttp.ClientTimeout  # the same, as aiohttp takes them
+    timeouts: Timeouts  # as configured (connect, read, total)
     max_body_bytes: int | None
     retry_body_limit: int  # largest body kept for a replay
     retry: RetryPolicy | None  # back-off on 429/503
@@ -51,9 +48,6 @@ class Plan:
             api_version=route.api_version,
             ssl_context=ssl_context,
             timeouts=t,
-            timeout=aiohttp.ClientTimeout(
-                total=t.total, connect=t.connect, sock_connect=t.connect, sock_read=t.read
-            ),
             max_body_bytes=route.max_body_bytes,
             retry_body_limit=route.retry_body_limit,
             retry=route.retry,

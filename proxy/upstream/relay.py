@@ -17,8 +17,8 @@ from proxy.upstream.plan import Plan
 
 
 def check_status(answer: Answer) -> None:
-    """RFC 9110 §15: a final status is 200-599; 1xx are interim, and aiohttp consumes 100 and
-    103 itself. A 101 nobody asked for, 000, 099 or 600 is a broken upstream. SECURITY: the
+    """RFC 9110 §15: a final status is 200-599; 1xx are interim, and `upstream.wire` skips 100,
+    102 and 103 itself. A 101 nobody asked for, 000, 099 or 600 is a broken upstream. SECURITY: the
     connection's framing can't be trusted after it: it is closed, never reused."""
     status = answer.status
     if not 200 <= status <= 599:
