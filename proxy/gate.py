@@ -20,6 +20,7 @@ from aiohttp import web
 
 from proxy.config import SharedRedis, StartupError
 from proxy.config.listen import Listen
+from proxy.listener import client_ip
 from proxy.redaction import SECRETS
 from proxy.refusals import Refusal, refuse
 from proxy.tokens import TokenError, read_source
@@ -83,15 +84,8 @@ class Gate:
         )
 
     def _check_address(self, address: str | None) -> bool:
-        if not address:
-            return False
-        try:
-            ip = ipaddress.ip_address(address.partition("%")[0])
-        except ValueError:
-            return False
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped  # a dual-stack listener reports IPv4 peers as ::ffff:a.b.c.d
-        return any(ip in net for net in self._networks)
+        ip = client_ip(address)
+        return ip is not None and any(ip in net for net in self._networks)
 
     def browser(self, request: web.BaseRequest, *, forward: bool) -> Refusal | None:
         """SECURITY: refuse web pages (Origin, Sec-Fetch-Site) and DNS rebinding (Host)."""

@@ -5,6 +5,7 @@ errors), and every use of aiohttp internals in the package - here and nowhere el
 - `accessors`: typed accessors for per-connection state, the coalescing response class
 """
 
+from proxy.listener.accept import client_ip
 from proxy.listener.accessors import (
     CoalescedResponse,
     abandon_body,
@@ -27,6 +28,7 @@ __all__ = [
     "abandon_body",
     "bound_sockets",
     "client_gone",
+    "client_ip",
     "draining",
     "force_close",
     "peer_uid",

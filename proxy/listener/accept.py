@@ -41,16 +41,25 @@ def peer(transport: asyncio.BaseTransport) -> str | None:
     return None  # a Unix socket (file permissions decide) or unknown
 
 
-def _local(address: str | None) -> bool:
-    if address is None:
-        return True
+def client_ip(address: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """A peer address as an IP (a zone id dropped; a dual-stack listener reports IPv4 peers as
+    ::ffff:a.b.c.d, read as the IPv4 address), or None when it is none."""
+    if not address:
+        return None
     try:
         ip = ipaddress.ip_address(address.partition("%")[0])
     except ValueError:
-        return False
+        return None
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_loopback
+        return ip.ipv4_mapped
+    return ip
+
+
+def _local(address: str | None) -> bool:
+    if address is None:
+        return True  # a Unix socket
+    ip = client_ip(address)
+    return ip is not None and ip.is_loopback
 
 
 class Occupancy:

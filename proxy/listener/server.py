@@ -294,9 +294,8 @@ class GuardedServer(web.Server):
             f"more than {headers} request headers (limits.max_headers raises it)",
         )
         self._malformed = refuse("bad_request", "malformed HTTP request")
-        self._foreign = refuse(
-            "forbidden_client",
-            f"this client address may not use this proxy ({section}.allow_clients)",
+        self._foreign = refuse(  # only the proxy listener judges peers at accept
+            "forbidden_client", "this client address may not use this proxy (listen.allow_clients)"
         )
         self._per_address = refuse(
             "too_many_connections",

@@ -94,6 +94,8 @@ async def test_refused_peers_are_closed_at_accept_and_never_fill_the_cap(
     port = int(process.proxy.rsplit(":", 1)[1])
     held = await _silent(port, 30, source="127.0.0.1")  # refused: not in allow_clients
     try:
+        said = await asyncio.wait_for(asyncio.get_running_loop().sock_recv(held[0], 65536), 5)
+        assert b" 403 " in said.split(b"\r\n", 1)[0] and b"listen.allow_clients" in said
         assert all(await asyncio.gather(*(_closed_by_the_proxy(s, 2) for s in held)))
         reader, writer = await asyncio.open_connection(
             "127.0.0.1", port, local_addr=("127.0.0.2", 0)

@@ -115,21 +115,8 @@ async def test_a_named_client_is_its_own_share_behind_one_address(
     )
     stop = asyncio.Event()
 
-    async def reader() -> bytes:
-        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
-        try:
-            writer.write(
-                b"GET /acme/_fake/bytes/104857600 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                b"X-Proxy-Token: ci-token-0123456789\r\n\r\n"
-            )
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 20)
-            if head.startswith(b"HTTP/1.1 200 "):
-                await stop.wait()
-            return head
-        finally:
-            writer.close()
-
-    readers = [asyncio.create_task(reader()) for _ in range(4)]
+    ci = b"X-Proxy-Token: ci-token-0123456789\r\n"
+    readers = [asyncio.create_task(_slow_reader(proxy.port, stop, ci)) for _ in range(4)]
     try:
         [refused] = await _settle(readers, 1)  # ci's share: 4 - 1 = 3
         assert refused.startswith(b"HTTP/1.1 503 ")

@@ -83,11 +83,14 @@ async def test_a_body_that_trickles_past_body_deadline_gets_408(
     assert "limits.body_deadline" in (await response.json())["message"]
 
 
-async def _slow_reader(port: int, stop: asyncio.Event) -> bytes:
-    """A download whose client reads the response head and then nothing."""
+async def _slow_reader(port: int, stop: asyncio.Event, headers: bytes = b"") -> bytes:
+    """A download whose client reads the response head and then nothing (`headers`: more
+    request header lines, each ending in CRLF)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
-        writer.write(b"GET /acme/_fake/bytes/104857600 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        writer.write(
+            b"GET /acme/_fake/bytes/104857600 HTTP/1.1\r\nHost: 127.0.0.1\r\n" + headers + b"\r\n"
+        )
         await writer.drain()
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 20)
         if head.startswith(b"HTTP/1.1 200 "):
